@@ -1,0 +1,200 @@
+"""App: the task registry bound to a connector; opens it, defers by name, runs workers."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+from collections.abc import Generator, Iterable
+from types import TracebackType
+from typing import Any
+
+from procrastinate_core import builtin_tasks, exceptions
+from procrastinate_core.blueprints import Blueprint
+from procrastinate_core.connectors.base import BaseConnector
+from procrastinate_core.manager import JobManager
+from procrastinate_core.options import WorkerOptions
+from procrastinate_core.schema import SchemaManager
+from procrastinate_core.tasks import JobDeferrer, make_job
+
+logger = logging.getLogger(__name__)
+
+
+class App(Blueprint):
+    """Holds the tasks and the connector; the object users open, defer through, and run.
+
+    `worker_defaults` are WorkerOptions applied to every worker of this app;
+    `periodic_defaults` tune the periodic deferrer (`max_delay`: how far back
+    missed ticks are caught up, in seconds).
+    """
+
+    def __init__(
+        self,
+        *,
+        connector: BaseConnector,
+        import_paths: Iterable[str] | None = None,
+        worker_defaults: dict[str, Any] | None = None,
+        periodic_defaults: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(connector, BaseConnector):
+            raise exceptions.ConfigurationError(
+                f"App(connector={connector!r}): expected a connector such as "
+                "PsycopgConnector(...) or SyncPsycopgConnector(...)"
+            )
+        if isinstance(import_paths, str):
+            raise exceptions.ConfigurationError(
+                f"import_paths={import_paths!r}: expected a list of module paths, not a string"
+            )
+        self.connector = connector
+        self.import_paths = list(import_paths or [])
+        self.worker_defaults = dict(worker_defaults or {})
+        WorkerOptions.build(self.worker_defaults)  # fail now on a bad default
+        self.periodic_defaults = dict(periodic_defaults or {})
+        unknown = set(self.periodic_defaults) - {"max_delay"}
+        if unknown:
+            raise exceptions.ConfigurationError(
+                f"unknown periodic_defaults {sorted(unknown)}; known: ['max_delay']"
+            )
+        self.job_manager = JobManager(connector)
+        self.schema_manager = SchemaManager(connector)
+        builtin_tasks.register(self)
+
+    @classmethod
+    def from_path(cls, dotted_path: str) -> App:
+        """The App at `module.path.attribute` (or `module.path:attribute`)."""
+        module_path, _, attribute = dotted_path.replace(":", ".").rpartition(".")
+        if not module_path:
+            raise exceptions.LoadFromPathError(
+                f"{dotted_path!r} is not a dotted path to an App (expected 'package.module.app')"
+            )
+        try:
+            module = importlib.import_module(module_path)
+        except Exception as exc:
+            raise exceptions.LoadFromPathError(
+                f"cannot import module {module_path!r} for app {dotted_path!r}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        app = getattr(module, attribute, None)
+        if not isinstance(app, App):
+            raise exceptions.LoadFromPathError(
+                f"{dotted_path!r}: module {module_path!r} has no App named {attribute!r} "
+                f"(found {type(app).__name__})"
+            )
+        return app
+
+    def with_connector(self, connector: BaseConnector) -> App:
+        """A new App on another connector, sharing this one's task registry."""
+        app = App(
+            connector=connector,
+            import_paths=self.import_paths,
+            worker_defaults=self.worker_defaults,
+            periodic_defaults=self.periodic_defaults,
+        )
+        app.tasks = self.tasks
+        app.periodic_tasks = self.periodic_tasks
+        return app
+
+    def perform_import_paths(self) -> None:
+        """Import the modules that declare tasks; a failure names the module and its error."""
+        for path in self.import_paths:
+            try:
+                importlib.import_module(path)
+            except Exception as exc:
+                raise exceptions.LoadFromPathError(
+                    f"cannot import task module {path!r} (listed in import_paths): "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+        logger.debug(
+            "Imported task modules %s; %d tasks registered",
+            self.import_paths,
+            len(self.tasks),
+            extra={"action": "imported_tasks", "tasks": sorted(self.tasks)},
+        )
+
+    def configure_task(
+        self, name: str, *, allow_unknown: bool = True, **options: Any
+    ) -> JobDeferrer:
+        """A deferrer for a task known only by name (no import of its code needed)."""
+        task = self.tasks.get(name)
+        if task is not None:
+            # Through *this* app's connector, even for a task registered on the app
+            # this one was made from with with_connector().
+            return JobDeferrer(self.job_manager, task.configure(**options).job)
+        if not allow_unknown:
+            raise exceptions.TaskNotFound(
+                f"task {name!r} is not registered; known tasks: {sorted(self.tasks)}. "
+                f"Import paths: {self.import_paths}."
+            )
+        return JobDeferrer(self.job_manager, make_job(name, **options))
+
+    # -- opening and closing -------------------------------------------------
+    def open(self, pool_or_engine: Any = None) -> App:
+        """Open for sync use (`with app.open():`); pass your own pool or engine to share it."""
+        self.connector.get_sync_connector().open(pool_or_engine)
+        return self
+
+    def close(self) -> None:
+        self.connector.close()
+
+    def __enter__(self) -> App:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def open_async(self, pool: Any = None) -> _OpenAsync:
+        """Open for async use: `await app.open_async()` or `async with app.open_async():`."""
+        return _OpenAsync(self, pool)
+
+    async def close_async(self) -> None:
+        await self.connector.close_async()
+
+    # -- workers -------------------------------------------------------------
+    def _check_can_run_worker(self) -> None:
+        if not self.connector.is_async:
+            raise exceptions.SyncConnectorConfigurationError(
+                f"{type(self.connector).__name__} cannot run a worker: it is a sync "
+                "connector, made for deferring jobs. Run workers with an async connector "
+                "(PsycopgConnector or AiopgConnector), e.g. "
+                "app.with_connector(PsycopgConnector(...)).run_worker()."
+            )
+
+    async def run_worker_async(self, **options: Any) -> None:
+        """Run a worker on this (opened) app until stopped, or until idle with wait=False."""
+        self._check_can_run_worker()
+        from procrastinate_core.worker import Worker
+
+        worker = Worker(self, WorkerOptions.build(self.worker_defaults, options))
+        await worker.run()
+
+    def run_worker(self, **options: Any) -> None:
+        """Open the app's async connector, run a worker in a new event loop, close."""
+        self._check_can_run_worker()
+
+        async def main() -> None:
+            async with self.open_async():
+                await self.run_worker_async(**options)
+
+        asyncio.run(main())
+
+
+class _OpenAsync:
+    """What open_async() returns: awaitable, and usable with `async with`."""
+
+    def __init__(self, app: App, pool: Any) -> None:
+        self.app = app
+        self.pool = pool
+
+    def __await__(self) -> Generator[Any, None, App]:
+        yield from self.app.connector.open_async(self.pool).__await__()
+        return self.app
+
+    async def __aenter__(self) -> App:
+        await self.app.connector.open_async(self.pool)
+        return self.app
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.app.close_async()

@@ -1,0 +1,307 @@
+"""Every named query of queries.sql written in Python, for the in-memory connector.
+
+One method per query, named like it, with the SQL's semantics: the claim
+order and lock rule of job_fetch_many, the fencing of job_finish_many, the
+queueing-lock unique index, the event history and notifications written by
+the triggers, stalled-job recovery, periodic ticks. Values come in and go
+out as the real connectors pass them: JSON as text, rows as dicts.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from procrastinate_core import sql
+from procrastinate_core.connectors.in_memory_tables import (
+    FINAL_STATUSES,
+    Clock,
+    InMemoryTables,
+    Notify,
+    timestamp,
+    utc_now,
+)
+
+__all__ = ["Clock", "InMemoryStore", "Notify", "utc_now"]
+
+
+class InMemoryStore(InMemoryTables):
+    """One method per named query, named like it; `run(name, params)` dispatches."""
+
+    def run(self, name: str, params: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+        """Run the named query; its rows (possibly none)."""
+        sql.query(name)  # a name unknown to queries.sql is a programming error, as for real
+        method = getattr(self, name, None)
+        if method is None:
+            raise NotImplementedError(
+                f"InMemoryConnector does not implement query {name!r} yet; add "
+                f"InMemoryStore.{name} in procrastinate_core/connectors/in_memory_store.py"
+            )
+        with self.lock:
+            result: list[dict[str, Any]] = method(dict(params or {}))
+        return result
+
+    # -- jobs ----------------------------------------------------------------
+    def job_defer_many(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        # One statement: every check passes before any row goes in (all or nothing).
+        # Ids are taken row by row until a row fails, as PostgreSQL's sequence does.
+        jobs = []
+        seen: set[str] = set()
+        for record in json.loads(p["jobs"]):
+            job = self._new_job(record)
+            jobs.append(job)
+            queueing_lock = job["queueing_lock"]
+            if queueing_lock is not None:
+                if queueing_lock in seen or self._queueing_lock_taken(queueing_lock):
+                    raise self._unique_violation(queueing_lock)
+                seen.add(queueing_lock)
+        for job in jobs:
+            self._inserted(job)
+        return [{"id": job["id"]} for job in jobs]
+
+    def job_fetch_many(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        now = self.clock()
+        queues = p.get("queues")
+        todo = sorted(
+            (j for j in self.jobs.values() if self._ready(j, now)),
+            key=lambda j: (-j["priority"], j["id"]),
+        )
+
+        def blocked(job: Mapping[str, Any]) -> bool:
+            return job["lock"] is not None and any(
+                o["lock"] == job["lock"] and o["id"] != job["id"] and (
+                    o["status"] == "doing"
+                    or (self._ready(o, now) and (o["priority"], -o["id"]) > (job["priority"], -job["id"]))
+                )
+                for o in self.jobs.values()
+            )
+
+        chosen = [
+            j for j in todo if (queues is None or j["queue_name"] in queues) and not blocked(j)
+        ][: p["limit"]]
+        for job in chosen:
+            self._update(
+                job, status="doing", worker_id=p["worker_id"], attempts=job["attempts"] + 1,
+                started_at=now,
+            )
+        return [self.job_row(job) for job in chosen]
+
+    def job_finish_many(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        now = self.clock()
+        done = []
+        for o in json.loads(p["outcomes"]):
+            job = self.jobs.get(o["id"])
+            if job is None or job["status"] != "doing" or job["worker_id"] != o["worker_id"] \
+                    or job["attempts"] != o["attempt"]:
+                continue  # fenced out: the worker lost this job
+            done.append({"id": job["id"]})
+            if o.get("delete_job"):
+                self._delete(job["id"])
+                continue
+            retry = o["status"] == "todo"
+            status = o["status"]
+            if retry and self._queueing_lock_taken(job["queueing_lock"], but=job["id"]):
+                status = "failed"
+            self._update(
+                job,
+                status=status,
+                finished_at=None if retry else now,
+                scheduled_at=timestamp(o.get("retry_at")) if retry else job["scheduled_at"],
+                priority=o["priority"] if o.get("priority") is not None else job["priority"],
+                queue_name=o.get("queue_name") or job["queue_name"],
+                lock=o["lock"] if o.get("lock") is not None else job["lock"],
+                abort_requested=False,
+                result=o.get("result"),
+                error=o.get("error"),
+            )
+        return done
+
+    def job_recover_stalled(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        now = self.clock()
+        limit = now - datetime.timedelta(seconds=float(p["stalled_seconds"]))
+        stale = {w for w, row in self.workers.items() if row["last_heartbeat"] < limit}
+        recovered = []
+        for job in list(self.jobs.values()):
+            if job["status"] != "doing":
+                continue
+            if job["worker_id"] is not None and job["worker_id"] in self.workers \
+                    and job["worker_id"] not in stale:
+                continue
+            if job["abort_requested"]:
+                status = "aborted"
+            elif self._queueing_lock_taken(job["queueing_lock"], but=job["id"]):
+                status = "cancelled"
+            else:
+                status = "todo"
+            self._update(
+                job, status=status, worker_id=None,
+                finished_at=None if status == "todo" else now,
+            )
+            recovered.append({"id": job["id"], "status": status})
+        for worker_id in stale:
+            del self.workers[worker_id]
+        return recovered
+
+    def job_release_unknown(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        released = []
+        for job in list(self.jobs.values()):
+            if job["status"] != "doing" or job["worker_id"] != p["worker_id"] or job["id"] in p["known_ids"]:
+                continue
+            if job["abort_requested"]:
+                status = "aborted"
+            elif self._queueing_lock_taken(job["queueing_lock"], but=job["id"]):
+                status = "cancelled"
+            else:
+                status = "todo"
+            self._update(job, status=status, worker_id=None, finished_at=None if status == "todo" else self.clock())
+            released.append({"id": job["id"], "status": status})
+        return released
+
+    def job_cancel(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        job = self.jobs.get(p["job_id"])
+        if job is None:
+            return []
+        if job["status"] == "todo":
+            self._update(job, status="cancelled", finished_at=self.clock(), abort_requested=False)
+        elif job["status"] == "doing" and p.get("abort"):
+            self._update(job, abort_requested=True)
+        else:
+            return []
+        return [{"id": job["id"], "status": job["status"]}]
+
+    def job_delete_waiting(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        job = self.jobs.get(p["job_id"])
+        if job is None or job["status"] != "todo":
+            return []
+        self._delete(job["id"])
+        return [{"id": job["id"]}]
+
+    def job_delete_finished(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        job = self.jobs.get(p["job_id"])
+        if job is None or job["status"] not in FINAL_STATUSES:
+            return []
+        self._delete(job["id"])
+        return [{"id": job["id"]}]
+
+    def job_retry(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        job = self.jobs.get(p["job_id"])
+        if job is None or job["status"] not in FINAL_STATUSES:
+            return []
+        self._update(
+            job, status="todo", scheduled_at=timestamp(p.get("retry_at")),
+            priority=p["priority"] if p.get("priority") is not None else job["priority"],
+            queue_name=p.get("queue_name") or job["queue_name"],
+            lock=p["lock"] if p.get("lock") is not None else job["lock"],
+            abort_requested=False, worker_id=None, started_at=None, finished_at=None,
+        )
+        return [{"id": job["id"]}]
+
+    def job_get_status(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        job = self.jobs.get(p["job_id"])
+        return [] if job is None else [{"status": job["status"]}]
+
+    def job_list(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        filters = {
+            "id": "id", "queue": "queue_name", "task": "task_name", "status": "status",
+            "lock": "lock", "queueing_lock": "queueing_lock", "worker_id": "worker_id",
+        }
+        rows = [
+            self.job_row(job)
+            for job_id, job in sorted(self.jobs.items())
+            if all(p.get(k) is None or job[c] == p[k] for k, c in filters.items())
+        ]
+        return rows if p.get("limit") is None else rows[: p["limit"]]
+
+    def job_count_by(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        column = {"queue": "queue_name", "task": "task_name"}.get(p["group_by"], "lock")
+        filters = {"queue": "queue_name", "task": "task_name", "status": "status", "lock": "lock"}
+        counts: dict[tuple[Any, str], int] = {}
+        for job in self.jobs.values():
+            if all(p.get(k) is None or job[c] == p[k] for k, c in filters.items()):
+                key = (job[column], job["status"])
+                counts[key] = counts.get(key, 0) + 1
+        order = sorted(counts, key=lambda k: (k[0] is None, k[0] or "", k[1]))
+        return [{"name": name, "status": status, "count": counts[(name, status)]} for name, status in order]
+
+    def job_events_list(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        return [
+            {k: e[k] for k in ("job_id", "type", "attempt", "at")}
+            for e in self.events
+            if e["job_id"] == p["job_id"]
+        ]
+
+    def job_delete_old(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        limit = self.clock() - datetime.timedelta(hours=float(p["nb_hours"]))
+        doomed = [
+            job["id"] for job in self.jobs.values()
+            if job["status"] in p["statuses"]
+            and job["finished_at"] is not None and job["finished_at"] < limit
+            and (p.get("queue") is None or job["queue_name"] == p["queue"])
+        ]
+        for job_id in doomed:
+            self._delete(job_id)
+        return [{"deleted": len(doomed)}]
+
+    def job_list_to_abort(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        return [
+            {"id": job_id} for job_id, job in sorted(self.jobs.items())
+            if job["status"] == "doing" and job["abort_requested"] and job["worker_id"] == p["worker_id"]
+        ]
+
+    # -- workers -------------------------------------------------------------
+    def worker_register(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        worker_id = self._next_worker_id
+        self._next_worker_id += 1
+        now = self.clock()
+        self.workers[worker_id] = {
+            "id": worker_id, "name": p.get("name"), "host": p.get("host"), "pid": p.get("pid"),
+            "started_at": now, "last_heartbeat": now,
+        }
+        return [{"id": worker_id}]
+
+    def worker_heartbeat(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        worker = self.workers.get(p["worker_id"])
+        if worker is None:
+            return []
+        worker["last_heartbeat"] = self.clock()
+        return [{"id": worker["id"]}]
+
+    def worker_unregister(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        self.workers.pop(p["worker_id"], None)
+        return []
+
+    def worker_list(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        now = self.clock()
+        return [
+            {**row, "heartbeat_age": (now - row["last_heartbeat"]).total_seconds()}
+            for _, row in sorted(self.workers.items())
+        ]
+
+    # -- periodic ticks ----------------------------------------------------------
+    def periodic_defer(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        key = (p["task_name"], p.get("periodic_id") or "", int(p["defer_timestamp"]))
+        if key in self.periodic_defers:
+            return []
+        job_id = self._next_job_id
+        self._next_job_id += 1
+        self.periodic_defers[key] = job_id
+        if self._queueing_lock_taken(p.get("queueing_lock")):
+            return []
+        record = {**p, "args": json.loads(p["args"]) if p.get("args") is not None else {}}
+        self._inserted(self._new_job(record, job_id=job_id))
+        return [{"id": job_id}]
+
+    def periodic_defers_prune(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        doomed = [key for key in self.periodic_defers if key[2] < p["before"]]
+        for key in doomed:
+            del self.periodic_defers[key]
+        return [{"deleted": len(doomed)}]
+
+    # -- schema: always installed and current --------------------------------------
+    def schema_is_installed(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{"installed": True}]
+
+    def schema_versions_applied(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{"version": m.version} for m in sql.migrations()]

@@ -1,0 +1,166 @@
+"""The tables of the in-memory connector, and what PostgreSQL does around them.
+
+pcq_jobs, pcq_events, pcq_workers and pcq_periodic_defers as dicts behind one
+lock, plus what the schema does by itself: the triggers (event history and
+NOTIFY on every status change), the unique index on waiting jobs' queueing
+locks, the queue-name check, the ids of an identity column. The queries
+themselves are in in_memory_store.py.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from procrastinate_core import exceptions
+
+QUEUEING_LOCK_INDEX = "pcq_jobs_queueing_lock_uniq"
+FINAL_STATUSES = ("succeeded", "failed", "cancelled", "aborted")
+_JOB_COLUMNS = (
+    "id queue_name task_name priority lock queueing_lock args status scheduled_at attempts "
+    "worker_id abort_requested created_at started_at finished_at result error"
+).split()
+
+Clock = Callable[[], datetime.datetime]
+Notify = Callable[[str, str], None]
+
+
+def utc_now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def timestamp(value: Any) -> datetime.datetime | None:
+    """A timestamptz parameter: a datetime or an ISO string; naive means UTC."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=datetime.timezone.utc)
+    return value
+
+
+def _as_text(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+class InMemoryTables:
+    """The four tables as dicts, behind one lock, with the schema's triggers and constraints."""
+
+    def __init__(self, clock: Clock, notify: Notify) -> None:
+        self.clock = clock
+        self.notify = notify
+        self.lock = threading.RLock()
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every job, event, worker and periodic tick (ids start again at 1)."""
+        with self.lock:
+            self.jobs: dict[int, dict[str, Any]] = {}
+            self.events: list[dict[str, Any]] = []
+            self.workers: dict[int, dict[str, Any]] = {}
+            self.periodic_defers: dict[tuple[str, str, int], int | None] = {}
+            self._next_job_id = 1
+            self._next_event_id = 1
+            self._next_worker_id = 1
+
+    # -- what the triggers do ------------------------------------------------
+    def _event(self, job: dict[str, Any], type_: str) -> None:
+        self.events.append(
+            {"id": self._next_event_id, "job_id": job["id"], "type": type_,
+             "attempt": job["attempts"], "at": self.clock()}
+        )
+        self._next_event_id += 1
+
+    def _wake(self, queue: str) -> None:
+        self.notify("pcq_any", "")
+        self.notify(f"pcq_q_{queue}", "")
+
+    def _inserted(self, job: dict[str, Any]) -> None:
+        self._check_queueing_lock(job)
+        self.jobs[job["id"]] = job
+        self._event(job, "deferred" if job["scheduled_at"] is None else "scheduled")
+        if job["status"] == "todo":
+            self._wake(job["queue_name"])
+
+    def _update(self, job: dict[str, Any], **changes: Any) -> None:
+        old = dict(job)
+        new = {**job, **changes}
+        if new["status"] == "todo" and old["status"] != "todo":
+            self._check_queueing_lock(new)
+        job.update(changes)
+        if new["status"] != old["status"]:
+            if new["status"] == "doing":
+                kind = "started"
+            elif new["status"] == "todo" and old["status"] == "doing":
+                kind = "recovered" if new["worker_id"] is None else "deferred_for_retry"
+            elif new["status"] == "todo":
+                kind = "retried"
+            else:
+                kind = new["status"]
+            self._event(job, kind)
+        if new["abort_requested"] and not old["abort_requested"]:
+            self._event(job, "abort_requested")
+            if new["status"] == "doing":
+                self.notify("pcq_abort", str(job["id"]))
+        if new["status"] == "todo" and old["status"] != "todo":
+            self._wake(new["queue_name"])
+
+    def _delete(self, job_id: int) -> None:
+        del self.jobs[job_id]
+        self.events = [e for e in self.events if e["job_id"] != job_id]
+
+    def _queueing_lock_taken(self, queueing_lock: str | None, but: int | None = None) -> bool:
+        return queueing_lock is not None and any(
+            j["queueing_lock"] == queueing_lock and j["status"] == "todo" and j["id"] != but
+            for j in self.jobs.values()
+        )
+
+    def _check_queueing_lock(self, job: dict[str, Any]) -> None:
+        if self._queueing_lock_taken(job["queueing_lock"], but=job["id"]):
+            raise self._unique_violation(job["queueing_lock"])
+
+    @staticmethod
+    def _unique_violation(queueing_lock: str) -> exceptions.UniqueViolation:
+        """What PostgreSQL's unique index on waiting jobs' queueing_lock raises, translated."""
+        return exceptions.UniqueViolation(
+            f'duplicate key value violates unique constraint "{QUEUEING_LOCK_INDEX}": '
+            f"Key (queueing_lock)=({queueing_lock}) already exists.",
+            constraint_name=QUEUEING_LOCK_INDEX,
+        )
+
+    def _new_job(self, record: Mapping[str, Any], job_id: int | None = None) -> dict[str, Any]:
+        queue = record["queue_name"]
+        if not isinstance(queue, str) or not 1 <= len(queue.encode()) <= 50:
+            raise exceptions.ConnectorException(
+                f'CheckViolation: new row for relation "pcq_jobs" violates check constraint '
+                f'"pcq_jobs_queue_name_length" (queue {queue!r} must be 1 to 50 bytes)'
+            )
+        if job_id is None:
+            job_id = self._next_job_id
+            self._next_job_id += 1
+        return {
+            "id": job_id, "queue_name": queue, "task_name": record["task_name"],
+            "priority": record.get("priority") or 0, "lock": record.get("lock"),
+            "queueing_lock": record.get("queueing_lock"),
+            "args": record.get("args") if record.get("args") is not None else {},
+            "status": "todo", "scheduled_at": timestamp(record.get("scheduled_at")),
+            "attempts": 0, "worker_id": None, "abort_requested": False,
+            "created_at": self.clock(), "started_at": None, "finished_at": None,
+            "result": None, "error": None,
+        }
+
+    @staticmethod
+    def job_row(job: Mapping[str, Any]) -> dict[str, Any]:
+        """A job as job_fetch_many / job_list return it (JSON columns as text)."""
+        row = {column: job[column] for column in _JOB_COLUMNS}
+        row["args"] = json.dumps(job["args"])
+        row["result"] = _as_text(job["result"])
+        row["error"] = _as_text(job["error"])
+        return row
+
+    def _ready(self, job: Mapping[str, Any], now: datetime.datetime) -> bool:
+        return job["status"] == "todo" and (job["scheduled_at"] is None or job["scheduled_at"] <= now)

@@ -1,0 +1,290 @@
+"""The psycopg 3 connectors: PsycopgConnector (async, runs workers) and SyncPsycopgConnector.
+
+Both sit on psycopg_pool. Every pool argument passes through; libpq keywords
+may be given at the top level, in `kwargs={...}`, in `conninfo=`, or come from
+the PG* environment variables.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from procrastinate_core import exceptions, sql
+from procrastinate_core.connectors import errors, params
+from procrastinate_core.connectors.base import (
+    BaseAsyncConnector,
+    BaseConnector,
+    BaseSyncConnector,
+    Fetch,
+    ListeningCallback,
+    NotificationCallback,
+    Params,
+    PooledConnector,
+)
+from procrastinate_core.connectors.listener import listen_forever
+from procrastinate_core.serialization import JsonDumps, JsonLoads
+
+logger = logging.getLogger(__name__)
+
+_POOL_ARGUMENTS = (
+    "conninfo",
+    "connection_class",
+    "kwargs",
+    "min_size",
+    "max_size",
+    "open",
+    "configure",
+    "check",
+    "reset",
+    "name",
+    "close_returns",
+    "timeout",
+    "max_waiting",
+    "max_lifetime",
+    "max_idle",
+    "reconnect_timeout",
+    "reconnect_failed",
+    "num_workers",
+)
+
+
+def _import_psycopg() -> Any:
+    try:
+        import psycopg
+        import psycopg_pool
+    except ImportError as exc:  # pragma: no cover - psycopg is a core dependency
+        raise exceptions.MissingDriverError(
+            f"psycopg 3 is not installed ({exc}); install it with "
+            '`pip install "procrastinate-core"` (it is a core dependency).'
+        ) from exc
+    return psycopg, psycopg_pool
+
+
+class _PsycopgSettings:
+    """The parsed arguments shared by the async and sync psycopg connectors."""
+
+    def __init__(self, connector: str, arguments: dict[str, Any]) -> None:
+        connection, pool_arguments = params.split_arguments(
+            connector, arguments, _POOL_ARGUMENTS
+        )
+        self.original = dict(arguments)
+        self.conninfo: str = pool_arguments.pop("conninfo", "") or ""
+        if callable(self.conninfo):
+            raise TypeError(f"{connector}(conninfo=...) must be a string, not a callable")
+        kwargs = dict(pool_arguments.pop("kwargs", None) or {})
+        unknown = set(kwargs) - params.LIBPQ_KEYWORDS - {"autocommit", "prepare_threshold", "row_factory", "cursor_factory", "context"}
+        if unknown:
+            raise TypeError(
+                f"{connector}(kwargs=...) got unknown connection argument(s) "
+                f"{', '.join(sorted(map(repr, unknown)))}; use libpq keywords such as "
+                "host, port, dbname, user, password."
+            )
+        kwargs.update(connection)
+        self.connect_kwargs = kwargs
+        pool_arguments.pop("open", None)  # we open explicitly, in open()/open_async()
+        self.pool_arguments = pool_arguments
+
+    def connection_kwargs(self, suffix: str = "") -> dict[str, Any]:
+        kwargs = dict(self.connect_kwargs)
+        if "application_name" not in kwargs and "application_name" not in self.conninfo:
+            kwargs["application_name"] = params.DEFAULT_APPLICATION_NAME + suffix
+        elif suffix and "application_name" in kwargs:
+            kwargs["application_name"] = f"{kwargs['application_name']}{suffix}"
+        kwargs["autocommit"] = True
+        return kwargs
+
+    def target(self) -> str:
+        found = params.parse_dsn(self.conninfo)
+        found.update({k: str(v) for k, v in self.connect_kwargs.items()})
+        return errors.describe_target(found)
+
+
+def _dict_row() -> Any:
+    from psycopg.rows import dict_row
+
+    return dict_row
+
+
+class PsycopgConnector(PooledConnector, BaseAsyncConnector):
+    """Async connector on psycopg 3's AsyncConnectionPool; the one to run workers with.
+
+    Any argument of `psycopg_pool.AsyncConnectionPool` passes through
+    (`conninfo`, `min_size`, `max_size`, `kwargs`, `timeout`, ...); libpq
+    keywords (`host=`, `dbname=`, ...) may also be given directly.
+    """
+
+    def __init__(
+        self,
+        *,
+        json_dumps: JsonDumps | None = None,
+        json_loads: JsonLoads | None = None,
+        listen_keepalive: float = 10.0,
+        **arguments: Any,
+    ) -> None:
+        super().__init__(json_dumps=json_dumps, json_loads=json_loads)
+        self._settings = _PsycopgSettings(type(self).__name__, arguments)
+        self._pool: Any = None
+        self._owns_pool = False
+        self.listen_keepalive = listen_keepalive
+
+    def make_sync_counterpart(self) -> BaseConnector:
+        return SyncPsycopgConnector(
+            json_dumps=self.json_dumps, json_loads=self.json_loads, **self._settings.original
+        )
+
+    async def open_async(self, pool: Any = None) -> None:
+        if self._pool is not None:
+            return
+        psycopg, psycopg_pool = _import_psycopg()
+        if pool is not None:
+            self._pool, self._owns_pool = pool, False
+            return
+        conninfo = self._settings.conninfo
+        kwargs = self._settings.connection_kwargs()
+        # One direct connection first: a dead server fails now, with the driver's
+        # reason, instead of a bare PoolTimeout 30 s later.
+        with errors.translated(self._settings.target()):
+            probe = await psycopg.AsyncConnection.connect(conninfo, **kwargs)
+            await probe.close()
+        new_pool = psycopg_pool.AsyncConnectionPool(
+            conninfo, kwargs=kwargs, open=False, **self._settings.pool_arguments
+        )
+        with errors.translated(self._settings.target()):
+            await new_pool.open(wait=False)
+        self._pool, self._owns_pool = new_pool, True
+
+    async def close_async(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None and self._owns_pool:
+            await pool.close()
+
+    async def run_query_async(self, name: str, query_params: Params | None, connection: Any, fetch: Fetch) -> Any:
+        text = sql.query(name)
+        with errors.translated(self._settings.target()):
+            if connection is not None:
+                return await _execute_async(connection, text, query_params, fetch)
+            async with self.pool.connection() as conn:
+                return await _execute_async(conn, text, query_params, fetch)
+
+    async def execute_script_async(self, script: str) -> None:
+        with errors.translated(self._settings.target()):
+            async with self.pool.connection() as conn:
+                await conn.execute(script)
+
+    async def listen_notify(
+        self,
+        channels: Iterable[str],
+        on_notification: NotificationCallback,
+        on_listening: ListeningCallback | None = None,
+    ) -> None:
+        psycopg, _ = _import_psycopg()
+        kwargs = self._settings.connection_kwargs(suffix="-listener")
+        kwargs.setdefault("connect_timeout", max(1, int(self.listen_keepalive)))
+
+        async def connect() -> _PsycopgListenSession:
+            conn = await psycopg.AsyncConnection.connect(self._settings.conninfo, **kwargs)
+            return _PsycopgListenSession(conn)
+
+        await listen_forever(connect, channels, on_notification, on_listening, self.listen_keepalive)
+
+
+class _PsycopgListenSession:
+    """A ListenSession on a psycopg 3 AsyncConnection (autocommit)."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    async def listen(self, channel: str) -> None:
+        from psycopg import sql as psql
+
+        await self.conn.execute(psql.SQL("LISTEN {}").format(psql.Identifier(channel)))
+
+    async def notifications(self, window: float) -> AsyncIterator[tuple[str, str]]:
+        async for notify in self.conn.notifies(timeout=window):
+            yield notify.channel, notify.payload
+
+    async def ping(self) -> None:
+        await self.conn.execute("SELECT 1")
+
+    async def close(self) -> None:
+        await self.conn.close()
+
+
+class SyncPsycopgConnector(PooledConnector, BaseSyncConnector):
+    """Sync connector on psycopg 3's ConnectionPool, for deferring jobs from sync code.
+
+    Any argument of `psycopg_pool.ConnectionPool` passes through; libpq keywords
+    may be given directly. It cannot run a worker.
+    """
+
+    def __init__(
+        self,
+        *,
+        json_dumps: JsonDumps | None = None,
+        json_loads: JsonLoads | None = None,
+        **arguments: Any,
+    ) -> None:
+        super().__init__(json_dumps=json_dumps, json_loads=json_loads)
+        arguments.pop("listen_keepalive", None)
+        self._settings = _PsycopgSettings(type(self).__name__, arguments)
+        self._pool: Any = None
+        self._owns_pool = False
+
+    def open(self, pool: Any = None) -> None:
+        if self._pool is not None:
+            return
+        psycopg, psycopg_pool = _import_psycopg()
+        if pool is not None:
+            self._pool, self._owns_pool = pool, False
+            return
+        conninfo = self._settings.conninfo
+        kwargs = self._settings.connection_kwargs()
+        with errors.translated(self._settings.target()):
+            psycopg.Connection.connect(conninfo, **kwargs).close()
+        new_pool = psycopg_pool.ConnectionPool(
+            conninfo, kwargs=kwargs, open=False, **self._settings.pool_arguments
+        )
+        with errors.translated(self._settings.target()):
+            new_pool.open(wait=False)
+        self._pool, self._owns_pool = new_pool, True
+
+    def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None and self._owns_pool:
+            pool.close()
+
+    def run_query(self, name: str, query_params: Params | None, connection: Any, fetch: Fetch) -> Any:
+        text = sql.query(name)
+        with errors.translated(self._settings.target()):
+            if connection is not None:
+                return _execute_sync(connection, text, query_params, fetch)
+            with self.pool.connection() as conn:
+                return _execute_sync(conn, text, query_params, fetch)
+
+    def execute_script(self, script: str) -> None:
+        with errors.translated(self._settings.target()):
+            with self.pool.connection() as conn:
+                conn.execute(script)
+
+
+async def _execute_async(conn: Any, text: str, query_params: Params | None, fetch: str) -> Any:
+    async with conn.cursor(row_factory=_dict_row()) as cursor:
+        await cursor.execute(text, query_params or {})
+        if fetch == "one":
+            return await cursor.fetchone()
+        if fetch == "all":
+            return await cursor.fetchall()
+        return None
+
+
+def _execute_sync(conn: Any, text: str, query_params: Params | None, fetch: str) -> Any:
+    with conn.cursor(row_factory=_dict_row()) as cursor:
+        cursor.execute(text, query_params or {})
+        if fetch == "one":
+            return cursor.fetchone()
+        if fetch == "all":
+            return cursor.fetchall()
+        return None
+

@@ -1,0 +1,108 @@
+"""Worker options and their defaults, declared once.
+
+The worker, `App(worker_defaults=...)`, the CLI flags, the Django settings and
+the docs all read WORKER_OPTIONS; nothing else spells out a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from procrastinate_core import exceptions
+from procrastinate_core.jobs import DeleteJobCondition
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerOptions:
+    """How a worker runs. See docs/worker.md for the meaning of each option."""
+
+    #: Queues to take jobs from; None means every queue.
+    queues: tuple[str, ...] | None = None
+    #: Name shown in logs, the workers table and JobContext.worker_name.
+    name: str | None = None
+    #: How many jobs run at once in this process.
+    concurrency: int = 1
+    #: False: process what is ready, then return (for tests and cron-style runs).
+    wait: bool = True
+    #: Seconds between polls when no notification arrives.
+    fetch_job_polling_interval: float = 5.0
+    #: Seconds between polls for abort requests (notifications make it faster).
+    abort_job_polling_interval: float = 5.0
+    #: Seconds to let running jobs finish after a stop signal; None waits for them.
+    shutdown_graceful_timeout: float | None = None
+    #: Use LISTEN/NOTIFY to learn of new jobs and abort requests at once.
+    listen_notify: bool = True
+    #: Which finished jobs to delete instead of keeping.
+    delete_jobs: DeleteJobCondition = DeleteJobCondition.NEVER
+    #: Extra values put in JobContext.additional_context.
+    additional_context: Mapping[str, Any] | None = None
+    #: Handle SIGINT/SIGTERM (first: graceful stop; second: immediate stop).
+    install_signal_handlers: bool = True
+    #: Seconds between heartbeats.
+    update_heartbeat_interval: float = 10.0
+    #: A worker silent this long is dead: its jobs go back to the queue.
+    stalled_worker_timeout: float = 30.0
+    #: Functions wrapping each job's execution (see docs/worker.md#middleware).
+    worker_middleware: tuple[Any, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.queues is not None:
+            if isinstance(self.queues, str):
+                raise exceptions.ConfigurationError(
+                    f"queues={self.queues!r}: expected a list of queue names, not a string"
+                )
+            object.__setattr__(self, "queues", tuple(self.queues) or None)
+        if isinstance(self.concurrency, bool) or not isinstance(self.concurrency, int) or self.concurrency < 1:
+            raise exceptions.ConfigurationError(
+                f"concurrency={self.concurrency!r}: expected an int >= 1"
+            )
+        for option in (
+            "fetch_job_polling_interval",
+            "abort_job_polling_interval",
+            "update_heartbeat_interval",
+            "stalled_worker_timeout",
+        ):
+            value = getattr(self, option)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise exceptions.ConfigurationError(f"{option}={value!r}: expected a number > 0")
+        if self.shutdown_graceful_timeout is not None and not self.shutdown_graceful_timeout >= 0:
+            raise exceptions.ConfigurationError(
+                f"shutdown_graceful_timeout={self.shutdown_graceful_timeout!r}: expected >= 0 or None"
+            )
+        if self.stalled_worker_timeout <= self.update_heartbeat_interval:
+            raise exceptions.ConfigurationError(
+                f"stalled_worker_timeout={self.stalled_worker_timeout} must be larger than "
+                f"update_heartbeat_interval={self.update_heartbeat_interval}, or live "
+                "workers would be taken for dead"
+            )
+        try:
+            object.__setattr__(self, "delete_jobs", DeleteJobCondition(self.delete_jobs))
+        except ValueError:
+            raise exceptions.ConfigurationError(
+                f"delete_jobs={self.delete_jobs!r}: expected one of "
+                f"{[c.value for c in DeleteJobCondition]}"
+            ) from None
+        object.__setattr__(self, "worker_middleware", tuple(self.worker_middleware or ()))
+
+    @classmethod
+    def build(cls, *layers: Mapping[str, Any] | None) -> WorkerOptions:
+        """Options from layered mappings (defaults, then overrides); unknown keys are errors."""
+        merged: dict[str, Any] = {}
+        known = {field.name for field in dataclasses.fields(cls)}
+        for layer in layers:
+            for key, value in (layer or {}).items():
+                if key not in known:
+                    raise exceptions.ConfigurationError(
+                        f"unknown worker option {key!r}; known options: {', '.join(sorted(known))}"
+                    )
+                merged[key] = value
+        return cls(**merged)
+
+
+WORKER_OPTIONS: tuple[dataclasses.Field[Any], ...] = dataclasses.fields(WorkerOptions)
+
+
+def option_names() -> Iterable[str]:
+    return (field.name for field in WORKER_OPTIONS)

@@ -1,0 +1,107 @@
+"""Periodic (cron) tasks: their declaration, validated at decoration time.
+
+The deferring loop that runs inside workers lives in periodic_deferrer.py;
+each tick is deferred once across all workers thanks to the primary key of
+pcq_periodic_defers (see the periodic_defer query).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from croniter import CroniterBadCronError, CroniterBadDateError, croniter
+
+from procrastinate_core import exceptions
+
+if TYPE_CHECKING:
+    from procrastinate_core.tasks import Task
+
+
+def parse_cron(expression: str, *, task_name: str) -> str:
+    """The cron expression if it is valid and ever matches; InvalidCronExpression otherwise.
+
+    Five fields (minute hour day month weekday), an optional sixth for seconds,
+    or croniter's shortcuts (@hourly, @daily, ...).
+    """
+    if not isinstance(expression, str) or not expression.strip():
+        raise exceptions.InvalidCronExpression(
+            f"periodic task {task_name!r}: cron={expression!r} is not a cron expression"
+        )
+    now = datetime.datetime.now(datetime.timezone.utc)
+    try:
+        croniter(expression, now).get_next(datetime.datetime)
+    except CroniterBadDateError:
+        raise exceptions.InvalidCronExpression(
+            f"periodic task {task_name!r}: cron={expression!r} never matches any date "
+            "(check the day-of-month and month fields)"
+        ) from None
+    except (CroniterBadCronError, ValueError, KeyError) as exc:
+        raise exceptions.InvalidCronExpression(
+            f"periodic task {task_name!r}: cron={expression!r} is invalid ({exc}). "
+            "Expected 5 fields 'minute hour day month weekday', optionally a 6th for "
+            "seconds, e.g. '*/5 * * * *' or '0 3 * * * 30'."
+        ) from None
+    return expression
+
+
+@dataclasses.dataclass(frozen=True)
+class PeriodicTask:
+    """One schedule of one task."""
+
+    task: Task[Any, Any, Any]
+    cron: str
+    periodic_id: str
+    configure_kwargs: dict[str, Any]
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        task: Task[Any, Any, Any],
+        cron: str,
+        periodic_id: str,
+        configure_kwargs: dict[str, Any],
+    ) -> PeriodicTask:
+        if not isinstance(periodic_id, str):
+            raise exceptions.ConfigurationError(
+                f"periodic task {task.name!r}: periodic_id={periodic_id!r} must be a string"
+            )
+        allowed = {"lock", "queueing_lock", "task_kwargs", "queue", "priority"}
+        unknown = set(configure_kwargs) - allowed
+        if unknown:
+            raise exceptions.ConfigurationError(
+                f"periodic task {task.name!r}: unknown option(s) {sorted(unknown)}; "
+                f"accepted: {sorted(allowed)}"
+            )
+        if "timestamp" in (configure_kwargs.get("task_kwargs") or {}):
+            raise exceptions.ConfigurationError(
+                f"periodic task {task.name!r}: task_kwargs may not contain 'timestamp', "
+                "which the periodic deferrer sets to the tick's time"
+            )
+        return cls(
+            task=task,
+            cron=parse_cron(cron, task_name=task.name),
+            periodic_id=periodic_id,
+            configure_kwargs=configure_kwargs,
+        )
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.task.name, self.periodic_id)
+
+    def ticks_between(self, start: float, end: float) -> Iterator[int]:
+        """Tick timestamps t with start < t <= end, oldest first."""
+        iterator = croniter(self.cron, datetime.datetime.fromtimestamp(start, datetime.timezone.utc))
+        while True:
+            tick = iterator.get_next(float)
+            if tick > end:
+                return
+            yield int(tick)
+
+    def next_tick(self, after: float) -> float:
+        """The first tick strictly after `after` (Unix time)."""
+        iterator = croniter(self.cron, datetime.datetime.fromtimestamp(after, datetime.timezone.utc))
+        return float(iterator.get_next(float))

@@ -1,0 +1,133 @@
+"""PeriodicDeferrer: defers one job per tick of each periodic task, across all workers.
+
+Every worker runs one. Each tick is deferred through `periodic_defer`, whose
+insert into pcq_periodic_defers (primary key: task, periodic_id, tick) lets
+exactly one worker win. At start, the latest tick missed within
+`App(periodic_defaults={"max_delay": s})` seconds is caught up once; older
+ones are skipped. Errors are logged and retried: the deferrer never stops
+its worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from croniter import croniter
+
+from procrastinate_core.periodic import PeriodicTask
+
+if TYPE_CHECKING:
+    from procrastinate_core.app import App
+
+logger = logging.getLogger(__name__)
+
+#: How far back (seconds) a tick missed while no worker ran is still deferred.
+DEFAULT_MAX_DELAY = 600.0
+#: Longest sleep between two checks, so a changed clock is noticed.
+MAX_SLEEP = 60.0
+#: Ticks older than max_delay + this are forgotten from pcq_periodic_defers.
+PRUNE_MARGIN = 3600.0
+ERROR_RETRY = 1.0
+
+
+def _latest_tick(cron: str, now: float) -> int:
+    """The last tick at or before `now` (cron ticks fall on whole seconds)."""
+    base = datetime.datetime.fromtimestamp(math.floor(now) + 1, datetime.timezone.utc)
+    return int(croniter(cron, base).get_prev(float))
+
+
+class PeriodicDeferrer:
+    """Defers periodic ticks on time; `clock` is injectable for tests."""
+
+    def __init__(self, app: App, clock: Callable[[], float] = time.time) -> None:
+        self.app = app
+        self.clock = clock
+        self.max_delay = float(app.periodic_defaults.get("max_delay", DEFAULT_MAX_DELAY))
+        self.periodic_tasks: list[PeriodicTask] = list(app.periodic_tasks)
+        #: per task: the tick up to which ticks were handled
+        self.checked: dict[tuple[str, str], float] = {}
+        self._last_prune = 0.0
+
+    def due_ticks(self, periodic_task: PeriodicTask, now: float) -> list[int]:
+        """Ticks to defer now; on the first look, only the latest within max_delay."""
+        key = periodic_task.key
+        if key not in self.checked:
+            latest = _latest_tick(periodic_task.cron, now)
+            return [latest] if latest > now - self.max_delay else []
+        start = max(self.checked[key], now - self.max_delay)
+        return list(periodic_task.ticks_between(start, now))
+
+    async def defer_due(self) -> int:
+        """Defer every due tick; how many jobs this worker deferred (others may win ties)."""
+        now = self.clock()
+        deferred = 0
+        for periodic_task in self.periodic_tasks:
+            for tick in self.due_ticks(periodic_task, now):
+                deferred += await self._defer_tick(periodic_task, tick)
+            # Only now: a failure above leaves the ticks due for the next try.
+            self.checked[periodic_task.key] = now
+        if now - self._last_prune > PRUNE_MARGIN:
+            await self.app.job_manager.prune_periodic_defers_async(
+                int(now - self.max_delay - PRUNE_MARGIN)
+            )
+            self._last_prune = now
+        return deferred
+
+    async def _defer_tick(self, periodic_task: PeriodicTask, tick: int) -> int:
+        task = periodic_task.task
+        kwargs = dict(periodic_task.configure_kwargs)
+        task_kwargs = dict(kwargs.pop("task_kwargs", None) or {})
+        deferrer = task.configure(**kwargs)
+        job = deferrer.make_new_job(**task_kwargs, timestamp=tick)
+        job_id = await self.app.job_manager.defer_periodic_job_async(
+            job, periodic_task.periodic_id, tick
+        )
+        if job_id is None:
+            return 0
+        logger.info(
+            "Deferred periodic job %s for tick %d",
+            task.name,
+            tick,
+            extra={
+                "action": "periodic_deferred",
+                "task_name": task.name,
+                "periodic_id": periodic_task.periodic_id,
+                "tick": tick,
+                "job_id": job_id,
+            },
+        )
+        return 1
+
+    def seconds_to_next_tick(self) -> float:
+        now = self.clock()
+        if not self.periodic_tasks:
+            return MAX_SLEEP
+        soonest = min(p.next_tick(now) for p in self.periodic_tasks)
+        return max(0.0, min(MAX_SLEEP, soonest - now))
+
+    async def run(self) -> None:
+        if not self.periodic_tasks:
+            return
+        while True:
+            try:
+                await self.defer_due()
+                delay = self.seconds_to_next_tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.error(
+                    "Deferring periodic tasks failed (%s: %s); retrying in %.0f s",
+                    type(exc).__name__,
+                    exc,
+                    ERROR_RETRY,
+                    extra={"action": "periodic_defer_failed"},
+                )
+                delay = ERROR_RETRY
+            # Wake just after the tick (cron ticks are whole seconds).
+            await asyncio.sleep(delay + 0.01)

@@ -1,0 +1,140 @@
+"""Database work written once, run sync or async: steps, plans, and their two drivers.
+
+A *step* is one round trip (a named query, or a migration script). A *plan*
+is a generator that yields steps and receives their results, so logic with
+several round trips and branches (applying migrations, say) is written once;
+`paired()` turns a plan function into the `name` / `name_async` pair.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any, Concatenate, Generic, Literal, ParamSpec, TypeVar
+
+from procrastinate_core.connectors.base import BaseConnector
+
+P = ParamSpec("P")
+T = TypeVar("T")
+S = TypeVar("S")
+
+
+@dataclasses.dataclass(frozen=True)
+class Op(Generic[T]):
+    """One named query, and how to turn its rows into a result."""
+
+    query: str
+    params: dict[str, Any]
+    fetch: Literal["none", "one", "all"]
+    parse: Callable[[Any], T] = lambda rows: rows
+    connection: Any = None
+
+    def run(self, connector: BaseConnector) -> T:
+        return self.parse(connector.run_query(self.query, self.params, self.connection, self.fetch))
+
+    async def run_async(self, connector: BaseConnector) -> T:
+        rows = await connector.run_query_async(self.query, self.params, self.connection, self.fetch)
+        return self.parse(rows)
+
+
+@dataclasses.dataclass(frozen=True)
+class Script:
+    """A parameterless multi-statement script, run in one transaction."""
+
+    sql: str
+
+    def run(self, connector: BaseConnector) -> None:
+        connector.execute_script(self.sql)
+
+    async def run_async(self, connector: BaseConnector) -> None:
+        await connector.execute_script_async(self.sql)
+
+
+Step = Op[Any] | Script
+Plan = Generator[Step, Any, T]
+
+
+def run_plan(plan: Plan[T], connector: BaseConnector) -> T:
+    """Drive a plan with sync I/O; a step's exception is thrown into the plan."""
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            step = plan.throw(error) if error is not None else plan.send(value)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        try:
+            value, error = step.run(connector), None
+        except Exception as exc:  # handed to the plan, which may re-raise
+            value, error = None, exc
+
+
+async def run_plan_async(plan: Plan[T], connector: BaseConnector) -> T:
+    """Drive a plan with async I/O; a step's exception is thrown into the plan."""
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            step = plan.throw(error) if error is not None else plan.send(value)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        try:
+            value, error = await step.run_async(connector), None
+        except Exception as exc:
+            value, error = None, exc
+
+
+class HasConnector:
+    """What `paired()` methods need from their object."""
+
+    connector: BaseConnector
+
+    def wrap_error(self, exc: Exception) -> Exception:
+        """Hook to translate errors (the manager turns unique violations into AlreadyEnqueued)."""
+        return exc
+
+
+def paired(
+    build: Callable[Concatenate[S, P], Plan[T] | Op[T]],
+) -> tuple[Callable[Concatenate[S, P], T], Callable[Concatenate[S, P], Awaitable[T]]]:
+    """The sync and async methods for one plan (or single-Op) builder.
+
+    Sync forms run on `connector.get_sync_connector()`, async ones on the connector.
+    """
+
+    def as_plan(built: Plan[T] | Op[T]) -> Plan[T]:
+        if isinstance(built, Op):
+            return _single(built)
+        return built
+
+    @functools.wraps(build)
+    def sync(self: Any, *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return run_plan(as_plan(build(self, *args, **kwargs)), self.connector.get_sync_connector())
+        except Exception as exc:
+            wrapped = self.wrap_error(exc)
+            if wrapped is exc:
+                raise
+            raise wrapped from exc
+
+    @functools.wraps(build)
+    async def async_(self: Any, *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await run_plan_async(as_plan(build(self, *args, **kwargs)), self.connector)
+        except Exception as exc:
+            wrapped = self.wrap_error(exc)
+            if wrapped is exc:
+                raise
+            raise wrapped from exc
+
+    base = build.__name__.lstrip("_")
+    for function, name in ((sync, base), (async_, base + "_async")):
+        function.__name__ = name
+        function.__qualname__ = f"{build.__qualname__.rsplit('.', 1)[0]}.{name}"
+    return sync, async_  # type: ignore[return-value]
+
+
+def _single(op: Op[T]) -> Plan[T]:
+    result = yield op
+    return result  # type: ignore[no-any-return]

@@ -1,0 +1,327 @@
+-- Every query the project runs. Each starts with "-- name: noun_verb" and a line
+-- saying what it returns; parameters are always %(name)s, never formatted in.
+-- JSON goes in as text and comes out as text (::text), so the connectors' own
+-- JSON adaptation never interferes with the app's json_dumps / json_loads.
+
+-- name: job_defer_many
+-- Inserts the jobs of a JSON array in one statement; returns their ids
+-- (ids grow in array order).
+INSERT INTO pcq_jobs (queue_name, task_name, priority, lock, queueing_lock, args, scheduled_at)
+SELECT j.queue_name, j.task_name, j.priority, j.lock, j.queueing_lock, j.args, j.scheduled_at
+FROM ROWS FROM (
+    jsonb_to_recordset(%(jobs)s::jsonb) AS (
+        queue_name text, task_name text, priority integer, lock text, queueing_lock text,
+        args jsonb, scheduled_at timestamptz
+    )
+) WITH ORDINALITY AS j(queue_name, task_name, priority, lock, queueing_lock, args, scheduled_at, ord)
+ORDER BY j.ord
+RETURNING id;
+
+-- name: job_fetch_many
+-- Claims up to %(limit)s ready jobs for worker %(worker_id)s; returns the claimed jobs.
+-- A job with a lock is ready only if no job with that lock is running and no
+-- ready job with that lock comes before it (priority desc, then defer order).
+WITH candidate AS (
+    SELECT j.id
+    FROM pcq_jobs AS j
+    WHERE j.status = 'todo'
+      AND (%(queues)s::text[] IS NULL OR j.queue_name = ANY (%(queues)s::text[]))
+      AND (j.scheduled_at IS NULL OR j.scheduled_at <= now())
+      AND (j.lock IS NULL OR NOT EXISTS (
+          SELECT 1
+          FROM pcq_jobs AS o
+          WHERE o.lock = j.lock
+            AND o.id <> j.id
+            AND (o.status = 'doing'
+                 OR (o.status = 'todo'
+                     AND (o.scheduled_at IS NULL OR o.scheduled_at <= now())
+                     AND (o.priority > j.priority OR (o.priority = j.priority AND o.id < j.id))))
+      ))
+    ORDER BY j.priority DESC, j.id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE pcq_jobs AS j
+SET status = 'doing',
+    worker_id = %(worker_id)s,
+    attempts = j.attempts + 1,
+    started_at = now()
+FROM candidate
+WHERE j.id = candidate.id
+RETURNING j.id, j.queue_name, j.task_name, j.priority, j.lock, j.queueing_lock,
+          j.args::text AS args, j.status, j.scheduled_at, j.attempts, j.worker_id,
+          j.abort_requested, j.created_at, j.started_at, j.finished_at,
+          j.result::text AS result, j.error::text AS error;
+
+-- name: job_finish_many
+-- Records the outcomes of a JSON array of finished attempts, each fenced on
+-- (job, worker, attempt, still running); returns the ids actually recorded.
+-- A retry whose queueing lock is now held by another waiting job ends failed:
+-- the waiting job will do the same work.
+WITH outcome AS (
+    SELECT *
+    FROM jsonb_to_recordset(%(outcomes)s::jsonb) AS o(
+        id bigint, worker_id bigint, attempt integer, status text, delete_job boolean,
+        retry_at timestamptz, priority integer, queue_name text, lock text,
+        result jsonb, error jsonb
+    )
+),
+deleted AS (
+    DELETE FROM pcq_jobs AS j
+    USING outcome AS o
+    WHERE o.delete_job
+      AND j.id = o.id AND j.worker_id = o.worker_id AND j.attempts = o.attempt
+      AND j.status = 'doing'
+    RETURNING j.id
+),
+updated AS (
+    UPDATE pcq_jobs AS j
+    SET status = CASE
+            WHEN o.status = 'todo' AND j.queueing_lock IS NOT NULL AND EXISTS (
+                SELECT 1 FROM pcq_jobs AS t
+                WHERE t.queueing_lock = j.queueing_lock AND t.status = 'todo'
+            ) THEN 'failed'
+            ELSE o.status
+        END,
+        finished_at = CASE WHEN o.status = 'todo' THEN NULL ELSE now() END,
+        scheduled_at = CASE WHEN o.status = 'todo' THEN o.retry_at ELSE j.scheduled_at END,
+        priority = coalesce(o.priority, j.priority),
+        queue_name = coalesce(o.queue_name, j.queue_name),
+        lock = coalesce(o.lock, j.lock),
+        abort_requested = false,
+        result = o.result,
+        error = o.error
+    FROM outcome AS o
+    WHERE NOT coalesce(o.delete_job, false)
+      AND j.id = o.id AND j.worker_id = o.worker_id AND j.attempts = o.attempt
+      AND j.status = 'doing'
+    RETURNING j.id
+)
+SELECT id FROM deleted
+UNION ALL
+SELECT id FROM updated;
+
+-- name: job_recover_stalled
+-- Requeues running jobs whose worker has not beaten for %(stalled_seconds)s or
+-- has no worker row, then prunes those workers, in one statement. Returns the
+-- recovered jobs' ids and new status. Safe to run from several workers at once.
+WITH stale AS (
+    SELECT w.id
+    FROM pcq_workers AS w
+    WHERE w.last_heartbeat < now() - make_interval(secs => %(stalled_seconds)s)
+    FOR UPDATE SKIP LOCKED
+),
+orphan AS (
+    SELECT j.id
+    FROM pcq_jobs AS j
+    WHERE j.status = 'doing'
+      AND (j.worker_id IS NULL
+           OR j.worker_id IN (SELECT id FROM stale)
+           OR NOT EXISTS (SELECT 1 FROM pcq_workers AS w WHERE w.id = j.worker_id))
+    FOR UPDATE OF j SKIP LOCKED
+),
+recovered AS (
+    UPDATE pcq_jobs AS j
+    SET status = CASE
+            WHEN j.abort_requested THEN 'aborted'
+            WHEN j.queueing_lock IS NOT NULL AND EXISTS (
+                SELECT 1 FROM pcq_jobs AS t
+                WHERE t.queueing_lock = j.queueing_lock AND t.status = 'todo'
+            ) THEN 'cancelled'
+            ELSE 'todo'
+        END,
+        finished_at = CASE
+            WHEN j.abort_requested OR (j.queueing_lock IS NOT NULL AND EXISTS (
+                SELECT 1 FROM pcq_jobs AS t
+                WHERE t.queueing_lock = j.queueing_lock AND t.status = 'todo'
+            )) THEN now()
+        END,
+        worker_id = NULL
+    FROM orphan
+    WHERE j.id = orphan.id
+    RETURNING j.id, j.status
+),
+pruned AS (
+    DELETE FROM pcq_workers AS w
+    USING stale
+    WHERE w.id = stale.id
+)
+SELECT id, status FROM recovered;
+
+-- name: job_release_unknown
+-- Requeues the running jobs of worker %(worker_id)s that are not in %(known_ids)s:
+-- claims whose reply the worker never received (the connection broke after the
+-- claim committed). Returns their ids and new status, decided as in job_recover_stalled.
+UPDATE pcq_jobs AS j
+SET status = CASE
+        WHEN j.abort_requested THEN 'aborted'
+        WHEN j.queueing_lock IS NOT NULL AND EXISTS (
+            SELECT 1 FROM pcq_jobs AS t
+            WHERE t.queueing_lock = j.queueing_lock AND t.status = 'todo'
+        ) THEN 'cancelled'
+        ELSE 'todo'
+    END,
+    finished_at = CASE
+        WHEN j.abort_requested OR (j.queueing_lock IS NOT NULL AND EXISTS (
+            SELECT 1 FROM pcq_jobs AS t
+            WHERE t.queueing_lock = j.queueing_lock AND t.status = 'todo'
+        )) THEN now()
+    END,
+    worker_id = NULL
+WHERE j.worker_id = %(worker_id)s
+  AND j.status = 'doing'
+  AND NOT (j.id = ANY (%(known_ids)s::bigint[]))
+RETURNING j.id, j.status;
+
+-- name: job_cancel
+-- Cancels a waiting job, or (with %(abort)s) asks a running one to abort;
+-- returns the job's id and status after the change, nothing if neither applied.
+UPDATE pcq_jobs
+SET status = CASE WHEN status = 'todo' THEN 'cancelled' ELSE status END,
+    finished_at = CASE WHEN status = 'todo' THEN now() ELSE finished_at END,
+    abort_requested = (status = 'doing')
+WHERE id = %(job_id)s
+  AND (status = 'todo' OR (%(abort)s AND status = 'doing'))
+RETURNING id, status;
+
+-- name: job_delete_waiting
+-- Deletes a job that has not started; returns its id if it was deleted.
+DELETE FROM pcq_jobs
+WHERE id = %(job_id)s AND status = 'todo'
+RETURNING id;
+
+-- name: job_delete_finished
+-- Deletes a finished job (its events go with it); returns its id if it was deleted.
+DELETE FROM pcq_jobs
+WHERE id = %(job_id)s AND status IN ('succeeded', 'failed', 'cancelled', 'aborted')
+RETURNING id;
+
+-- name: job_retry
+-- Puts a finished job back in the queue; returns its id if it was finished.
+UPDATE pcq_jobs
+SET status = 'todo',
+    scheduled_at = %(retry_at)s,
+    priority = coalesce(%(priority)s, priority),
+    queue_name = coalesce(%(queue_name)s, queue_name),
+    lock = coalesce(%(lock)s, lock),
+    abort_requested = false,
+    worker_id = NULL,
+    started_at = NULL,
+    finished_at = NULL
+WHERE id = %(job_id)s
+  AND status IN ('failed', 'aborted', 'cancelled', 'succeeded')
+RETURNING id;
+
+-- name: job_get_status
+-- Returns the status of one job, nothing if it does not exist.
+SELECT status FROM pcq_jobs WHERE id = %(job_id)s;
+
+-- name: job_list
+-- Returns the jobs matching every filter that is not null, oldest first.
+SELECT id, queue_name, task_name, priority, lock, queueing_lock,
+       args::text AS args, status, scheduled_at, attempts, worker_id,
+       abort_requested, created_at, started_at, finished_at,
+       result::text AS result, error::text AS error
+FROM pcq_jobs
+WHERE (%(id)s::bigint IS NULL OR id = %(id)s::bigint)
+  AND (%(queue)s::text IS NULL OR queue_name = %(queue)s::text)
+  AND (%(task)s::text IS NULL OR task_name = %(task)s::text)
+  AND (%(status)s::text IS NULL OR status = %(status)s::text)
+  AND (%(lock)s::text IS NULL OR lock = %(lock)s::text)
+  AND (%(queueing_lock)s::text IS NULL OR queueing_lock = %(queueing_lock)s::text)
+  AND (%(worker_id)s::bigint IS NULL OR worker_id = %(worker_id)s::bigint)
+ORDER BY id
+LIMIT %(limit)s::bigint;
+
+-- name: job_count_by
+-- Returns (name, status, count) grouped by %(group_by)s: 'queue', 'task' or 'lock'.
+SELECT CASE %(group_by)s::text
+           WHEN 'queue' THEN queue_name
+           WHEN 'task' THEN task_name
+           ELSE lock
+       END AS name,
+       status,
+       count(*) AS count
+FROM pcq_jobs
+WHERE (%(queue)s::text IS NULL OR queue_name = %(queue)s::text)
+  AND (%(task)s::text IS NULL OR task_name = %(task)s::text)
+  AND (%(status)s::text IS NULL OR status = %(status)s::text)
+  AND (%(lock)s::text IS NULL OR lock = %(lock)s::text)
+GROUP BY 1, 2
+ORDER BY 1, 2;
+
+-- name: job_events_list
+-- Returns the history of one job, oldest first.
+SELECT job_id, type, attempt, at FROM pcq_events WHERE job_id = %(job_id)s ORDER BY id;
+
+-- name: job_delete_old
+-- Deletes jobs finished more than %(nb_hours)s hours ago with one of
+-- %(statuses)s; returns how many were deleted.
+WITH deleted AS (
+    DELETE FROM pcq_jobs
+    WHERE status = ANY (%(statuses)s::text[])
+      AND finished_at < now() - %(nb_hours)s::float8 * interval '1 hour'
+      AND (%(queue)s::text IS NULL OR queue_name = %(queue)s::text)
+    RETURNING 1
+)
+SELECT count(*) AS deleted FROM deleted;
+
+-- name: job_list_to_abort
+-- Returns the ids of the jobs running on worker %(worker_id)s that were asked to abort.
+SELECT id FROM pcq_jobs
+WHERE status = 'doing' AND abort_requested AND worker_id = %(worker_id)s;
+
+-- name: worker_register
+-- Registers a worker; returns its id.
+INSERT INTO pcq_workers (name, host, pid) VALUES (%(name)s, %(host)s, %(pid)s)
+RETURNING id;
+
+-- name: worker_heartbeat
+-- Beats for a worker; returns its id, nothing if its row was pruned as stalled.
+UPDATE pcq_workers SET last_heartbeat = now() WHERE id = %(worker_id)s RETURNING id;
+
+-- name: worker_unregister
+-- Removes a worker's row; its running jobs, if any, become orphans that
+-- job_recover_stalled requeues.
+DELETE FROM pcq_workers WHERE id = %(worker_id)s;
+
+-- name: worker_list
+-- Returns every registered worker with the age of its last heartbeat in seconds.
+SELECT id, name, host, pid, started_at, last_heartbeat,
+       extract(epoch FROM now() - last_heartbeat)::float8 AS heartbeat_age
+FROM pcq_workers
+ORDER BY id;
+
+-- name: periodic_defer
+-- Defers the job of one periodic tick unless that tick was already deferred
+-- (by this or any other worker); returns the new job's id, nothing otherwise.
+-- A tick whose queueing lock is taken is recorded but defers nothing.
+WITH tick AS (
+    INSERT INTO pcq_periodic_defers (task_name, periodic_id, defer_timestamp, job_id)
+    VALUES (%(task_name)s, %(periodic_id)s, %(defer_timestamp)s,
+            nextval(pg_get_serial_sequence('pcq_jobs', 'id')))
+    ON CONFLICT DO NOTHING
+    RETURNING job_id
+)
+INSERT INTO pcq_jobs (id, queue_name, task_name, priority, lock, queueing_lock, args)
+OVERRIDING SYSTEM VALUE
+SELECT tick.job_id, %(queue_name)s, %(task_name)s, %(priority)s, %(lock)s,
+       %(queueing_lock)s, %(args)s::jsonb
+FROM tick
+ON CONFLICT (queueing_lock) WHERE status = 'todo' AND queueing_lock IS NOT NULL DO NOTHING
+RETURNING id;
+
+-- name: periodic_defers_prune
+-- Forgets ticks older than %(before)s (a Unix timestamp); returns how many.
+WITH deleted AS (
+    DELETE FROM pcq_periodic_defers WHERE defer_timestamp < %(before)s RETURNING 1
+)
+SELECT count(*) AS deleted FROM deleted;
+
+-- name: schema_is_installed
+-- Returns whether the migrations table exists.
+SELECT to_regclass('pcq_migrations') IS NOT NULL AS installed;
+
+-- name: schema_versions_applied
+-- Returns the versions of the applied migrations.
+SELECT version FROM pcq_migrations ORDER BY version;
