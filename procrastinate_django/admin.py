@@ -1,0 +1,237 @@
+"""Job inspection in the Django admin: list, filters, search, detail with history, summary, actions.
+
+Data is read-only here (no add, no edit form, no ORM delete); the only changes
+are the actions of admin_actions.py, which go through the JobManager and each
+need their own permission (procrastinate_django.retry_job, cancel_job,
+abort_job, delete_procrastinatejob). Seeing jobs needs view_procrastinatejob.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.contrib import admin
+from django.core.exceptions import PermissionDenied
+from django.db.models import Count, Q, QuerySet, TextField
+from django.db.models.functions import Cast
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils.html import format_html, format_html_join
+
+from procrastinate_core.jobs import Status
+from procrastinate_django import admin_actions
+from procrastinate_django import models as models_module
+from procrastinate_django.models import ProcrastinateJob
+
+_STATUS_COLOURS = {
+    "todo": "#777",
+    "doing": "#1a6fb5",
+    "succeeded": "#2b8a3e",
+    "failed": "#c92a2a",
+    "cancelled": "#a67c00",
+    "aborted": "#a67c00",
+}
+
+
+def _pretty_json(value: Any) -> str:
+    return format_html("<pre>{}</pre>", json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+@admin.register(ProcrastinateJob)
+class ProcrastinateJobAdmin(admin.ModelAdmin):
+    list_display = [
+        "id",
+        "status_badge",
+        "task_name",
+        "queue_name",
+        "priority",
+        "lock",
+        "attempts",
+        "scheduled_at",
+        "created_at",
+        "started_at",
+        "finished_at",
+    ]
+    list_display_links = ["id", "task_name"]
+    list_filter = ["status", "queue_name", "task_name", "created_at", "finished_at"]
+    search_fields = ["=id", "task_name", "lock", "queueing_lock"]
+    date_hierarchy = "created_at"
+    list_per_page = 50
+    actions = [
+        admin_actions.retry_jobs,
+        admin_actions.cancel_jobs,
+        admin_actions.abort_jobs,
+        admin_actions.delete_jobs,
+    ]
+    fields = [
+        "id",
+        "status_badge",
+        "task_name",
+        "queue_name",
+        "priority",
+        "lock",
+        "queueing_lock",
+        "attempts",
+        "worker_id",
+        "abort_requested",
+        "scheduled_at",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "arguments",
+        "outcome",
+        "history",
+    ]
+    readonly_fields = fields
+
+    # -- permissions: read-only data, one permission per action ---------------
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Only the bulk action (obj is None) deletes, through the JobManager.
+        return obj is None and request.user.has_perm("procrastinate_django.delete_procrastinatejob")
+
+    def has_retry_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("procrastinate_django.retry_job")
+
+    def has_cancel_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("procrastinate_django.cancel_job")
+
+    def has_abort_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("procrastinate_django.abort_job")
+
+    def get_actions(self, request: HttpRequest, action_location: Any = None) -> dict[str, Any]:
+        # action_location exists from Django 6.1 on; older versions call get_actions(request).
+        extra = {} if action_location is None else {"action_location": action_location}
+        found = super().get_actions(request, **extra)
+        found.pop("delete_selected", None)  # would delete through the ORM
+        return found
+
+    # -- search: id, task, lock, and the arguments' JSON text ------------------
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[ProcrastinateJob], search_term: str
+    ) -> tuple[QuerySet[ProcrastinateJob], bool]:
+        found, duplicates = super().get_search_results(request, queryset, search_term)
+        if search_term:
+            by_args = queryset.annotate(args_text=Cast("args", TextField())).filter(
+                args_text__icontains=search_term
+            )
+            found = queryset.filter(Q(pk__in=found.values("pk")) | Q(pk__in=by_args.values("pk")))
+        return found, duplicates
+
+    # -- columns and detail fields --------------------------------------------
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, job: ProcrastinateJob) -> str:
+        colour = _STATUS_COLOURS.get(job.status, "#777")
+        return format_html('<b style="color: {}">{}</b>', colour, job.status)
+
+    @admin.display(description="arguments")
+    def arguments(self, job: ProcrastinateJob) -> str:
+        return _pretty_json(job.args)
+
+    @admin.display(description="result or error")
+    def outcome(self, job: ProcrastinateJob) -> str:
+        if job.error:
+            error = job.error if isinstance(job.error, dict) else {"message": job.error}
+            return format_html(
+                "<b>{}</b>: {}<pre>{}</pre>",
+                error.get("type", "error"),
+                error.get("message", ""),
+                error.get("traceback", ""),
+            )
+        if job.status == Status.SUCCEEDED.value:
+            return _pretty_json(job.result)
+        return "-"
+
+    @admin.display(description="history")
+    def history(self, job: ProcrastinateJob) -> str:
+        events = job.events.order_by("id").values_list("type", "attempt", "at")
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (type_, attempt, at.isoformat(sep=" ", timespec="seconds"))
+                for type_, attempt, at in events
+            ),
+        )
+        return format_html(
+            '<table class="pcq-history"><thead><tr><th>event</th><th>attempt</th><th>at</th>'
+            "</tr></thead><tbody>{}</tbody></table>",
+            rows,
+        )
+
+    # -- summary page ----------------------------------------------------------
+    def get_urls(self) -> list[URLPattern]:
+        summary = path(
+            "summary/",
+            self.admin_site.admin_view(self.summary_view),
+            name="procrastinate_django_procrastinatejob_summary",
+        )
+        return [summary, *super().get_urls()]
+
+    def summary_view(self, request: HttpRequest) -> HttpResponse:
+        """Counts of jobs by status, by queue and by task."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        statuses = [status.value for status in Status]
+        jobs = ProcrastinateJob.objects.all()
+        by_status = dict(jobs.values_list("status").annotate(n=Count("id")).order_by())
+
+        def grouped(column: str) -> list[dict[str, Any]]:
+            table: dict[str, dict[str, Any]] = {}
+            for name, status, count in (
+                jobs.values_list(column, "status").annotate(n=Count("id")).order_by()
+            ):
+                row = table.setdefault(
+                    name, {"name": name, "counts": dict.fromkeys(statuses, 0), "total": 0}
+                )
+                row["counts"][status] = count
+                row["total"] += count
+            return [
+                {**row, "cells": [row["counts"][s] for s in statuses]}
+                for row in sorted(table.values(), key=lambda r: r["name"])
+            ]
+
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Job summary",
+            "opts": self.model._meta,
+            "statuses": statuses,
+            "by_status": [(s, by_status.get(s, 0)) for s in statuses],
+            "total": sum(by_status.values()),
+            "by_queue": grouped("queue_name"),
+            "by_task": grouped("task_name"),
+            "changelist_url": reverse("admin:procrastinate_django_procrastinatejob_changelist"),
+        }
+        return TemplateResponse(request, "admin/procrastinate_django/summary.html", context)
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        extra = {
+            **(extra_context or {}),
+            "summary_url": reverse("admin:procrastinate_django_procrastinatejob_summary"),
+        }
+        return super().changelist_view(request, extra)
+
+
+@admin.register(models_module.ProcrastinateWorker)
+class ProcrastinateWorkerAdmin(admin.ModelAdmin):
+    """Registered workers and their heartbeats (read-only)."""
+
+    list_display = ["id", "name", "host", "pid", "started_at", "last_heartbeat"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

@@ -1,0 +1,118 @@
+"""The admin's job actions: retry, cancel, abort, delete, each through the JobManager.
+
+Each action declares the permission it needs (Django hides it from, and refuses
+it to, users without it), acts only on jobs in the status it is meant for, and
+reports how many jobs it changed and how many it left alone, and why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from procrastinate_core import exceptions
+from procrastinate_core.manager import JobManager
+
+
+def _plural(count: int) -> str:
+    return f"{count} job" if count == 1 else f"{count} jobs"
+
+
+def _job_manager() -> JobManager:
+    from procrastinate_django.procrastinate_app import app
+
+    return app.job_manager
+
+
+def _apply(
+    modeladmin: admin.ModelAdmin,
+    request: HttpRequest,
+    queryset: QuerySet[Any],
+    *,
+    verb: str,
+    statuses: Iterable[str],
+    change: Callable[[JobManager, int], bool],
+) -> None:
+    """Run `change` on each selected job in `statuses`; one message with the counts."""
+    statuses = tuple(statuses)
+    manager = _job_manager()
+    done, skipped, refused = 0, 0, []
+    for job_id, status in queryset.values_list("id", "status"):
+        if status not in statuses:
+            skipped += 1
+            continue
+        try:
+            changed = change(manager, job_id)
+        except exceptions.AlreadyEnqueued as exc:
+            refused.append(f"job {job_id}: {exc}")
+            continue
+        if changed:
+            done += 1
+        else:
+            skipped += 1  # its status changed meanwhile
+    wanted = " or ".join(statuses)
+    text = f"{verb} {_plural(done)}."
+    if skipped:
+        text += f" {_plural(skipped)} left unchanged: only {wanted} jobs can be {verb.lower()}."
+    level = messages.SUCCESS if done and not skipped and not refused else messages.WARNING
+    modeladmin.message_user(request, text, level)
+    for reason in refused:
+        modeladmin.message_user(request, reason, messages.ERROR)
+
+
+@admin.action(description="Retry selected failed jobs", permissions=["retry"])
+def retry_jobs(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+    """Failed jobs go back to the queue; waiting or running ones are refused (never run twice)."""
+    _apply(
+        modeladmin,
+        request,
+        queryset,
+        verb="Retried",
+        statuses=["failed"],
+        change=lambda manager, job_id: manager.retry_job_by_id(job_id),
+    )
+
+
+@admin.action(description="Cancel selected waiting jobs", permissions=["cancel"])
+def cancel_jobs(
+    modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Any]
+) -> None:
+    _apply(
+        modeladmin,
+        request,
+        queryset,
+        verb="Cancelled",
+        statuses=["todo"],
+        change=lambda manager, job_id: manager.cancel_job_by_id(job_id),
+    )
+
+
+@admin.action(description="Abort selected running jobs", permissions=["abort"])
+def abort_jobs(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+    """Running jobs are asked to stop; the worker records them as aborted."""
+    _apply(
+        modeladmin,
+        request,
+        queryset,
+        verb="Aborted",
+        statuses=["doing"],
+        change=lambda manager, job_id: manager.cancel_job_by_id(job_id, abort=True),
+    )
+
+
+@admin.action(description="Delete selected finished jobs", permissions=["delete"])
+def delete_jobs(
+    modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Any]
+) -> None:
+    _apply(
+        modeladmin,
+        request,
+        queryset,
+        verb="Deleted",
+        statuses=["succeeded", "failed", "cancelled", "aborted"],
+        change=lambda manager, job_id: manager.delete_finished_job_by_id(job_id),
+    )
