@@ -1,0 +1,76 @@
+"""Shared fixtures: a real PostgreSQL (local, configured, or embedded), one fresh database per test."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+import procrastinate_core as pc
+from tests.support.database import TestServer, find_server
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> TestServer:
+    return find_server()
+
+
+@pytest.fixture
+def db_name(pg_server: TestServer) -> Iterator[str]:
+    """A fresh database with the schema applied."""
+    name = pg_server.create_database()
+    yield name
+    pg_server.drop_database(name)
+
+
+@pytest.fixture
+def empty_db_name(pg_server: TestServer) -> Iterator[str]:
+    """A fresh database without our schema."""
+    name = pg_server.create_database(schema=False)
+    yield name
+    pg_server.drop_database(name)
+
+
+@pytest.fixture
+def db_dsn(pg_server: TestServer, db_name: str) -> str:
+    return pg_server.conninfo(db_name)
+
+
+@pytest.fixture
+def db_params(pg_server: TestServer, db_name: str) -> dict[str, str]:
+    return {**pg_server.params, "dbname": db_name}
+
+
+@pytest.fixture
+def db_conn(db_dsn: str) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection to the test database, for assertions."""
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def connector(db_dsn: str) -> pc.PsycopgConnector:
+    return pc.PsycopgConnector(conninfo=db_dsn, min_size=1, max_size=10)
+
+
+@pytest.fixture
+def sync_connector(db_dsn: str) -> pc.SyncPsycopgConnector:
+    return pc.SyncPsycopgConnector(conninfo=db_dsn, min_size=1, max_size=10)
+
+
+@pytest.fixture
+def app(connector: pc.PsycopgConnector) -> Iterator[pc.App]:
+    """An App on the async connector, opened for sync use (defer from sync code)."""
+    app = pc.App(connector=connector)
+    with app.open():
+        yield app
+
+
+@pytest.fixture
+async def async_app(connector: pc.PsycopgConnector) -> AsyncIterator[pc.App]:
+    """An App on the async connector, opened for async use (workers, defer_async)."""
+    app = pc.App(connector=connector)
+    async with app.open_async():
+        yield app

@@ -1,0 +1,94 @@
+"""The Django connector as a case of the connector contract suite (tests/integration/test_connector_contract.py).
+
+`build(dsn)` registers a Django database alias for the contract test's
+database (configuring Django with tests/django/settings.py if nothing did yet)
+and returns a DjangoConnector on it; `transaction(dsn, commit)` yields that
+alias's Django connection inside `transaction.atomic()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from procrastinate_core.connectors.params import parse_dsn
+
+
+def _ensure_django() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.django.settings")
+    import django
+    from django.apps import apps
+
+    if not apps.ready:
+        django.setup()
+
+
+def alias_for(dsn: str) -> str:
+    """A Django alias for this database, registered on first use."""
+    _ensure_django()
+    from django.db import connections
+
+    alias = "contract_" + hashlib.sha1(dsn.encode()).hexdigest()[:12]
+    if alias not in connections.settings:
+        params = parse_dsn(dsn)
+        entry = {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": params.pop("dbname", ""),
+            "USER": params.pop("user", ""),
+            "PASSWORD": params.pop("password", ""),
+            "HOST": params.pop("host", ""),
+            "PORT": params.pop("port", ""),
+            "OPTIONS": params,
+        }
+        connections.settings[alias] = connections.configure_settings({"default": entry})["default"]
+    return alias
+
+
+#: Set by tests/django/conftest.py's pytest_configure: pytest-django blocks database
+#: access outside Django tests, and the contract tests are not Django tests.
+PYTEST_CONFIG: Any = None
+
+
+def unblocked() -> contextlib.AbstractContextManager[Any]:
+    if PYTEST_CONFIG is None:
+        return contextlib.nullcontext()
+    from pytest_django.plugin import blocking_manager_key
+
+    blocker = PYTEST_CONFIG.stash.get(blocking_manager_key, None)
+    return blocker.unblock() if blocker is not None else contextlib.nullcontext()
+
+
+def build(dsn: str, **hooks: Any) -> Any:
+    from procrastinate_django.connector import DjangoConnector
+
+    class ContractDjangoConnector(DjangoConnector):
+        """A DjangoConnector allowed to reach the database outside pytest-django tests."""
+
+        def run_query(self, *args: Any) -> Any:
+            with unblocked():
+                return super().run_query(*args)
+
+        def _check_reachable(self) -> None:
+            with unblocked():
+                super()._check_reachable()
+
+        def execute_script(self, script: str) -> None:
+            with unblocked():
+                super().execute_script(script)
+
+    return ContractDjangoConnector(alias_for(dsn), **hooks)
+
+
+@contextlib.contextmanager
+def transaction(dsn: str, commit: bool) -> Iterator[Any]:
+    from django.db import connections
+    from django.db import transaction as django_transaction
+
+    alias = alias_for(dsn)
+    with unblocked(), django_transaction.atomic(using=alias):
+        yield connections[alias]
+        if not commit:
+            django_transaction.set_rollback(True, using=alias)

@@ -1,0 +1,1 @@
+"""Functions declared with django.tasks' @task, for tests/django/test_tasks_backend*.py."""

@@ -1,0 +1,282 @@
+"""The admin: listing, filters, search, detail, summary, actions, and who may see and act (F24)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import Permission, User
+from django.db import connection
+from django.test import Client
+
+from tests.django.testapp.tasks import fail, record
+
+pytestmark = pytest.mark.django_db
+
+CHANGELIST = "/admin/procrastinate_django/procrastinatejob/"
+SUMMARY = CHANGELIST + "summary/"
+XSS = "<script>alert(1)</script>"
+
+
+def _set(job_id: int, **fields: Any) -> None:
+    assignments = ", ".join(f"{name} = %({name})s" for name in fields)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE pcq_jobs SET {assignments} WHERE id = %(id)s", {**fields, "id": job_id}
+        )
+
+
+def _status(job_id: int) -> str | None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT status FROM pcq_jobs WHERE id = %s", [job_id])
+        row = cursor.fetchone()
+    return None if row is None else row[0]
+
+
+@pytest.fixture
+def jobs() -> dict[str, int]:
+    """One job per interesting status; the failed one has hostile arguments."""
+    made = {
+        "todo": record.configure(lock="lock-a").defer(value="waiting"),
+        "doing": record.defer(value="running"),
+        "failed": fail.configure(queue="other").defer(value=XSS),
+        "failed2": fail.configure(queue="other").defer(value="second"),
+        "succeeded": record.defer(value="done"),
+    }
+    _set(made["doing"], status="doing", worker_id=7, attempts=1)
+    for key in ("failed", "failed2"):
+        _set(
+            made[key],
+            status="failed",
+            attempts=1,
+            worker_id=7,
+            error=json.dumps(
+                {"type": "ValueError", "message": f"boom {XSS}", "traceback": "Traceback ..."}
+            ),
+        )
+    _set(made["succeeded"], status="succeeded", attempts=1, result=json.dumps("done"))
+    return made
+
+
+def _user(
+    username: str, *, staff: bool = True, perms: tuple[str, ...] = (), superuser: bool = False
+) -> User:
+    user = User.objects.create_user(username, password="pw", is_staff=staff, is_superuser=superuser)
+    for codename in perms:
+        user.user_permissions.add(
+            Permission.objects.get(
+                codename=codename, content_type__app_label="procrastinate_django"
+            )
+        )
+    return user
+
+
+def _client(user: User | None, **kwargs: Any) -> Client:
+    client = Client(**kwargs)
+    if user is not None:
+        client.force_login(user)
+    return client
+
+
+def _act(client: Client, action: str, *ids: int) -> Any:
+    return client.post(
+        CHANGELIST, {"action": action, "_selected_action": [str(i) for i in ids]}, follow=True
+    )
+
+
+ALL_PERMS = (
+    "view_procrastinatejob",
+    "retry_job",
+    "cancel_job",
+    "abort_job",
+    "delete_procrastinatejob",
+)
+
+
+@pytest.fixture
+def operator() -> Client:
+    return _client(_user("operator", perms=ALL_PERMS))
+
+
+# -- who may see and act -------------------------------------------------------
+@pytest.mark.parametrize("kind", ["anonymous", "non-staff"])
+def test_anonymous_and_non_staff_are_sent_to_login(kind: str, jobs: dict[str, int]) -> None:
+    client = _client(None if kind == "anonymous" else _user("joe", staff=False))
+    for url in (CHANGELIST, f"{CHANGELIST}{jobs['failed']}/change/", SUMMARY):
+        response = client.get(url)
+        assert response.status_code == 302 and "/admin/login/" in response["Location"], url
+    response = client.post(
+        CHANGELIST, {"action": "retry_jobs", "_selected_action": [jobs["failed"]]}
+    )
+    assert response.status_code == 302 and "/admin/login/" in response["Location"]
+    assert _status(jobs["failed"]) == "failed"
+
+
+def test_staff_without_permission_gets_403(jobs: dict[str, int]) -> None:
+    client = _client(_user("staff"))
+    for url in (CHANGELIST, f"{CHANGELIST}{jobs['failed']}/change/", SUMMARY):
+        assert client.get(url).status_code == 403, url
+    response = client.post(
+        CHANGELIST, {"action": "retry_jobs", "_selected_action": [jobs["failed"]]}
+    )
+    assert response.status_code == 403
+    assert _status(jobs["failed"]) == "failed"
+
+
+def test_view_only_staff_sees_jobs_but_actions_change_nothing(jobs: dict[str, int]) -> None:
+    client = _client(_user("viewer", perms=("view_procrastinatejob",)))
+    page = client.get(CHANGELIST)
+    assert page.status_code == 200
+    assert f">{jobs['failed']}<" in page.content.decode()
+    assert 'value="retry_jobs"' not in page.content.decode()
+    assert client.get(SUMMARY).status_code == 200
+    for action, key in (
+        ("retry_jobs", "failed"),
+        ("cancel_jobs", "todo"),
+        ("abort_jobs", "doing"),
+        ("delete_jobs", "succeeded"),
+    ):
+        _act(client, action, jobs[key])
+    assert [_status(jobs[k]) for k in ("failed", "todo", "doing", "succeeded")] == [
+        "failed",
+        "todo",
+        "doing",
+        "succeeded",
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT bool_or(abort_requested) FROM pcq_jobs")
+        assert cursor.fetchone()[0] is False
+
+
+def test_each_action_needs_its_own_permission(jobs: dict[str, int]) -> None:
+    client = _client(_user("retrier", perms=("view_procrastinatejob", "retry_job")))
+    page = client.get(CHANGELIST).content.decode()
+    assert 'value="retry_jobs"' in page
+    assert 'value="cancel_jobs"' not in page and 'value="delete_jobs"' not in page
+    _act(client, "cancel_jobs", jobs["todo"])
+    assert _status(jobs["todo"]) == "todo"
+
+
+def test_actions_require_csrf(jobs: dict[str, int]) -> None:
+    user = _user("csrf", perms=ALL_PERMS)
+    client = _client(user, enforce_csrf_checks=True)
+    response = client.post(
+        CHANGELIST, {"action": "retry_jobs", "_selected_action": [jobs["failed"]]}
+    )
+    assert response.status_code == 403
+    assert _status(jobs["failed"]) == "failed"
+
+
+def test_arguments_and_errors_are_html_escaped(operator: Client, jobs: dict[str, int]) -> None:
+    detail = operator.get(f"{CHANGELIST}{jobs['failed']}/change/").content.decode()
+    listing = operator.get(CHANGELIST, {"q": "alert"}).content.decode()
+    for page in (detail, listing):
+        assert XSS not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in detail
+    assert f">{jobs['failed']}<" in listing
+
+
+# -- actions -----------------------------------------------------------------
+def test_retry_retries_failed_jobs_and_refuses_running_ones(
+    operator: Client, jobs: dict[str, int]
+) -> None:
+    response = _act(operator, "retry_jobs", jobs["failed"], jobs["failed2"], jobs["doing"])
+    text = response.content.decode()
+    assert "Retried 2 jobs. 1 job left unchanged: only failed jobs can be retried." in text
+    assert _status(jobs["failed"]) == "todo" and _status(jobs["failed2"]) == "todo"
+    assert _status(jobs["doing"]) == "doing"
+
+
+def test_cancel_abort_delete(operator: Client, jobs: dict[str, int]) -> None:
+    assert (
+        "Cancelled 1 job."
+        in _act(operator, "cancel_jobs", jobs["todo"], jobs["succeeded"]).content.decode()
+    )
+    assert _status(jobs["todo"]) == "cancelled" and _status(jobs["succeeded"]) == "succeeded"
+
+    assert "Aborted 1 job." in _act(operator, "abort_jobs", jobs["doing"]).content.decode()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT abort_requested FROM pcq_jobs WHERE id = %s", [jobs["doing"]])
+        assert cursor.fetchone()[0] is True
+
+    text = _act(
+        operator, "delete_jobs", jobs["succeeded"], jobs["failed"], jobs["doing"]
+    ).content.decode()
+    assert "Deleted 2 jobs. 1 job left unchanged" in text
+    assert _status(jobs["succeeded"]) is None and _status(jobs["failed"]) is None
+    assert _status(jobs["doing"]) == "doing"
+
+
+def test_orm_delete_is_not_offered(operator: Client, jobs: dict[str, int]) -> None:
+    page = operator.get(CHANGELIST).content.decode()
+    assert 'value="delete_selected"' not in page
+    assert operator.get(f"{CHANGELIST}{jobs['succeeded']}/delete/").status_code == 403
+
+
+# -- list, filters, search, detail, summary --------------------------------------
+def _listed(client: Client, **params: str) -> set[int]:
+    response = client.get(CHANGELIST, params)
+    assert response.status_code == 200
+    return {row.pk for row in response.context["cl"].result_list}
+
+
+def test_filters_and_search(operator: Client, jobs: dict[str, int]) -> None:
+    assert _listed(operator) == set(jobs.values())
+    assert _listed(operator, status__exact="failed") == {jobs["failed"], jobs["failed2"]}
+    assert _listed(operator, queue_name="other") == {jobs["failed"], jobs["failed2"]}
+    assert _listed(operator, task_name="tests.django.testapp.tasks.record") == {
+        jobs["todo"],
+        jobs["doing"],
+        jobs["succeeded"],
+    }
+    assert _listed(operator, q=str(jobs["doing"])) == {jobs["doing"]}
+    assert _listed(operator, q="lock-a") == {jobs["todo"]}
+    assert _listed(operator, q="second") == {jobs["failed2"]}
+    assert _listed(operator, q="testapp.tasks.fail") == {jobs["failed"], jobs["failed2"]}
+    page = operator.get(CHANGELIST).content.decode()
+    for column in (
+        "status",
+        "task",
+        "queue",
+        "priority",
+        "lock",
+        "attempts",
+        "created at",
+        "started at",
+        "finished at",
+    ):
+        assert column in page.lower(), column
+
+
+def test_detail_shows_arguments_outcome_and_history(operator: Client, jobs: dict[str, int]) -> None:
+    failed = operator.get(f"{CHANGELIST}{jobs['failed']}/change/").content.decode()
+    assert "ValueError" in failed and "Traceback ..." in failed
+    assert '<table class="pcq-history">' in failed
+    history = failed.split('<table class="pcq-history">')[1].split("</table>")[0]
+    assert [cell for cell in ("deferred", "failed") if f"<td>{cell}</td>" in history] == [
+        "deferred",
+        "failed",
+    ]
+    succeeded = operator.get(f"{CHANGELIST}{jobs['succeeded']}/change/").content.decode()
+    assert "&quot;done&quot;" in succeeded  # the result, as JSON
+    assert "&quot;value&quot;: &quot;done&quot;" in succeeded  # the arguments
+
+
+def test_summary_counts_by_status_queue_and_task(operator: Client, jobs: dict[str, int]) -> None:
+    response = operator.get(SUMMARY)
+    assert response.status_code == 200
+    context = response.context
+    assert dict(context["by_status"]) == {
+        "todo": 1,
+        "doing": 1,
+        "succeeded": 1,
+        "failed": 2,
+        "cancelled": 0,
+        "aborted": 0,
+    }
+    by_queue = {row["name"]: row["total"] for row in context["by_queue"]}
+    assert by_queue == {"default": 3, "other": 2}
+    by_task = {row["name"]: row["counts"]["failed"] for row in context["by_task"]}
+    assert by_task["tests.django.testapp.tasks.fail"] == 2
+    assert 'href="' + SUMMARY in operator.get(CHANGELIST).content.decode()

@@ -1,0 +1,137 @@
+"""The Django connector: queries through Django's connection, errors translated, rows as dicts."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection, transaction
+
+from procrastinate_core import exceptions
+from procrastinate_django import DjangoConnector, connector_params
+from procrastinate_django.connector import build_connector
+from procrastinate_django.testing import deferred_jobs, run_deferred_jobs
+from tests.django.testapp.tasks import record
+
+pytestmark = pytest.mark.django_db
+
+
+def test_rows_come_back_as_dicts() -> None:
+    connector = DjangoConnector()
+    row = connector.execute_query_one("schema_is_installed")
+    assert row == {"installed": True}
+    rows = connector.execute_query_all("schema_versions_applied")
+    assert [r["version"] for r in rows] == sorted(r["version"] for r in rows)
+    assert rows and set(rows[0]) >= {"version"}
+
+
+def test_unique_violation_is_translated_and_transaction_stays_usable(pcq_app) -> None:
+    from tests.django.testapp.tasks import record
+
+    deferrer = record.configure(queueing_lock="only-one")
+    with transaction.atomic():
+        deferrer.defer(value="a")
+        with pytest.raises(exceptions.AlreadyEnqueued, match="queueing lock"):
+            deferrer.defer(value="b")
+        # the failed insert ran in a savepoint: the outer transaction goes on
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pcq_jobs")
+            assert cursor.fetchone()[0] == 1
+
+
+def test_connector_params_follow_django_settings() -> None:
+    params = connector_params()
+    settings_dict = connection.settings_dict
+    assert params["dbname"] == settings_dict["NAME"]  # the test database
+    for key, setting in (("host", "HOST"), ("port", "PORT"), ("user", "USER")):
+        if settings_dict[setting]:
+            assert str(params[key]) == str(settings_dict[setting])
+    assert "client_encoding" in params  # Django's own choice passes through
+    assert not {"cursor_factory", "context", "prepare_threshold"} & set(params)
+
+
+def test_connector_params_keep_libpq_options_and_drop_django_ones() -> None:
+    options = connection.settings_dict["OPTIONS"]
+    saved = dict(options)
+    options.update(
+        {
+            "sslmode": "disable",
+            "passfile": "/nonexistent/pgpass",
+            "isolation_level": 1,
+            "server_side_binding": False,
+        }
+    )
+    try:
+        params = connector_params()
+    finally:
+        options.clear()
+        options.update(saved)
+    assert params["sslmode"] == "disable"
+    assert params["passfile"] == "/nonexistent/pgpass"
+    assert "isolation_level" not in params and "server_side_binding" not in params
+
+
+def test_non_postgresql_alias_is_rejected() -> None:
+    from django.db import connections
+
+    connections.settings["other"] = connections.configure_settings(
+        {
+            "default": dict(connections.settings["default"]),
+            "other": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
+        }
+    )["other"]
+    try:
+        with pytest.raises(
+            exceptions.ConfigurationError, match=r"DATABASES\['other'\].*needs PostgreSQL"
+        ):
+            connector_params("other")
+    finally:
+        del connections.settings["other"]
+        del connections["other"]
+
+
+def test_unknown_backend_names_the_setting() -> None:
+    with pytest.raises(exceptions.ConfigurationError, match="PROCRASTINATE_CONNECTOR='mysql'"):
+        build_connector("default", "mysql")
+
+
+@pytest.mark.parametrize(
+    ("backend", "class_name"),
+    [
+        ("psycopg", "PsycopgConnector"),
+        ("aiopg", "AiopgConnector"),
+        ("psycopg2", "Psycopg2Connector"),
+        ("sqlalchemy", "SQLAlchemyPsycopg2Connector"),
+    ],
+)
+def test_every_backend_reaches_the_test_database(live_db, backend: str, class_name: str) -> None:
+    from procrastinate_core.schema import SchemaManager
+
+    connector = build_connector("default", backend)
+    assert type(connector).__name__ == class_name
+    sync = connector.get_sync_connector()
+    sync.open()
+    try:
+        status = SchemaManager(sync).get_status()
+    finally:
+        sync.close()
+    assert status.is_current
+
+
+def test_execute_script_runs_in_one_transaction() -> None:
+    connector = DjangoConnector()
+    with pytest.raises(exceptions.ConnectorException):
+        connector.execute_script("CREATE TABLE pcq_tmp_script (x int); SELECT 1/0;")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT to_regclass('pcq_tmp_script') IS NULL")
+        assert cursor.fetchone()[0] is True
+
+
+def test_open_refuses_a_pool() -> None:
+    with pytest.raises(exceptions.ConfigurationError, match="DATABASES"):
+        DjangoConnector().open(pool=object())
+
+
+def test_run_deferred_jobs_inside_a_transaction_says_why_it_cannot() -> None:
+    record.defer(value="in test transaction")
+    assert [job.task_kwargs for job in deferred_jobs(record)] == [{"value": "in test transaction"}]
+    with pytest.raises(exceptions.ConfigurationError, match="transaction=True"):
+        run_deferred_jobs()

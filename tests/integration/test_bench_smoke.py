@@ -1,0 +1,78 @@
+"""The benchmark suite (bench/) still runs: every scenario on tiny sizes, one repetition.
+
+No timing is asserted (this machine is noisy); only that each scenario ran for
+each system, produced numbers, and that the jobs were processed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.database import TestServer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_bench(pg_server: TestServer, tmp_path: Path, systems: list[str]) -> list[dict[str, Any]]:
+    out = tmp_path / "bench.json"
+    cmd = [
+        sys.executable, "-m", "bench", "run",
+        "--scale", "0.001", "--reps", "1", "--scenario", "all",
+        "--dsn", pg_server.conninfo(), "--systems", ",".join(systems),
+        "--json", str(out), "-v",
+    ]  # fmt: skip
+    proc = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=240, env=os.environ
+    )
+    assert proc.returncode == 0, f"bench failed:\n{proc.stdout}\n{proc.stderr}"
+    assert "| scenario |" in proc.stdout  # the table was printed
+    return json.loads(out.read_text())["rows"]
+
+
+def check_rows(rows: list[dict[str, Any]], systems: list[str]) -> None:
+    from bench import scenarios
+    from bench.floor import Floor
+    from bench.systems import SYSTEMS
+
+    instances = {name: SYSTEMS[name]() if name in SYSTEMS else Floor() for name in systems}
+    by_key = {(row["scenario"], row["system"]): row for row in rows}
+    for scenario in [*scenarios.SCENARIOS, *scenarios.EXTRA_SCENARIOS]:
+        for name, system in instances.items():
+            if not scenarios.applies(system, scenario):
+                assert (scenario, name) not in by_key
+                continue
+            row = by_key.get((scenario, name))
+            assert row is not None, f"{scenario} did not run for {name}"
+            assert row.get("error") is None, f"{scenario} / {name}: {row.get('error')}"
+            assert row["value"] > 0 and row["jobs"] > 0, row
+            extra = row["extra"]
+            if scenario in scenarios.DRAINS or scenario == "drain_batched":
+                assert extra["commits_per_job"] > 0, row  # the jobs were processed in the DB
+                assert extra["worker_cpu_ms_per_job"] >= 0, row
+            if scenario == "latency":
+                assert 0 < extra["p50"] <= extra["p95"] <= extra["p99"], row
+            if scenario == "memory":
+                assert extra["rss_first_mib"] > 0 and extra["rss_last_mib"] > 0, row
+
+
+def test_bench_runs_every_scenario_for_ours_and_the_floor(
+    pg_server: TestServer, tmp_path: Path
+) -> None:
+    systems = ["ours", "sql-floor"]
+    check_rows(run_bench(pg_server, tmp_path, systems), systems)
+
+
+def test_bench_runs_every_scenario_for_the_peers(pg_server: TestServer, tmp_path: Path) -> None:
+    for module in ("procrastinate", "pgqueuer", "asyncpg"):
+        pytest.importorskip(
+            module, reason="the peers come with the 'bench' extra: pip install -e '.[bench]'"
+        )
+    systems = ["procrastinate", "pgqueuer"]
+    check_rows(run_bench(pg_server, tmp_path, systems), systems)

@@ -1,0 +1,146 @@
+"""Arguments of the optional connectors, without a database: what is accepted, refused, derived."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import procrastinate_core as pc
+from procrastinate_core import exceptions
+from procrastinate_core.connectors.dsn_settings import DsnSettings
+from procrastinate_core.contrib.aiopg import AiopgConnector
+from procrastinate_core.contrib.psycopg2 import Psycopg2Connector
+from procrastinate_core.contrib.sqlalchemy import SQLAlchemyPsycopg2Connector
+
+
+@pytest.mark.parametrize("cls", [AiopgConnector, Psycopg2Connector])
+def test_unknown_argument_is_a_type_error_naming_it(cls):
+    with pytest.raises(TypeError, match=r"got unexpected argument\(s\) 'hots'.*libpq"):
+        cls(hots="db")
+
+
+def test_unknown_sqlalchemy_argument_is_a_type_error_naming_it():
+    with pytest.raises(TypeError, match="pool_sise"):
+        SQLAlchemyPsycopg2Connector(dsn="postgresql://h/db", pool_sise=3)
+
+
+def test_libpq_keywords_at_top_level_are_connection_parameters():
+    connector = Psycopg2Connector(host="db.example", port=6543, dbname="shop", maxconn=3)
+    assert connector._settings.connection == {"host": "db.example", "port": 6543, "dbname": "shop"}
+    assert connector.maxconn == 3 and connector.minconn == 1
+    aiopg = AiopgConnector(host="db.example", sslmode="require", maxsize=7, timeout=5, pool_recycle=30)
+    assert aiopg._settings.connection == {"host": "db.example", "sslmode": "require"}
+    assert aiopg._settings.pool_arguments == {"maxsize": 7, "timeout": 5, "pool_recycle": 30}
+
+
+def test_sqlalchemy_sorts_libpq_keywords_into_connect_args():
+    connector = SQLAlchemyPsycopg2Connector(
+        dsn="host=h1 dbname=d1", sslmode="prefer", pool_size=3, connect_args={"connect_timeout": 4}
+    )
+    assert connector._url == "postgresql+psycopg2://"
+    assert connector._engine_arguments["pool_size"] == 3
+    assert connector._engine_arguments["connect_args"] == {
+        "connect_timeout": 4, "host": "h1", "dbname": "d1", "sslmode": "prefer",
+        "application_name": "procrastinate_core",
+    }
+    assert SQLAlchemyPsycopg2Connector(dsn="postgres://u@h/d")._url == "postgresql+psycopg2://u@h/d"
+
+
+def test_sqlalchemy_refuses_another_driver_with_the_fix():
+    with pytest.raises(exceptions.ConfigurationError, match="PsycopgConnector"):
+        SQLAlchemyPsycopg2Connector(dsn="mysql://h/db")
+
+
+def test_bad_pool_bounds_are_refused():
+    with pytest.raises(exceptions.ConfigurationError, match="minconn <= maxconn"):
+        Psycopg2Connector(minconn=5, maxconn=2)
+    with pytest.raises(TypeError, match="dsn"):
+        Psycopg2Connector(dsn=42)
+
+
+def test_application_name_default_user_value_and_listener_suffix():
+    settings = DsnSettings("X", {"dsn": "host=h"}, ())
+    assert settings.connect_kwargs()["application_name"] == "procrastinate_core"
+    assert settings.connect_kwargs("-listener")["application_name"] == "procrastinate_core-listener"
+    mine = DsnSettings("X", {"application_name": "shop"}, ())
+    assert mine.connect_kwargs("-listener")["application_name"] == "shop-listener"
+    in_dsn = DsnSettings("X", {"dsn": "postgresql://h/d?application_name=web"}, ())
+    assert "application_name" not in in_dsn.connect_kwargs()
+    assert in_dsn.connect_kwargs("-listener")["application_name"] == "web-listener"
+
+
+def test_target_names_host_port_dbname_and_never_the_password(monkeypatch):
+    for name in ("PGPORT", "PGDATABASE", "PGUSER"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PGHOST", "env-host")
+    monkeypatch.setenv("PGPASSWORD", "env-secret")
+    settings = DsnSettings("X", {"dsn": "postgresql://u:dsn-secret@h:5433/d", "password": "kw-secret"}, ())
+    target = settings.target()
+    assert target == "host=h port=5433 dbname=d user=u"
+    env_only = DsnSettings("X", {"dbname": "d"}, ()).target()
+    assert env_only.startswith("host=env-host") and "secret" not in env_only
+
+
+def test_aiopg_sync_counterpart_has_the_same_parameters_and_hooks():
+    dumps = json.dumps
+    connector = AiopgConnector(
+        dsn="postgresql://u@h/d", sslmode="require", minsize=2, maxsize=6, timeout=3, json_dumps=dumps
+    )
+    counterpart = connector.get_sync_connector()
+    assert isinstance(counterpart, Psycopg2Connector)
+    assert counterpart._settings.dsn == "postgresql://u@h/d"
+    assert counterpart._settings.connection == {"sslmode": "require"}
+    assert (counterpart.minconn, counterpart.maxconn) == (2, 6)
+    assert counterpart.json_dumps is dumps and counterpart.json_loads is connector.json_loads
+    assert connector.get_sync_connector() is counterpart  # one counterpart, reused
+
+
+def test_every_connector_importable_from_the_package_and_contrib():
+    assert pc.AiopgConnector is AiopgConnector
+    assert pc.Psycopg2Connector is Psycopg2Connector
+    assert pc.SQLAlchemyPsycopg2Connector is SQLAlchemyPsycopg2Connector
+
+
+MISSING = """
+import sys
+for name in {blocked!r}:
+    sys.modules[name] = None  # importing it now raises ImportError
+import procrastinate_core as pc
+import procrastinate_core.contrib.aiopg, procrastinate_core.contrib.psycopg2
+import procrastinate_core.contrib.sqlalchemy
+from procrastinate_core import exceptions
+try:
+    {action}
+except exceptions.MissingDriverError as exc:
+    print("MISSING:", exc)
+else:
+    print("NO ERROR")
+"""
+
+
+@pytest.mark.parametrize(
+    ("blocked", "action", "extra"),
+    [
+        (["aiopg"], "import asyncio; asyncio.run(pc.AiopgConnector().open_async())", "aiopg"),
+        (["psycopg2"], "pc.Psycopg2Connector().open()", "psycopg2"),
+        (["sqlalchemy"], "pc.SQLAlchemyPsycopg2Connector()", "sqlalchemy"),
+    ],
+)
+def test_missing_driver_names_the_extra_but_imports_work(blocked, action, extra):
+    code = MISSING.format(blocked=blocked, action=action)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert f'pip install "procrastinate-core[{extra}]"' in result.stdout, result.stdout
+
+
+def test_sqlalchemy_target_includes_the_environment_never_the_password(monkeypatch):
+    for name in ("PGPORT", "PGDATABASE", "PGUSER"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PGHOST", "env-host")
+    connector = SQLAlchemyPsycopg2Connector(dsn="postgresql://u:pw-secret@/shop")
+    assert connector._target() == "host=env-host dbname=shop user=u"
+    keywords = SQLAlchemyPsycopg2Connector(host="h", port=5433, password="kw-secret")
+    assert keywords._target() == "host=h port=5433"

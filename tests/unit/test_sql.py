@@ -1,0 +1,29 @@
+import re
+from importlib import resources
+
+from procrastinate_core import sql
+
+
+def test_every_query_has_a_header_saying_what_it_returns():
+    text = resources.files("procrastinate_core.sql").joinpath("queries.sql").read_text()
+    for match in re.finditer(r"^-- name: ([a-z_]+)\n(.*)$", text, re.MULTILINE):
+        assert match.group(2).startswith("-- "), f"{match.group(1)} lacks a description line"
+
+
+def test_query_names_are_noun_verb_and_unique():
+    names = list(sql.queries())
+    assert len(names) == len(set(names))
+    for name in names:
+        assert re.fullmatch(r"[a-z]+(_[a-z]+)+", name), name
+
+
+def test_queries_never_format_values():
+    for name, text in sql.queries().items():
+        assert "{" not in text and "%s" not in text, name
+
+
+def test_migrations_are_numbered_and_record_themselves():
+    migrations = sql.migrations()
+    assert [m.version for m in migrations] == list(range(1, len(migrations) + 1))
+    for m in migrations:
+        assert f"VALUES ({m.version}, '{m.name}')" in m.sql
