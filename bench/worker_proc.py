@@ -1,0 +1,104 @@
+"""One worker of one system, in its own process: `python -m bench.worker_proc SYSTEM DSN -c N`.
+
+It opens its connections, prints "ready", waits for a line on stdin, then runs
+the system's worker until killed (the parent measures from its "go" to an
+empty queue by polling the database, then sends SIGTERM). With --record PATH
+the no-op task appends "job-number start-time" to PATH (latency scenario).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from bench.systems import TASK_NAME, Ours, Procrastinate, asyncpg_params, job_arg
+
+
+def _recorder(path: str | None) -> Callable[[int], None] | None:
+    if not path:
+        return None
+    out = open(path, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
+
+    def record(i: int) -> None:
+        out.write(f"{i} {time.time()}\n")
+
+    return record
+
+
+async def _go() -> None:
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    threading.Thread(target=_exit_with_parent, daemon=True).start()
+
+
+def _exit_with_parent() -> None:
+    """The parent holds our stdin open; when it dies, so do we (no orphaned workers)."""
+    sys.stdin.read()
+    os._exit(3)
+
+
+async def run_ours(dsn: str, concurrency: int, record: Any) -> None:
+    import procrastinate_core as pc
+
+    connector = pc.PsycopgConnector(conninfo=dsn, min_size=1, max_size=max(2, concurrency + 2))
+    app = Ours.make_app(connector, record)
+    async with app.open_async():
+        await _go()
+        await app.run_worker_async(concurrency=concurrency, install_signal_handlers=False)
+
+
+async def run_procrastinate(dsn: str, concurrency: int, record: Any) -> None:
+    import procrastinate
+
+    connector = procrastinate.PsycopgConnector(
+        conninfo=dsn, min_size=1, max_size=max(2, concurrency + 2)
+    )
+    app = Procrastinate.make_app(connector, record)
+    async with app.open_async():
+        await _go()
+        await app.run_worker_async(concurrency=concurrency, install_signal_handlers=False)
+
+
+async def run_pgqueuer(dsn: str, concurrency: int, record: Any) -> None:
+    import asyncpg
+    from pgqueuer import AsyncpgDriver, Queries, QueueManager
+
+    conn = await asyncpg.connect(**asyncpg_params(dsn))
+    qm = QueueManager(Queries(AsyncpgDriver(conn)))
+    # pgqueuer caps a worker's in-flight jobs with max_concurrent_tasks, which
+    # must be at least twice its batch size; concurrency 1 uses the entrypoint limit.
+    limit = 1 if concurrency == 1 else 0
+
+    @qm.entrypoint(TASK_NAME, concurrency_limit=limit)
+    async def noop(job: Any) -> None:
+        if record is not None:
+            record(job_arg(job.payload))
+
+    await _go()
+    if concurrency == 1:
+        await qm.run(batch_size=1)
+    else:
+        await qm.run(batch_size=max(1, concurrency // 2), max_concurrent_tasks=concurrency)
+
+
+RUNNERS = {"ours": run_ours, "procrastinate": run_procrastinate, "pgqueuer": run_pgqueuer}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.worker_proc")
+    parser.add_argument("system", choices=sorted(RUNNERS))
+    parser.add_argument("dsn")
+    parser.add_argument("-c", "--concurrency", type=int, default=1)
+    parser.add_argument("--record")
+    args = parser.parse_args()
+    asyncio.run(RUNNERS[args.system](args.dsn, args.concurrency, _recorder(args.record)))
+
+
+if __name__ == "__main__":
+    main()
