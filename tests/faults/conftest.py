@@ -390,6 +390,31 @@ class PrivateServer:
                     continue
         return False
 
+    def _start(self) -> None:
+        """Start the cluster, retrying: right after an immediate stop the start can fail.
+
+        Seen once in CI: `pg_ctlcluster start` exited 1 straight after a `stop -m
+        immediate` (a backend of the old postmaster still held its shared memory or
+        port). The scenarios after it must still find a server, so retry for a while,
+        clearing leftover processes, and fail with the server's own log when that is
+        not enough.
+        """
+        marker = f"{self.version}/{self.name}"
+        errors: list[str] = []
+        for attempt in range(6):
+            result = subprocess.run(
+                ["pg_ctlcluster", self.version, self.name, "start"], capture_output=True, text=True, timeout=60
+            )
+            if result.returncode == 0 or self.reachable():
+                return
+            errors.append(f"attempt {attempt + 1}: exit {result.returncode}: {result.stderr.strip()}")
+            if attempt >= 1 and self._running_processes(marker):
+                self._kill_processes()
+            time.sleep(1 + attempt)
+        log = Path(f"/var/log/postgresql/postgresql-{self.version}-{self.name}.log")
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:]) if log.exists() else "(no log)"
+        raise RuntimeError("private server would not start:\n" + "\n".join(errors) + "\nserver log:\n" + tail)
+
     def dsn(self, dbname: str = "postgres") -> str:
         return psycopg.conninfo.make_conninfo(**{**self.params, "dbname": dbname})
 
@@ -407,6 +432,9 @@ class PrivateServer:
                 # server down for the following scenarios: escalate to immediate.
                 self.ctl("stop", mode)
                 self.ctl("start")
+                return
+            if action == "start":
+                self._start()
                 return
             args = ["pg_ctlcluster", self.version, self.name, action]
             if action == "stop":
