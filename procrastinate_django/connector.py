@@ -167,7 +167,7 @@ class DjangoConnector(BaseSyncConnector):
             self._check_reachable()
 
     def _check_reachable(self) -> None:
-        with errors.translated(self._target()):
+        with errors.translated(self._target):
             self.connection.ensure_connection()
 
     def close(self) -> None:
@@ -203,7 +203,7 @@ class DjangoConnector(BaseSyncConnector):
             return _off_loop(self.run_query, name, query_params, None, fetch)
         text = sql.query(name)
         connection = self.connection if connection is None else connection
-        with errors.translated(self._target()):
+        with errors.translated(self._target):
             with self._guarded(connection), connection.cursor() as cursor:
                 cursor.execute(text, dict(query_params or {}))
                 return _fetch(cursor, fetch)
@@ -215,7 +215,7 @@ class DjangoConnector(BaseSyncConnector):
         if _loop_running():
             _off_loop(self.execute_script, script)
             return
-        with errors.translated(self._target()):
+        with errors.translated(self._target):
             with transaction.atomic(using=self.alias), self.connection.cursor() as cursor:
                 cursor.execute(script)
 

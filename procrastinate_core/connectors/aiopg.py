@@ -118,7 +118,7 @@ class AiopgConnector(PooledConnector, BaseAsyncConnector):
 
     async def run_query_async(self, name: str, query_params: Params | None, connection: Any, fetch: Fetch) -> Any:
         text = sql.query(name)
-        with errors.translated(self._settings.target()):
+        with errors.translated(self._settings.target):
             if connection is not None:
                 return await _execute(connection, text, query_params, fetch)
             async with self.pool.acquire() as conn:
@@ -126,7 +126,7 @@ class AiopgConnector(PooledConnector, BaseAsyncConnector):
 
     async def execute_script_async(self, script: str) -> None:
         """Run a migration; sent as one simple query, so it is one transaction."""
-        with errors.translated(self._settings.target()):
+        with errors.translated(self._settings.target):
             async with self.pool.acquire() as conn:
                 async with conn.cursor() as cursor:
                     await cursor.execute(script)

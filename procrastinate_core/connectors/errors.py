@@ -9,7 +9,7 @@ see procrastinate_core.exceptions.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from procrastinate_core import exceptions
@@ -82,11 +82,15 @@ def translate(exc: BaseException, *, target: str | None = None) -> exceptions.Co
 
 
 @contextlib.contextmanager
-def translated(target: str | None = None) -> Iterator[None]:
-    """Re-raise driver exceptions as ours; works around `await` too."""
+def translated(target: str | Callable[[], str] | None = None) -> Iterator[None]:
+    """Re-raise driver exceptions as ours; works around `await` too.
+
+    `target` may be a callable: describing the target parses the DSN, which is
+    worth doing only when an error is raised, not on every query.
+    """
     try:
         yield
     except exceptions.ProcrastinateException:
         raise
     except Exception as exc:
-        raise translate(exc, target=target) from exc
+        raise translate(exc, target=target() if callable(target) else target) from exc

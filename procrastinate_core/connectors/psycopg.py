@@ -145,13 +145,13 @@ class PsycopgConnector(PooledConnector, BaseAsyncConnector):
         kwargs = self._settings.connection_kwargs()
         # One direct connection first: a dead server fails now, with the driver's
         # reason, instead of a bare PoolTimeout 30 s later.
-        with errors.translated(self._settings.target()):
+        with errors.translated(self._settings.target):
             probe = await psycopg.AsyncConnection.connect(conninfo, **kwargs)
             await probe.close()
         new_pool = psycopg_pool.AsyncConnectionPool(
             conninfo, kwargs=kwargs, open=False, **self._settings.pool_arguments
         )
-        with errors.translated(self._settings.target()):
+        with errors.translated(self._settings.target):
             await new_pool.open(wait=False)
         self._pool, self._owns_pool = new_pool, True
 
@@ -162,14 +162,14 @@ class PsycopgConnector(PooledConnector, BaseAsyncConnector):
 
     async def run_query_async(self, name: str, query_params: Params | None, connection: Any, fetch: Fetch) -> Any:
         text = sql.query(name)
-        with errors.translated(self._settings.target()):
+        with errors.translated(self._settings.target):
             if connection is not None:
                 return await _execute_async(connection, text, query_params, fetch)
             async with self.pool.connection() as conn:
                 return await _execute_async(conn, text, query_params, fetch)
 
     async def execute_script_async(self, script: str) -> None:
-        with errors.translated(self._settings.target()):
+        with errors.translated(self._settings.target):
             async with self.pool.connection() as conn:
                 await conn.execute(script)
 
@@ -241,12 +241,12 @@ class SyncPsycopgConnector(PooledConnector, BaseSyncConnector):
             return
         conninfo = self._settings.conninfo
         kwargs = self._settings.connection_kwargs()
-        with errors.translated(self._settings.target()):
+        with errors.translated(self._settings.target):
             psycopg.Connection.connect(conninfo, **kwargs).close()
         new_pool = psycopg_pool.ConnectionPool(
             conninfo, kwargs=kwargs, open=False, **self._settings.pool_arguments
         )
-        with errors.translated(self._settings.target()):
+        with errors.translated(self._settings.target):
             new_pool.open(wait=False)
         self._pool, self._owns_pool = new_pool, True
 
@@ -257,14 +257,14 @@ class SyncPsycopgConnector(PooledConnector, BaseSyncConnector):
 
     def run_query(self, name: str, query_params: Params | None, connection: Any, fetch: Fetch) -> Any:
         text = sql.query(name)
-        with errors.translated(self._settings.target()):
+        with errors.translated(self._settings.target):
             if connection is not None:
                 return _execute_sync(connection, text, query_params, fetch)
             with self.pool.connection() as conn:
                 return _execute_sync(conn, text, query_params, fetch)
 
     def execute_script(self, script: str) -> None:
-        with errors.translated(self._settings.target()):
+        with errors.translated(self._settings.target):
             with self.pool.connection() as conn:
                 conn.execute(script)
 

@@ -138,7 +138,7 @@ class Psycopg2Connector(PooledConnector, BaseSyncConnector):
 
     def run_query(self, name: str, query_params: Params | None, connection: Any, fetch: Fetch) -> Any:
         text = sql.query(name)
-        with errors.translated(self._settings.target()):
+        with errors.translated(self._settings.target):
             if connection is not None:
                 return run_on_psycopg2_connection(connection, text, query_params, fetch)
             with self._connection() as conn:
@@ -146,7 +146,7 @@ class Psycopg2Connector(PooledConnector, BaseSyncConnector):
 
     def execute_script(self, script: str) -> None:
         """Run a migration; sent as one simple query, so it is one transaction."""
-        with errors.translated(self._settings.target()):
+        with errors.translated(self._settings.target):
             with self._connection() as conn:
                 with conn.cursor() as cursor:
                     cursor.execute(script)

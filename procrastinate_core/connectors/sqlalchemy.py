@@ -151,17 +151,17 @@ class SQLAlchemyPsycopg2Connector(BaseSyncConnector):
     def run_query(self, name: str, query_params: Params | None, connection: Any, fetch: Fetch) -> Any:
         text = sql.query(name)
         if connection is not None:
-            with errors.translated(self._target()):
+            with errors.translated(self._target):
                 return _execute(connection, text, query_params, fetch)
         engine = self.engine
-        with errors.translated(self._target()):
+        with errors.translated(self._target):
             with engine.begin() as conn:
                 return _execute(conn, text, query_params, fetch)
 
     def execute_script(self, script: str) -> None:
         """Run a migration in one transaction (no parameters: '%' stays literal)."""
         engine = self.engine
-        with errors.translated(self._target()):
+        with errors.translated(self._target):
             with engine.begin() as conn:
                 conn.exec_driver_sql(script)
 

@@ -144,3 +144,30 @@ def test_sqlalchemy_target_includes_the_environment_never_the_password(monkeypat
     assert connector._target() == "host=env-host dbname=shop user=u"
     keywords = SQLAlchemyPsycopg2Connector(host="h", port=5433, password="kw-secret")
     assert keywords._target() == "host=h port=5433"
+
+
+def test_error_target_is_described_only_when_an_error_is_raised():
+    """Describing the target parses the DSN; queries that succeed must not pay for it."""
+    from procrastinate_core import exceptions
+    from procrastinate_core.connectors import errors
+
+    calls = []
+
+    def target():
+        calls.append(1)
+        return "host=db port=5432 dbname=app"
+
+    with errors.translated(target):
+        pass
+    assert calls == []
+
+    class OperationalError(Exception):
+        pass
+
+    with pytest.raises(exceptions.DatabaseConnectionError, match=r"\(host=db port=5432 dbname=app\): gone"):
+        with errors.translated(target):
+            raise OperationalError("gone")
+    assert calls == [1]
+    with pytest.raises(exceptions.DatabaseConnectionError, match=r"\(host=h port=1 dbname=d\)"):
+        with errors.translated("host=h port=1 dbname=d"):
+            raise OperationalError("gone")
