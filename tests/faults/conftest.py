@@ -492,8 +492,8 @@ def private_harness(request: pytest.FixtureRequest, private_server: PrivateServe
     if not private_server.reachable():
         try:
             private_server.ctl("start")  # a previous scenario may have left it down
-        except subprocess.CalledProcessError:
-            pass  # already starting: wait below
+        except (subprocess.CalledProcessError, RuntimeError):
+            pass  # already starting, or its log was reported: wait below
     wait_until(private_server.reachable, timeout=60, interval=0.2, what="private server accepting connections")
     dsn = private_server.create_database(name)
     h = Harness(dsn, request.param, tmp_path)
