@@ -107,6 +107,17 @@ def defer_payload(
         key = (job.queue, job.task_name, job.priority, job.lock, job.queueing_lock, job.scheduled_at)
         text = fields_text.get(key)
         if text is None:
-            text = fields_text[key] = json.dumps(_job_fields(job))[1:]
+            text = fields_text[key] = _fields_text(job)
         parts.append('{"args":' + args + "," + text)
     return "[" + ",".join(parts) + "]"
+
+
+def template_payload(template: Job, args_json: Sequence[str]) -> str:
+    """job_defer_many's array for jobs that differ only by their (encoded) arguments."""
+    text = "," + _fields_text(template)
+    return "[" + ",".join(['{"args":' + args + text for args in args_json]) + "]"
+
+
+def _fields_text(job: Job) -> str:
+    """A job's fields as the tail of a JSON object (`"queue_name": ..., ...}`), to follow its args."""
+    return json.dumps(_job_fields(job))[1:]

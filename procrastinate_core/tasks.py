@@ -101,46 +101,39 @@ class JobDeferrer:
 
     def make_new_job(self, **task_kwargs: Any) -> Job:
         """The job to insert for these arguments; raises if they cannot be stored."""
-        return self._checked_job(task_kwargs)[0]
+        kwargs = self._merged(task_kwargs)
+        self._encoded(kwargs)
+        return self.job.evolve(task_kwargs=kwargs)
 
-    def _checked_job(self, task_kwargs: dict[str, Any]) -> tuple[Job, str]:
-        """The job and its arguments as checked JSON text, which the insert reuses
-        (encoding them once, not once to check and again to send)."""
-        kwargs = {**self.job.task_kwargs, **task_kwargs}
-        text = serialization.dumps_checked(
+    def _merged(self, task_kwargs: dict[str, Any]) -> dict[str, Any]:
+        return {**self.job.task_kwargs, **task_kwargs} if self.job.task_kwargs else task_kwargs
+
+    def _encoded(self, kwargs: dict[str, Any]) -> str:
+        """Arguments as checked JSON text, which the insert sends as is (encoded once,
+        not once to check and again to send)."""
+        return serialization.dumps_checked(
             kwargs,
             self.job_manager.connector.json_dumps,
             what=f"cannot defer task {self.job.task_name!r}",
         )
-        return self.job.evolve(task_kwargs=kwargs), text
-
-    def _checked_jobs(self, task_kwargs: tuple[dict[str, Any], ...]) -> tuple[list[Job], list[str]]:
-        checked = [self._checked_job(kwargs) for kwargs in task_kwargs]
-        return [job for job, _ in checked], [text for _, text in checked]
 
     def defer(self, **task_kwargs: Any) -> int:
         """Insert one job; its id. Runs in the caller's transaction when there is one."""
-        job, text = self._checked_job(task_kwargs)
-        job = self.job_manager.defer_job(job, args_json=text)
-        assert job.id is not None
-        return job.id
+        [job_id] = self.job_manager.defer_from_template(self.job, [self._encoded(self._merged(task_kwargs))])
+        return job_id
 
     async def defer_async(self, **task_kwargs: Any) -> int:
-        job, text = self._checked_job(task_kwargs)
-        job = await self.job_manager.defer_job_async(job, args_json=text)
-        assert job.id is not None
-        return job.id
+        [job_id] = await self.job_manager.defer_from_template_async(self.job, [self._encoded(self._merged(task_kwargs))])
+        return job_id
 
     def batch_defer(self, *task_kwargs: dict[str, Any]) -> list[int]:
         """Insert one job per kwargs dict, in one statement (all or none); their ids."""
-        jobs, texts = self._checked_jobs(task_kwargs)
-        deferred = self.job_manager.batch_defer_jobs(jobs, args_json=texts)
-        return [job.id for job in deferred if job.id is not None]
+        texts = [self._encoded(self._merged(kwargs)) for kwargs in task_kwargs]
+        return self.job_manager.defer_from_template(self.job, texts)
 
     async def batch_defer_async(self, *task_kwargs: dict[str, Any]) -> list[int]:
-        jobs, texts = self._checked_jobs(task_kwargs)
-        deferred = await self.job_manager.batch_defer_jobs_async(jobs, args_json=texts)
-        return [job.id for job in deferred if job.id is not None]
+        texts = [self._encoded(self._merged(kwargs)) for kwargs in task_kwargs]
+        return await self.job_manager.defer_from_template_async(self.job, texts)
 
 
 def make_job(

@@ -7,6 +7,7 @@ the PG* environment variables.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
@@ -101,7 +102,9 @@ class _PsycopgSettings:
         return errors.describe_target(found)
 
 
+@functools.cache
 def _dict_row() -> Any:
+    """psycopg's dict_row, imported on first use (every query asks for it)."""
     from psycopg.rows import dict_row
 
     return dict_row

@@ -264,3 +264,23 @@ def test_manager_batch_of_mixed_templates_with_and_without_texts(app, db_conn):
     assert [job.id for job in with_texts + without] == [row[0] for row in db_conn.execute("SELECT id FROM pcq_jobs ORDER BY id")]
     with pytest.raises(ValueError, match="2 argument texts for 3 jobs"):
         app.job_manager.batch_defer_jobs(jobs, args_json=texts[:2])
+
+
+async def test_batch_from_a_configured_template_merges_arguments_and_returns_ids_in_order(async_app, db_conn):
+    """batch_defer sends one template and per-job argument texts: every row gets the
+    template's fields, the template's task_kwargs under each call's, ids in call order."""
+
+    @async_app.task(name="t", queue="q0")
+    async def t(**kwargs):
+        pass
+
+    at = datetime.datetime(2031, 5, 1, 12, tzinfo=datetime.timezone.utc)
+    deferrer = t.configure(queue="b", priority=4, lock="L", schedule_at=at, task_kwargs={"k": 1, "i": -1})
+    ids = await deferrer.batch_defer_async(*[{"i": i} for i in range(5)])
+    rows = db_conn.execute(
+        "SELECT id, task_name, queue_name, priority, lock, scheduled_at, args FROM pcq_jobs ORDER BY id"
+    ).fetchall()
+    assert ids == [row[0] for row in rows]
+    assert [row[1:] for row in rows] == [("t", "b", 4, "L", at, {"k": 1, "i": i}) for i in range(5)]
+    assert deferrer.job.task_kwargs == {"k": 1, "i": -1}  # the template is not changed by a defer
+    assert await deferrer.batch_defer_async() == []
