@@ -26,12 +26,16 @@ def _ensure_django() -> None:
         django.setup()
 
 
+def _alias_name(dsn: str) -> str:
+    return "contract_" + hashlib.sha1(dsn.encode()).hexdigest()[:12]
+
+
 def alias_for(dsn: str) -> str:
     """A Django alias for this database, registered on first use."""
     _ensure_django()
     from django.db import connections
 
-    alias = "contract_" + hashlib.sha1(dsn.encode()).hexdigest()[:12]
+    alias = _alias_name(dsn)
     if alias not in connections.settings:
         params = parse_dsn(dsn)
         entry = {
@@ -92,3 +96,23 @@ def transaction(dsn: str, commit: bool) -> Iterator[Any]:
         yield connections[alias]
         if not commit:
             django_transaction.set_rollback(True, using=alias)
+
+
+def forget_all() -> None:
+    """Close and unregister every alias the contract tests registered.
+
+    Each test's database is dropped after it, terminating the alias's connection;
+    a leftover alias would be touched by later Django tests (override_settings(
+    TIME_ZONE=...) reconfigures every open connection) and fail with AdminShutdown.
+    """
+    from django.apps import apps
+
+    if not apps.ready:
+        return
+    from django.db import connections
+
+    for alias in [name for name in connections.settings if name.startswith("contract_")]:
+        with unblocked(), contextlib.suppress(Exception):  # its database may be gone already
+            connections[alias].close()
+        del connections[alias]
+        del connections.settings[alias]

@@ -160,6 +160,13 @@ REAL_ASYNC = [case for case in REAL if case.kind == "async"]
 TRANSACTIONAL = [case for case in CASES if case.transaction is not None]
 
 
+@pytest.fixture(autouse=True)
+def _forget_django_aliases() -> Iterator[None]:
+    """Django aliases point at this test's database, which is dropped after it."""
+    yield
+    django_contract.forget_all()
+
+
 @pytest.fixture(params=CASES, ids=_ids(CASES))
 def harness(request: pytest.FixtureRequest) -> Harness:
     return _make_harness(request)

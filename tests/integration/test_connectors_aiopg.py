@@ -124,7 +124,7 @@ async def test_listener_reconnects_after_losing_its_connection(db_dsn, db_conn):
             assert "procrastinate_core-listener" in _names(db_conn)
             db_conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE application_name = 'procrastinate_core-listener'"
+                "WHERE datname = current_database() AND application_name = 'procrastinate_core-listener'"
             )
             # The keepalive notices the dead socket; the listener reconnects and says so.
             await wait_until_async(_async(lambda: listening == 2), timeout=15, what="a reconnection")

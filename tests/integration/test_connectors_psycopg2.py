@@ -81,7 +81,8 @@ def test_a_broken_connection_is_discarded_not_reused(db_dsn, db_conn):
     with app.open():
         app.configure_task("t").defer()
         db_conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'procrastinate_core'"
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND application_name = 'procrastinate_core'"
         )
         wait_until(lambda: db_conn.execute(OURS, ("procrastinate_core",)).fetchone() == (0,), what="termination")
         # The dead connection fails the call that uses it, loudly and translated...
