@@ -103,15 +103,15 @@ def paired(
     Sync forms run on `connector.get_sync_connector()`, async ones on the connector.
     """
 
-    def as_plan(built: Plan[T] | Op[T]) -> Plan[T]:
-        if isinstance(built, Op):
-            return _single(built)
-        return built
-
     @functools.wraps(build)
     def sync(self: Any, *args: P.args, **kwargs: P.kwargs) -> T:
         try:
-            return run_plan(as_plan(build(self, *args, **kwargs)), self.connector.get_sync_connector())
+            built = build(self, *args, **kwargs)
+            connector = self.connector.get_sync_connector()
+            # A single query (most methods, defer among them) skips the plan machinery.
+            if isinstance(built, Op):
+                return built.run(connector)
+            return run_plan(built, connector)
         except Exception as exc:
             wrapped = self.wrap_error(exc)
             if wrapped is exc:
@@ -121,7 +121,10 @@ def paired(
     @functools.wraps(build)
     async def async_(self: Any, *args: P.args, **kwargs: P.kwargs) -> T:
         try:
-            return await run_plan_async(as_plan(build(self, *args, **kwargs)), self.connector)
+            built = build(self, *args, **kwargs)
+            if isinstance(built, Op):
+                return await built.run_async(self.connector)
+            return await run_plan_async(built, self.connector)
         except Exception as exc:
             wrapped = self.wrap_error(exc)
             if wrapped is exc:
@@ -133,8 +136,3 @@ def paired(
         function.__name__ = name
         function.__qualname__ = f"{build.__qualname__.rsplit('.', 1)[0]}.{name}"
     return sync, async_  # type: ignore[return-value]
-
-
-def _single(op: Op[T]) -> Plan[T]:
-    result = yield op
-    return result  # type: ignore[no-any-return]

@@ -197,6 +197,7 @@ class Task(Generic[P, R, Args]):
         self.timeout = timeout
         self.task_middleware = list(task_middleware or [])
         self.is_async = inspect.iscoroutinefunction(func)
+        self._default_job: tuple[tuple[Any, ...], Job] | None = None
         for item in self.task_middleware:
             if not callable(item) or middleware.is_async_callable(item) != self.is_async:
                 kind = "async def" if self.is_async else "def"
@@ -248,6 +249,14 @@ class Task(Generic[P, R, Args]):
         )
         return JobDeferrer(self.app.job_manager, job)
 
+    def _default_deferrer(self) -> JobDeferrer:
+        """configure() with no overrides, its validated template built once: defer() is a hot path."""
+        key = (self.name, self.queue, self.priority, self.lock, self.queueing_lock)
+        cached = self._default_job
+        if cached is None or cached[0] != key:
+            cached = self._default_job = (key, self.configure().job)
+        return JobDeferrer(self.app.job_manager, cached[1])
+
     def _no_positional(self, args: tuple[Any, ...]) -> None:
         if args:
             raise TypeError(
@@ -258,18 +267,18 @@ class Task(Generic[P, R, Args]):
     def defer(self, *args: Args.args, **task_kwargs: Args.kwargs) -> int:
         """Queue a job with these keyword arguments; its id."""
         self._no_positional(args)
-        return self.configure().defer(**task_kwargs)
+        return self._default_deferrer().defer(**task_kwargs)
 
     async def defer_async(self, *args: Args.args, **task_kwargs: Args.kwargs) -> int:
         self._no_positional(args)
-        return await self.configure().defer_async(**task_kwargs)
+        return await self._default_deferrer().defer_async(**task_kwargs)
 
     def batch_defer(self, *task_kwargs: dict[str, Any]) -> list[int]:
         """Queue one job per kwargs dict in a single round trip; their ids."""
-        return self.configure().batch_defer(*task_kwargs)
+        return self._default_deferrer().batch_defer(*task_kwargs)
 
     async def batch_defer_async(self, *task_kwargs: dict[str, Any]) -> list[int]:
-        return await self.configure().batch_defer_async(*task_kwargs)
+        return await self._default_deferrer().batch_defer_async(*task_kwargs)
 
     def get_retry_decision(
         self, exception: BaseException, job: Job
