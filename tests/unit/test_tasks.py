@@ -213,3 +213,28 @@ def test_job_from_row_sets_every_field_like_the_constructor():
     assert set(vars(job)) == {field.name for field in dataclasses.fields(Job)}
     with pytest.raises(dataclasses.FrozenInstanceError):
         job.status = "todo"  # type: ignore[misc]
+
+
+def test_defer_template_follows_the_task_after_a_namespace_rename():
+    """defer() keeps the task's validated template; renaming the task (a blueprint
+    joining an app) must not leave the old name in it."""
+    from procrastinate_core.testing import InMemoryConnector
+
+    app = pc.App(connector=InMemoryConnector())
+    bp = pc.Blueprint()
+
+    @bp.task(name="send", queue="mail_q")
+    def send(to):
+        pass
+
+    with pytest.raises(exceptions.UnboundTaskError):
+        send.defer(to="a")  # builds the template under the old name, then refuses
+    app.add_tasks_from(bp, namespace="mail")
+    with app.open():
+        send.defer(to="b")
+        send.batch_defer({"to": "c"})
+        jobs = list(app.connector.jobs.values())
+    assert [(job["task_name"], job["queue_name"], job["args"]) for job in jobs] == [
+        ("mail:send", "mail_q", {"to": "b"}),
+        ("mail:send", "mail_q", {"to": "c"}),
+    ]
