@@ -49,12 +49,25 @@ async def _bounded(awaitable: Awaitable[Any], timeout: float) -> Any:
     (aiopg waits for the connection to answer), so wait_for would hang too.
     """
     task = asyncio.ensure_future(awaitable)
-    done, _ = await asyncio.wait({task}, timeout=timeout)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+    except asyncio.CancelledError:  # the listener is stopping mid-call
+        _abandon(task)
+        raise
     if not done:
-        task.cancel()
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # never "not retrieved"
+        _abandon(task)
         raise TimeoutError(f"no answer within {timeout} s")
     return task.result()
+
+
+def _abandon(task: asyncio.Future[Any]) -> None:
+    """Cancel a call without waiting for it, and retrieve however it ends.
+
+    Its connection is closed next, so it usually fails; an unretrieved failure
+    would be printed as "Task exception was never retrieved" at exit.
+    """
+    task.cancel()
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
 
 async def listen_forever(

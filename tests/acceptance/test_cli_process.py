@@ -8,6 +8,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 from tests.acceptance import cli_app
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -91,7 +93,12 @@ def test_json_log_format_and_debug_level(db_dsn):
     env = cli_env(db_dsn)
     done = run_cli(env, "--app", APP_PATH, "-vv", "--log-format", "json", "worker", "--one-shot")
     assert done.returncode == 0, done.stderr
-    records = [json.loads(line) for line in done.stderr.splitlines()]
+    records = []
+    for line in done.stderr.splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            pytest.fail(f"a stderr line is not a JSON record: {line!r}\nwhole stderr:\n{done.stderr}")
     assert records, "expected log records at -vv"
     assert {"time", "level", "logger", "message"} <= set(records[0])
     assert any(r["level"] == "DEBUG" for r in records)
