@@ -42,8 +42,11 @@ async def _maybe_await(value: Any) -> None:
         await value
 
 
+ABANDON_GRACE = 1.0
+
+
 async def _bounded(awaitable: Awaitable[Any], timeout: float) -> Any:
-    """Like asyncio.wait_for, without waiting for the cancelled call to finish.
+    """Like asyncio.wait_for, without waiting more than a moment for the cancelled call.
 
     On a blackholed socket a driver's cancellation can itself wait forever
     (aiopg waits for the connection to answer), so wait_for would hang too.
@@ -52,22 +55,26 @@ async def _bounded(awaitable: Awaitable[Any], timeout: float) -> Any:
     try:
         done, _ = await asyncio.wait({task}, timeout=timeout)
     except asyncio.CancelledError:  # the listener is stopping mid-call
-        _abandon(task)
+        await _abandon(task)
         raise
     if not done:
-        _abandon(task)
+        await _abandon(task)
         raise TimeoutError(f"no answer within {timeout} s")
     return task.result()
 
 
-def _abandon(task: asyncio.Future[Any]) -> None:
-    """Cancel a call without waiting for it, and retrieve however it ends.
+async def _abandon(task: asyncio.Future[Any]) -> None:
+    """Cancel a call, give the driver ABANDON_GRACE seconds to cancel it server-side, retrieve its end.
 
-    Its connection is closed next, so it usually fails; an unretrieved failure
-    would be printed as "Task exception was never retrieved" at exit.
+    The connection is closed next. Closing it while psycopg is still cancelling
+    the query makes psycopg warn "query cancellation interrupted", so a healthy
+    server gets the moment it needs; a dead one does not hold us longer. An
+    unretrieved failure would be printed as "Task exception was never
+    retrieved" at exit.
     """
     task.cancel()
     task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    await asyncio.wait({task}, timeout=ABANDON_GRACE)
 
 
 async def listen_forever(
