@@ -30,7 +30,9 @@ MAX_REFUSALS = 3
 class OutcomeRecorder:
     """Collects outcomes (`add`) and writes them from its own loop (`run`)."""
 
-    def __init__(self, job_manager: JobManager, on_recorded: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self, job_manager: JobManager, on_recorded: Callable[[], None] = lambda: None
+    ) -> None:
         self.job_manager = job_manager
         self.on_recorded = on_recorded
         self._pending: list[JobOutcome] = []
@@ -41,6 +43,8 @@ class OutcomeRecorder:
         #: so one bad outcome cannot hold back the others
         self._failures = 0
         self._refusals: dict[tuple[int, int], int] = {}
+        #: outcomes of the batch being written, still unrecorded
+        self._writing = 0
 
     def add(self, outcome: JobOutcome) -> None:
         self._pending.append(outcome)
@@ -49,7 +53,8 @@ class OutcomeRecorder:
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        """Outcomes not yet recorded, including those of a write in progress."""
+        return len(self._pending) + self._writing
 
     async def wait_idle(self) -> None:
         """Return once every outcome added so far is written."""
@@ -64,7 +69,11 @@ class OutcomeRecorder:
             "The database keeps refusing the outcome of job %d (%s); recording it as failed",
             outcome.job_id,
             exc,
-            extra={"action": "outcome_refused", "job_id": outcome.job_id, "attempt": outcome.attempt},
+            extra={
+                "action": "outcome_refused",
+                "job_id": outcome.job_id,
+                "attempt": outcome.attempt,
+            },
         )
         return dataclasses.replace(
             outcome,
@@ -93,12 +102,14 @@ class OutcomeRecorder:
             if not batch:
                 self._idle.set()
                 continue
+            self._writing = len(batch)
             try:
                 recorded = await self.job_manager.finish_jobs_async(batch)
             except asyncio.CancelledError:
                 self._pending[:0] = batch
                 raise
             except Exception as exc:
+                self._writing = 0
                 self._failures += 1
                 if len(batch) == 1 and not isinstance(exc, exceptions.DatabaseConnectionError):
                     # Written alone and refused: not the connection, this outcome. Put
@@ -118,6 +129,8 @@ class OutcomeRecorder:
                 backoff = min(backoff * 2, MAX_BACKOFF)
                 self._wake.set()
                 continue
+            finally:
+                self._writing = 0
             backoff = 0.05
             self._failures = 0
             for outcome in batch:
