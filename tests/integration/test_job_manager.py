@@ -269,3 +269,19 @@ async def test_deleting_jobs_deletes_their_events_and_only_theirs(async_app, db_
         "SELECT count(*) FROM pg_constraint WHERE conrelid = 'pcq_events'::regclass AND contype = 'f'"
     ).fetchone()[0]
     assert fks == 0
+
+
+async def test_truncating_jobs_empties_events_so_a_reused_id_has_no_old_history(async_app, db_conn):
+    """Migration 0004: TRUNCATE fires no DELETE trigger; without its own trigger the
+    events stayed, and after RESTART IDENTITY a new job showed its predecessor's history."""
+    manager = async_app.job_manager
+    old = await async_app.configure_task("old").defer_async()
+    w = await manager.register_worker_async("w")
+    await manager.fetch_jobs_async(w, None, 1)
+    db_conn.execute("TRUNCATE pcq_jobs RESTART IDENTITY")
+    assert db_conn.execute("SELECT count(*) FROM pcq_events").fetchone()[0] == 0
+    new = await async_app.configure_task("new").defer_async()
+    assert new == old
+    assert [e["type"] for e in await manager.list_job_events_async(new)] == ["deferred"]
+    db_conn.execute("TRUNCATE pcq_jobs, pcq_events")  # naming both still works
+    assert db_conn.execute("SELECT count(*) FROM pcq_events").fetchone()[0] == 0
