@@ -151,18 +151,18 @@ class ProcrastinateJobAdmin(admin.ModelAdmin):
 
     @admin.display(description="history")
     def history(self, job: ProcrastinateJob) -> str:
-        events = job.events.order_by("id").values_list("type", "attempt", "at")
+        events = job.events.order_by("id").values_list("type", "attempt", "at", "worker_id")
         rows = format_html_join(
             "",
-            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             (
-                (type_, attempt, at.isoformat(sep=" ", timespec="seconds"))
-                for type_, attempt, at in events
+                (type_, attempt, at.isoformat(sep=" ", timespec="seconds"), "-" if worker is None else worker)
+                for type_, attempt, at, worker in events
             ),
         )
         return format_html(
             '<table class="pcq-history"><thead><tr><th>event</th><th>attempt</th><th>at</th>'
-            "</tr></thead><tbody>{}</tbody></table>",
+            "<th>worker</th></tr></thead><tbody>{}</tbody></table>",
             rows,
         )
 

@@ -160,12 +160,20 @@ def _first_start(job: Job, events: Iterable[Mapping[str, Any]]) -> datetime.date
     return min(starts) if starts else job.started_at
 
 
-def worker_ids(job: Job) -> list[str]:
-    """One id per attempt; only the last attempt's worker is known (earlier ones: UNKNOWN_WORKER)."""
+def worker_ids(job: Job, events: Iterable[Mapping[str, Any]] = ()) -> list[str]:
+    """One id per attempt: the worker of each attempt's "started" event, the job's own
+    worker for its latest attempt, UNKNOWN_WORKER where neither says (history not
+    read, or written before the core's migration 0005 gave events a worker)."""
     if job.attempts <= 0:
         return []
-    last = str(job.worker_id) if job.worker_id is not None else UNKNOWN_WORKER
-    return [UNKNOWN_WORKER] * (job.attempts - 1) + [last]
+    ids = [UNKNOWN_WORKER] * job.attempts
+    for event in events:
+        attempt, worker = event.get("attempt", 0), event.get("worker_id")
+        if event.get("type") == "started" and worker is not None and 1 <= attempt <= job.attempts:
+            ids[attempt - 1] = str(worker)
+    if job.worker_id is not None:
+        ids[-1] = str(job.worker_id)
+    return ids
 
 
 def task_result(
@@ -176,6 +184,7 @@ def task_result(
     alias: str,
 ) -> TaskResult:
     """The TaskResult of a job: status, return value, errors, attempts and timestamps."""
+    events = list(events)  # read twice
     status = _STATUSES[Status(job.status)]
     finished = Status(job.status).is_final
     result = TaskResult(
@@ -190,7 +199,7 @@ def task_result(
         kwargs=dict(payload.get("kwargs") or {}),
         backend=alias,
         errors=_stored_errors(job),
-        worker_ids=worker_ids(job),
+        worker_ids=worker_ids(job, events),
     )
     if status == TaskResultStatus.SUCCESSFUL:
         object.__setattr__(result, "_return_value", job.result)

@@ -96,6 +96,9 @@ class ProcrastinateEvent(ReadOnlyModel):
     type = models.TextField()
     attempt = models.IntegerField()
     at = models.DateTimeField()
+    #: the worker that started, ran or (for "recovered") lost the attempt; null for
+    #: events without one and those written before the core's migration 0005
+    worker_id = models.BigIntegerField(null=True)
 
     class Meta:
         managed = False

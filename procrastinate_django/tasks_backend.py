@@ -48,6 +48,12 @@ def _job_id(result_id: Any) -> int:
     return job_id
 
 
+def _history_needed(job: Job) -> bool:
+    """Whether the job's events add anything to its row: the first start and the worker
+    of earlier attempts, or of an attempt whose job was recovered (it forgot its worker)."""
+    return job.attempts > 1 or (job.attempts == 1 and job.worker_id is None)
+
+
 class ProcrastinateBackend(BaseTaskBackend):
     """django.tasks backend storing tasks as jobs in PostgreSQL and results on the jobs."""
 
@@ -130,7 +136,7 @@ class ProcrastinateBackend(BaseTaskBackend):
         """The task's current state, read from its job; TaskResultDoesNotExist for an unknown id."""
         job_id = _job_id(result_id)
         jobs = app.job_manager.list_jobs(id=job_id)
-        events = app.job_manager.list_job_events(job_id) if jobs and jobs[0].attempts > 1 else []
+        events = app.job_manager.list_job_events(job_id) if jobs and _history_needed(jobs[0]) else []
         return self._result(jobs, events, result_id)
 
     async def aget_result(self, result_id: Any) -> TaskResult:
@@ -138,7 +144,7 @@ class ProcrastinateBackend(BaseTaskBackend):
         jobs = await app.job_manager.list_jobs_async(id=job_id)
         events = (
             await app.job_manager.list_job_events_async(job_id)
-            if jobs and jobs[0].attempts > 1
+            if jobs and _history_needed(jobs[0])
             else []
         )
         return self._result(jobs, events, result_id)

@@ -58,7 +58,7 @@ class InMemoryConnector(BaseConnector):
 
     @property
     def events(self) -> list[dict[str, Any]]:
-        """The job history (what pcq_events holds): id, job_id, type, attempt, at."""
+        """The job history (what pcq_events holds): id, job_id, type, attempt, at, worker_id."""
         return self.store.events
 
     @property

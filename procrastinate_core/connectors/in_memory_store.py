@@ -227,7 +227,7 @@ class InMemoryStore(InMemoryTables):
 
     def job_events_list(self, p: dict[str, Any]) -> list[dict[str, Any]]:
         return [
-            {k: e[k] for k in ("job_id", "type", "attempt", "at")}
+            {k: e[k] for k in ("job_id", "type", "attempt", "at", "worker_id")}
             for e in self.events
             if e["job_id"] == p["job_id"]
         ]

@@ -68,10 +68,10 @@ class InMemoryTables:
             self._next_worker_id = 1
 
     # -- what the triggers do ------------------------------------------------
-    def _event(self, job: dict[str, Any], type_: str) -> None:
+    def _event(self, job: dict[str, Any], type_: str, worker_id: int | None = None) -> None:
         self.events.append(
             {"id": self._next_event_id, "job_id": job["id"], "type": type_,
-             "attempt": job["attempts"], "at": self.clock()}
+             "attempt": job["attempts"], "at": self.clock(), "worker_id": worker_id}
         )
         self._next_event_id += 1
 
@@ -101,9 +101,9 @@ class InMemoryTables:
                 kind = "retried"
             else:
                 kind = new["status"]
-            self._event(job, kind)
+            self._event(job, kind, new["worker_id"] if new["worker_id"] is not None else old["worker_id"])
         if new["abort_requested"] and not old["abort_requested"]:
-            self._event(job, "abort_requested")
+            self._event(job, "abort_requested", new["worker_id"])
             if new["status"] == "doing":
                 self.notify("pcq_abort", str(job["id"]))
         if new["status"] == "todo" and old["status"] != "todo":

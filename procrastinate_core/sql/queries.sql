@@ -251,8 +251,9 @@ GROUP BY 1, 2
 ORDER BY 1, 2;
 
 -- name: job_events_list
--- Returns the history of one job, oldest first.
-SELECT job_id, type, attempt, at FROM pcq_events WHERE job_id = %(job_id)s ORDER BY id;
+-- Returns the history of one job, oldest first, with the worker of each event
+-- (NULL for events without one, and for events written before migration 0005).
+SELECT job_id, type, attempt, at, worker_id FROM pcq_events WHERE job_id = %(job_id)s ORDER BY id;
 
 -- name: job_delete_old
 -- Deletes jobs finished more than %(nb_hours)s hours ago with one of

@@ -258,6 +258,10 @@ def test_detail_shows_arguments_outcome_and_history(operator: Client, jobs: dict
         "deferred",
         "failed",
     ]
+    # Each event names its worker: none when deferred, worker 7 for the failure.
+    rows = [row.split("</tr>")[0] for row in history.split("<tr>")[2:]]
+    assert rows[0].startswith("<td>deferred</td>") and rows[0].endswith("<td>-</td>")
+    assert rows[-1].startswith("<td>failed</td>") and rows[-1].endswith("<td>7</td>")
     succeeded = operator.get(f"{CHANGELIST}{jobs['succeeded']}/change/").content.decode()
     assert "&quot;done&quot;" in succeeded  # the result, as JSON
     assert "&quot;value&quot;: &quot;done&quot;" in succeeded  # the arguments

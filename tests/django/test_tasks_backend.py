@@ -433,6 +433,9 @@ def test_a_task_retried_through_the_queue_counts_its_attempts() -> None:
     assert result.attempts == 2 and result.return_value["attempt"] == 2
     assert result.started_at == first.started_at < result.last_attempted_at
     assert result.worker_ids[-1] == result.return_value["worker_ids"][-1]
+    # Each attempt ran on its own worker, and both are known (the job's history keeps them).
+    assert result.worker_ids == [first.worker_ids[0], result.return_value["worker_ids"][-1]]
+    assert result.worker_ids[0] != result.worker_ids[1] and "unknown" not in result.worker_ids
 
 
 # -- the deployed shape: `manage.py procrastinate worker` in another process ----

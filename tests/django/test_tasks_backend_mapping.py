@@ -71,6 +71,7 @@ def test_aborted_without_error_reads_as_cancelled() -> None:
 
 
 def test_attempts_worker_ids_and_first_start_from_the_history() -> None:
+    """Events written before the core's migration 0005 name no worker: unknown."""
     started = [
         {"type": "deferred", "at": T0},
         {"type": "started", "at": T0 + datetime.timedelta(seconds=1)},
@@ -90,6 +91,21 @@ def test_attempts_worker_ids_and_first_start_from_the_history() -> None:
 
 def test_recovered_job_forgot_its_worker() -> None:
     assert read(job(status="todo", attempts=1, worker_id=None)).worker_ids == [UNKNOWN_WORKER]
+
+
+def test_each_attempts_worker_comes_from_its_started_event() -> None:
+    history = [
+        {"type": "deferred", "attempt": 0, "at": T0, "worker_id": None},
+        {"type": "started", "attempt": 1, "at": T0, "worker_id": 5},
+        {"type": "recovered", "attempt": 1, "at": T0, "worker_id": 5},
+        {"type": "started", "attempt": 2, "at": T0, "worker_id": 6},
+        {"type": "deferred_for_retry", "attempt": 2, "at": T0, "worker_id": 6},
+        {"type": "started", "attempt": 3, "at": T0, "worker_id": 8},
+        {"type": "recovered", "attempt": 3, "at": T0, "worker_id": 8},
+    ]
+    # The job forgot worker 8 when it was recovered; its history did not.
+    result = read(job(status="todo", attempts=3, worker_id=None), history)
+    assert result.worker_ids == ["5", "6", "8"]
 
 
 def test_out_of_range_priority_set_by_hand_is_clamped_to_djangos_range() -> None:

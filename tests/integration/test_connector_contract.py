@@ -392,10 +392,10 @@ async def test_the_queue_operations(harness):
         with pytest.raises(exceptions.JobNotFound):
             await m.get_job_status_async(a)
 
-        events = [(e["type"], e["attempt"]) for e in await m.list_job_events_async(c)]
+        events = [(e["type"], e["attempt"], e["worker_id"]) for e in await m.list_job_events_async(c)]
         assert events == [
-            ("deferred", 0), ("started", 1), ("failed", 1), ("retried", 1), ("started", 2),
-            ("abort_requested", 2),
+            ("deferred", 0, None), ("started", 1, w), ("failed", 1, w), ("retried", 1, w),
+            ("started", 2, w), ("abort_requested", 2, w),
         ]
 
         # Stalled recovery: a worker that stops beating loses its job, which aborts
@@ -433,7 +433,11 @@ async def test_worker_heartbeats_and_unregister(harness):
         await m.unregister_worker_async(w)
         # A running job of a worker that is gone is recovered at once.
         assert await m.recover_stalled_jobs_async(3600) == [(job_id, pc.Status.TODO)]
-        assert [e["type"] for e in await m.list_job_events_async(job_id)] == ["deferred", "started", "recovered"]
+        # The job forgets its worker; its history says which worker lost it.
+        assert [(e["type"], e["worker_id"]) for e in await m.list_job_events_async(job_id)] == [
+            ("deferred", None), ("started", w), ("recovered", w)
+        ]
+        assert (await m.list_jobs_async(id=job_id))[0].worker_id is None
 
 
 # -- workers and notifications ---------------------------------------------------
