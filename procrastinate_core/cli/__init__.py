@@ -6,8 +6,9 @@
     procrastinate-core healthchecks
     procrastinate-core shell list_jobs --status failed
 
-See docs/cli.md for every command and flag. `--app` may also come from the
-PROCRASTINATE_APP environment variable.
+See docs/cli.md for every command and flag. Every option may also come from
+an environment variable: PROCRASTINATE_APP, PROCRASTINATE_VERBOSE,
+PROCRASTINATE_WORKER_CONCURRENCY, PROCRASTINATE_DEFER_UNKNOWN... (cli/environment.py).
 
 Reusing the CLI from other programs (this is what `manage.py procrastinate`
 builds on):
@@ -27,12 +28,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, TextIO
 
 from procrastinate_core import exceptions
-from procrastinate_core.cli import commands, logs
+from procrastinate_core.cli import commands, environment, logs
 from procrastinate_core.cli.parser import APP_ENV_VAR, build_parser
 
 if TYPE_CHECKING:
@@ -69,8 +71,12 @@ def main(
 ) -> int:
     """Run the CLI; returns the exit code (see the module docstring)."""
     parser = build_parser(with_app_option=app is None, prog=prog)
+    from_environment = environment.apply(parser, os.environ)
     try:
         args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+        unusable = from_environment[None] + from_environment.get(args.command, [])
+        if unusable:
+            parser.error("; ".join(unusable))
     except SystemExit as exc:  # --help, --version, usage errors: argparse printed why
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     with logs.cli_logging(args.verbose, args.log_format):

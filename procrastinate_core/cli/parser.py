@@ -141,7 +141,7 @@ def build_parser(
             "--app",
             default=os.environ.get(APP_ENV_VAR) or None,
             metavar="DOTTED.PATH",
-            help=f"the App to use, e.g. myproject.tasks.app (default: ${APP_ENV_VAR})",
+            help="the App to use, e.g. myproject.tasks.app",
         )
     parser.add_argument(
         "-v",

@@ -170,6 +170,24 @@ def test_manage_py_procrastinate_commands(live_db: None, capsys: Any) -> None:
     ] == ["succeeded"]
 
 
+@pytest.mark.django_db(transaction=True)
+def test_manage_py_procrastinate_reads_option_variables(
+    live_db: None, monkeypatch: Any, capsys: Any
+) -> None:
+    """PROCRASTINATE_WORKER_WAIT=false makes the worker one-shot: without it this would not return."""
+    from tests.django.testapp.tasks import record
+
+    record.defer(value="from env")
+    monkeypatch.setenv("PROCRASTINATE_WORKER_WAIT", "false")
+    monkeypatch.setenv("PROCRASTINATE_WORKER_CONCURRENCY", "2")
+    call_command("procrastinate", "worker")
+    assert [j.status for j in app.job_manager.list_jobs(task=record.name)] == ["succeeded"]
+    monkeypatch.setenv("PROCRASTINATE_WORKER_CONCURRENCY", "two")
+    with pytest.raises(CommandError, match="exited with code 2"):
+        call_command("procrastinate", "worker")
+    assert "environment variable PROCRASTINATE_WORKER_CONCURRENCY='two'" in capsys.readouterr().err
+
+
 def test_manage_py_procrastinate_failure_exits_non_zero() -> None:
     with pytest.raises(CommandError, match="exited with code 2"):
         call_command("procrastinate", "no-such-command")
