@@ -107,6 +107,25 @@ def _typed(name: str, convert: Callable[[str], Any]) -> Callable[[str], Any]:
     return convert
 
 
+class _AppendOverDefault(argparse._AppendAction):
+    """Repeatable flag whose first use replaces the default instead of extending it.
+
+    The default can come from an environment variable (cli/environment.py),
+    and a flag must win over its variable, as single-valued flags do.
+    """
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        if self.default is not None and getattr(namespace, self.dest, None) is self.default:
+            setattr(namespace, self.dest, [])
+        super().__call__(parser, namespace, values, option_string)
+
+
 def _float_or_none(value: str) -> float | None:
     return None if value.lower() in ("none", "") else float(value)
 
@@ -122,7 +141,7 @@ def _converter(annotation: Any) -> tuple[Callable[[str], Any] | None, dict[str, 
     if origin is tuple:
         if typing.get_args(core)[0] is str:
             return _typed("comma-separated list", _comma_list), {}
-        return _typed("dotted path", _dotted_object), {"action": "append"}
+        return _typed("dotted path", _dotted_object), {"action": _AppendOverDefault}
     if origin is collections.abc.Mapping:
         return _typed("JSON object", _json_object), {}
     if isinstance(core, type) and issubclass(core, enum.Enum):

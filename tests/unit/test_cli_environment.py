@@ -45,9 +45,21 @@ def test_worker_options_come_from_the_environment():
 
 
 def test_a_flag_wins_over_its_variable():
-    environ = {"PROCRASTINATE_WORKER_CONCURRENCY": "3", "PROCRASTINATE_WORKER_WAIT": "no"}
-    args, _ = parse(environ, "worker", "-c", "5", "--wait")
-    assert worker_options_from(args) == {"concurrency": 5, "wait": True}
+    environ = {
+        "PROCRASTINATE_WORKER_CONCURRENCY": "3",
+        "PROCRASTINATE_WORKER_WAIT": "no",
+        "PROCRASTINATE_WORKER_WORKER_MIDDLEWARE": "json.dumps",
+    }
+    args, _ = parse(environ, "worker", "-c", "5", "--wait", "--worker-middleware", "json.loads")
+    assert worker_options_from(args) == {
+        "concurrency": 5,
+        "wait": True,
+        "worker_middleware": [json.loads],  # replaced, not extended
+    }
+    args, _ = parse(
+        environ, "worker", "--worker-middleware", "json.loads", "--worker-middleware", "json.dumps"
+    )
+    assert worker_options_from(args)["worker_middleware"] == [json.loads, json.dumps]
 
 
 def test_unset_variables_pass_nothing():
@@ -92,12 +104,18 @@ DEAD = "host=127.0.0.1 port=1"
     [
         ("PROCRASTINATE_WORKER_CONCURRENCY", "many", "invalid literal for int()"),
         ("PROCRASTINATE_WORKER_WAIT", "maybe", "expected one of 1, true, yes, on, 0, false"),
-        ("PROCRASTINATE_WORKER_DELETE_JOBS", "sometimes", "expected one of never, successful, always"),
+        (
+            "PROCRASTINATE_WORKER_DELETE_JOBS",
+            "sometimes",
+            "expected one of never, successful, always",
+        ),
         ("PROCRASTINATE_WORKER_QUEUES", "a,,b", "expected comma-separated queue names"),
         ("PROCRASTINATE_VERBOSE", "-1", "expected a count of 0 or more"),
     ],
 )
-def test_a_bad_value_is_a_usage_error_naming_the_variable(monkeypatch, capsys, name, value, message):
+def test_a_bad_value_is_a_usage_error_naming_the_variable(
+    monkeypatch, capsys, name, value, message
+):
     monkeypatch.setenv(name, value)
     assert main(["worker"], app=pc.App(connector=pc.PsycopgConnector(conninfo=DEAD))) == 2
     err = capsys.readouterr().err
