@@ -133,6 +133,9 @@ class OutcomeRecorder:
                 self._writing = 0
             backoff = 0.05
             self._failures = 0
+            if self._refusals:  # written at last: forget how often it was refused
+                for outcome in batch:
+                    self._refusals.pop((outcome.job_id, outcome.attempt), None)
             for outcome in batch:
                 if outcome.job_id not in recorded:
                     logger.warning(
