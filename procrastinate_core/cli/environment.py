@@ -53,9 +53,10 @@ def _boolean(value: str) -> bool:
 
 
 def _converted(action: argparse.Action, value: str) -> Any:
-    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
-        return _boolean(value)
-    if isinstance(action, argparse.BooleanOptionalAction):
+    if isinstance(
+        action,
+        (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction),
+    ):
         return _boolean(value)
     if isinstance(action, argparse._CountAction):
         count = int(value)
