@@ -84,6 +84,8 @@ def test_global_and_other_commands_options():
     assert (args.queue, args.in_seconds) == ("reports", 30.0)
     args, _ = parse(environ, "healthchecks")
     assert args.min_workers == 2
+    args, _ = parse(environ, "-v", "healthchecks")  # -v counts up from the variable
+    assert args.verbose == 3
 
 
 def test_every_option_names_its_variable_in_the_help():
