@@ -31,7 +31,17 @@ async def test_cancelled_call_finishes_cancelling_before_the_connection_closes(
             await _bounded(session.close(), 1)  # as listen_forever closes it
 
     listener = asyncio.ensure_future(stopping_listener())
-    await asyncio.sleep(0.3)  # the query is running server-side
+    async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as observer:
+        for _ in range(500):  # until the query runs server-side
+            cur = await observer.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = %s AND state = 'active'",
+                (conn.info.backend_pid,),
+            )
+            if (await cur.fetchone())[0]:
+                break
+            await asyncio.sleep(0.01)
+        else:
+            pytest.fail("the query never started")
     listener.cancel()
     with pytest.raises(asyncio.CancelledError):
         await listener
