@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
-from collections.abc import Generator, Iterable
+from collections.abc import Generator, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
@@ -37,11 +38,7 @@ class App(Blueprint):
         periodic_defaults: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(connector, BaseConnector):
-            raise exceptions.ConfigurationError(
-                f"App(connector={connector!r}): expected a connector such as "
-                "PsycopgConnector(...) or SyncPsycopgConnector(...)"
-            )
+        _check_connector(connector, "App(connector=...)")
         if isinstance(import_paths, str):
             raise exceptions.ConfigurationError(
                 f"import_paths={import_paths!r}: expected a list of module paths, not a string"
@@ -94,6 +91,26 @@ class App(Blueprint):
         app.tasks = self.tasks
         app.periodic_tasks = self.periodic_tasks
         return app
+
+    @contextlib.contextmanager
+    def replace_connector(self, connector: BaseConnector) -> Iterator[App]:
+        """This same App on `connector` inside the block; the old connector is back after.
+
+        For tests: tasks are bound to the App their module decorated them with,
+        so swapping its connector (for an InMemoryConnector, say) reroutes every
+        defer and worker without touching the code under test. It changes the
+        App for every thread; outside tests, build a second App with
+        with_connector(). Opening and closing `connector` stay the caller's.
+        """
+        _check_connector(connector, "replace_connector(...)")
+        saved = (self.connector, self.job_manager, self.schema_manager)
+        self.connector = connector
+        self.job_manager = JobManager(connector)
+        self.schema_manager = SchemaManager(connector)
+        try:
+            yield self
+        finally:
+            self.connector, self.job_manager, self.schema_manager = saved
 
     def perform_import_paths(self) -> None:
         """Import the modules that declare tasks; a failure names the module and its error."""
@@ -179,6 +196,14 @@ class App(Blueprint):
                 await self.run_worker_async(**options)
 
         asyncio.run(main())
+
+
+def _check_connector(connector: Any, where: str) -> None:
+    if not isinstance(connector, BaseConnector):
+        raise exceptions.ConfigurationError(
+            f"{where}: got {connector!r}; expected a connector such as "
+            "PsycopgConnector(...) or SyncPsycopgConnector(...)"
+        )
 
 
 class _OpenAsync:
