@@ -154,6 +154,25 @@ class DjangoConnector(BaseSyncConnector):
         """Django's connection wrapper for this alias (thread-local, like the ORM's)."""
         return _connection(self.alias)
 
+    def get_worker_connector(self) -> BaseConnector:
+        """A new connector on the same database for running a worker (not opened).
+
+        Workers cannot use Django's connection (they LISTEN and need a pool). The
+        driver and its options come from PROCRASTINATE_CONNECTOR and
+        PROCRASTINATE_CONNECTOR_OPTIONS, the JSON hooks from this connector; the
+        name is procrastinate's, for tests written as
+        `with app.replace_connector(app.connector.get_worker_connector()): ...`.
+        """
+        from procrastinate_django.settings import settings
+
+        return build_connector(
+            self.alias,
+            settings.CONNECTOR,
+            json_dumps=self.json_dumps,
+            json_loads=self.json_loads,
+            **dict(settings.CONNECTOR_OPTIONS or {}),
+        )
+
     def open(self, pool: Any = None) -> None:
         """Optional (Django opens connections itself): checks that the database answers."""
         if pool is not None:

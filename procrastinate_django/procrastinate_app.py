@@ -80,13 +80,21 @@ class DjangoApp(App):
                 f"({type(connector).__name__}), which cannot run a worker; set "
                 "PROCRASTINATE_CONNECTOR to 'psycopg' (default) or 'aiopg'."
             )
-        if settings.CLOSE_DB_CONNECTIONS:
-            db_connections.install(self)
+        self._prepare_tasks()
         return self.with_connector(connector)
 
+    def _prepare_tasks(self) -> None:
+        if settings.CLOSE_DB_CONNECTIONS:
+            db_connections.install(self)
+
     async def run_worker_async(self, **options: Any) -> None:
-        """Run a worker on a fresh pool (opened and closed here) until stopped or idle."""
+        """Run a worker on a fresh pool (opened and closed here) until stopped or idle.
+
+        On an async connector of its own (`replace_connector(...)` in tests), the
+        worker runs on it, opened by the caller as for any App.
+        """
         if self.connector.is_async:
+            self._prepare_tasks()
             await super().run_worker_async(**options)
             return
         worker_app = self.worker_app()
@@ -94,6 +102,10 @@ class DjangoApp(App):
             await worker_app.run_worker_async(**options)
 
     def run_worker(self, **options: Any) -> None:
+        if self.connector.is_async:  # opened and closed here, as App.run_worker does
+            self._prepare_tasks()
+            super().run_worker(**options)
+            return
         asyncio.run(self.run_worker_async(**options))
 
 

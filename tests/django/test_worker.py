@@ -93,3 +93,27 @@ async def test_run_deferred_jobs_async_from_an_async_test() -> None:
     [job] = await sync_to_async(deferred_jobs)(record_async, status="succeeded")
     assert job.id == job_id
     assert [run.value for run in await sync_to_async(ledger)("record_async")] == ["from an async test"]
+
+
+def test_procrastinates_test_pattern_worker_connector_in_place_of_djangos() -> None:
+    """procrastinate's documented Django test recipe works as written."""
+    job_id = record.defer(value="replaced")
+    with app.replace_connector(app.connector.get_worker_connector()):
+        app.run_worker(wait=False, install_signal_handlers=False, listen_notify=False)
+    assert type(app.connector).__name__ == "DjangoConnector"
+    assert [job.id for job in deferred_jobs(record, status="succeeded")] == [job_id]
+    assert [run.value for run in ledger("record")] == ["replaced"]
+
+
+def test_in_memory_connector_in_place_of_the_database() -> None:
+    from procrastinate_core.testing import InMemoryConnector
+    from procrastinate_django.models import ProcrastinateJob
+
+    in_memory = InMemoryConnector()
+    with app.replace_connector(in_memory):
+        job_id = record.defer(value="in memory")
+        assert [job.id for job in deferred_jobs(record)] == [job_id]  # read where it went
+        app.run_worker(wait=False)
+        assert in_memory.jobs[job_id]["status"] == "succeeded"
+    assert [run.value for run in ledger("record")] == ["in memory"]  # the task used the ORM
+    assert not ProcrastinateJob.objects.exists()  # nothing reached the queue tables
