@@ -134,6 +134,7 @@ _CHECKS: dict[str, tuple[int, Check]] = {
     "JSON_LOADS": (10, _dotted_callable("JSON_LOADS")),
     "ON_APP_READY": (11, _dotted_callable("ON_APP_READY")),
     "CLOSE_DB_CONNECTIONS": (12, _bool),
+    "READONLY_MODELS": (13, _bool),
 }
 
 

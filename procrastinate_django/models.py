@@ -13,6 +13,7 @@ from typing import Any
 from django.db import models
 
 from procrastinate_core.jobs import Status
+from procrastinate_django.settings import settings
 
 
 class ReadOnlyError(RuntimeError):
@@ -20,16 +21,23 @@ class ReadOnlyError(RuntimeError):
 
 
 class ReadOnlyModel(models.Model):
+    """Refuses save() and delete() unless PROCRASTINATE_READONLY_MODELS is False (tests)."""
+
     class Meta:
         abstract = True
 
     def save(self, *args: Any, **kwargs: Any) -> None:
+        if not settings.READONLY_MODELS:
+            return super().save(*args, **kwargs)
         raise ReadOnlyError(
             f"{type(self).__name__} is read-only: change jobs through app.job_manager "
-            "(retry_job_by_id, cancel_job_by_id, ...), never through the ORM."
+            "(retry_job_by_id, cancel_job_by_id, ...), never through the ORM. "
+            "(Tests that need rows of their own may set PROCRASTINATE_READONLY_MODELS = False.)"
         )
 
     def delete(self, *args: Any, **kwargs: Any) -> Any:
+        if not settings.READONLY_MODELS:
+            return super().delete(*args, **kwargs)
         raise ReadOnlyError(
             f"{type(self).__name__} is read-only: delete jobs through app.job_manager."
         )

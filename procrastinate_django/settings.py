@@ -44,6 +44,9 @@ class Defaults:
     ON_APP_READY: str | None = None
     #: Close stale ORM connections around every sync job the worker runs.
     CLOSE_DB_CONNECTIONS: bool = True
+    #: False lets tests save and delete queue rows through the ORM models (fixtures);
+    #: for tests only: the ORM knows none of the queue's rules (locks, statuses).
+    READONLY_MODELS: bool = True
 
 
 DEFAULTS = Defaults()

@@ -80,6 +80,7 @@ def test_default_settings_pass() -> None:
             "yes",
             "PROCRASTINATE_CLOSE_DB_CONNECTIONS: expected True or False",
         ),
+        ("READONLY_MODELS", "no", "PROCRASTINATE_READONLY_MODELS: expected True or False"),
     ],
 )
 @pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
@@ -255,6 +256,29 @@ def test_models_are_read_only() -> None:
         job.save()
     with pytest.raises(ReadOnlyError, match="app.job_manager"):
         job.delete()
+
+
+@pytest.mark.django_db
+def test_tests_can_make_the_models_writable(settings: Any) -> None:
+    """PROCRASTINATE_READONLY_MODELS = False, as in procrastinate: fixtures through the ORM."""
+    from django.utils import timezone
+
+    from procrastinate_django import app
+    from procrastinate_django.models import ProcrastinateJob
+
+    settings.PROCRASTINATE_READONLY_MODELS = False
+    job = ProcrastinateJob.objects.create(
+        queue_name="default", task_name="made.by.a.fixture", priority=0, args={"n": 1},
+        status="failed", attempts=1, abort_requested=False, created_at=timezone.now(),
+    )  # fmt: skip
+    [seen] = app.job_manager.list_jobs(id=job.id)
+    assert (seen.task_name, seen.status, seen.task_kwargs) == ("made.by.a.fixture", "failed", {"n": 1})
+    job.status = "succeeded"
+    job.save()
+    assert app.job_manager.get_job_status(job.id) == "succeeded"
+    assert [event.type for event in job.events.all()] == ["deferred", "succeeded"]
+    job.delete()
+    assert not ProcrastinateJob.objects.filter(pk=job.id).exists()
 
 
 def test_on_app_ready_receives_the_app(settings: Any) -> None:
