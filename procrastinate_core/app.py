@@ -55,6 +55,7 @@ class App(Blueprint):
             )
         self.job_manager = JobManager(connector)
         self.schema_manager = SchemaManager(connector)
+        self.derived_from: App | None = None
         builtin_tasks.register(self)
 
     @classmethod
@@ -90,6 +91,8 @@ class App(Blueprint):
         )
         app.tasks = self.tasks
         app.periodic_tasks = self.periodic_tasks
+        #: the App this one was made from (builtin_tasks defers through that one)
+        app.derived_from = self
         return app
 
     @contextlib.contextmanager

@@ -441,3 +441,37 @@ async def test_jobs_of_a_claim_whose_reply_was_lost_are_released(async_app, db_c
     job = await get_job(async_app, job_id)
     assert [j.id for j in lost] == [job_id]
     assert (job.status, job.attempts) == ("succeeded", 2)
+
+
+async def test_builtin_remove_old_jobs_as_procrastinates_module_exposes_it(async_app, db_conn):
+    """`builtin_tasks.remove_old_jobs.defer(...)` and `await remove_old_jobs(context, ...)`
+    inside a task of one's own, both as procrastinate documents them."""
+    from procrastinate_core import builtin_tasks
+
+    @async_app.task
+    async def noop():
+        pass
+
+    @async_app.task(pass_context=True)
+    async def my_cleanup(context, timestamp: int = 0):
+        return await builtin_tasks.remove_old_jobs(context, max_hours=2, remove_failed=True)
+
+    old = await noop.defer_async()
+    await async_app.run_worker_async(wait=False, install_signal_handlers=False)
+    db_conn.execute("UPDATE pcq_jobs SET finished_at = now() - interval '3 hours' WHERE id = %s", [old])
+    mine = await my_cleanup.defer_async()
+    await async_app.run_worker_async(wait=False, install_signal_handlers=False)
+    assert (await get_job(async_app, mine)).result == 1
+    # Deferred through the module-level name: the task of the latest App (this one).
+    builtin = await builtin_tasks.remove_old_jobs.configure(queueing_lock="cleanup").defer_async(
+        max_hours=1
+    )
+    with pytest.raises(exceptions.AlreadyEnqueued):
+        await builtin_tasks.remove_old_jobs.configure(queueing_lock="cleanup").defer_async(
+            max_hours=1
+        )
+    job = await get_job(async_app, builtin)
+    assert (job.task_name, job.queue) == (builtin_tasks.remove_old_jobs.name, "builtin")
+    # An App made with with_connector does not become the target.
+    async_app.with_connector(async_app.connector)
+    assert builtin_tasks.remove_old_jobs.task().app is async_app
