@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 from typing import Any
 
 import django
@@ -24,6 +25,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.dateformat import format as date_format
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from procrastinate_core.jobs import Status
 from procrastinate_django import admin_actions
@@ -49,6 +51,12 @@ def _when(value: datetime.datetime | None) -> str:
     return date_format(value, "Y-m-d H:i:s")
 
 
+def _breakable(name: str) -> str:
+    """A dotted or dashed name the browser may wrap after each separator (long task paths)."""
+    parts = re.split(r"(?<=[._-])", name)
+    return format_html_join(mark_safe("<wbr>"), "{}", ((part,) for part in parts))
+
+
 def _pretty_json(value: Any) -> str:
     return format_html("<pre>{}</pre>", json.dumps(value, indent=2, sort_keys=True, default=str))
 
@@ -60,15 +68,15 @@ class ProcrastinateJobAdmin(admin.ModelAdmin):
     list_display = [
         "id",
         "status_badge",
-        "task_name",
-        "queue_name",
+        "task",
+        "queue",
         "priority",
-        "lock",
+        "lock_name",
         "attempts",
         "created",
         "last_change",
     ]
-    list_display_links = ["id", "task_name"]
+    list_display_links = ["id", "task"]
     list_filter = ["status", "queue_name", "task_name", "created_at", "finished_at"]
     search_fields = ["=id", "task_name", "lock", "queueing_lock"]
     date_hierarchy = "created_at"
@@ -144,6 +152,18 @@ class ProcrastinateJobAdmin(admin.ModelAdmin):
     def status_badge(self, job: ProcrastinateJob) -> str:
         colour = _STATUS_COLOURS.get(job.status, "#777")
         return format_html('<b style="color: {}">{}</b>', colour, job.status)
+
+    @admin.display(description="task", ordering="task_name")
+    def task(self, job: ProcrastinateJob) -> str:
+        return _breakable(job.task_name)
+
+    @admin.display(description="queue", ordering="queue_name")
+    def queue(self, job: ProcrastinateJob) -> str:
+        return _breakable(job.queue_name)
+
+    @admin.display(description="lock", ordering="lock")
+    def lock_name(self, job: ProcrastinateJob) -> str:
+        return _breakable(job.lock) if job.lock else "-"
 
     @admin.display(description="created", ordering="created_at")
     def created(self, job: ProcrastinateJob) -> str:
