@@ -56,6 +56,21 @@ class JobOutcome:
         }
 
 
+@dataclasses.dataclass(frozen=True)
+class QueueStats:
+    """One queue's live state: how many jobs wait and run, and how old the oldest are.
+
+    `oldest_ready_age` is the queue's latency: seconds since the oldest job that
+    could run now became due (None when none can). Ages are on the database clock.
+    """
+
+    queue_name: str
+    todo: int
+    doing: int
+    oldest_ready_age: float | None
+    oldest_running_age: float | None
+
+
 def _first(column: str) -> Callable[[Any], Any]:
     return lambda row: None if row is None else row[column]
 
@@ -404,3 +419,10 @@ class JobManager(HasConnector):
         return Op("schema_is_installed", {}, "one", lambda row: bool(row and row["installed"]))
 
     check_connection, check_connection_async = paired(_check_connection)
+
+    # -- queue statistics (metrics, dashboards) ------------------------------------
+    def _get_queue_stats(self) -> Op[list[QueueStats]]:
+        """Per queue with waiting or running jobs: counts and ages; finished jobs are not read."""
+        return Op("queue_stats", {}, "all", lambda rows: [QueueStats(**row) for row in rows])
+
+    get_queue_stats, get_queue_stats_async = paired(_get_queue_stats)

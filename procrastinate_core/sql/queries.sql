@@ -326,3 +326,35 @@ SELECT to_regclass('pcq_migrations') IS NOT NULL AS installed;
 -- name: schema_versions_applied
 -- Returns the versions of the applied migrations.
 SELECT version FROM pcq_migrations ORDER BY version;
+
+-- name: queue_stats
+-- Returns one row per queue that has waiting or running jobs: how many wait
+-- (todo) and run (doing), the age in seconds of the oldest job that could run
+-- now (queue latency) and of the longest-running one. Reads the todo and doing
+-- rows only (their partial indexes), never the finished ones, so its cost does
+-- not grow with history.
+WITH waiting AS (
+    SELECT queue_name,
+           count(*) AS todo,
+           extract(epoch FROM now() - min(coalesce(scheduled_at, created_at))
+               FILTER (WHERE scheduled_at IS NULL OR scheduled_at <= now()))::float8 AS oldest_ready_age
+    FROM pcq_jobs
+    WHERE status = 'todo'
+    GROUP BY queue_name
+),
+running AS (
+    SELECT queue_name,
+           count(*) AS doing,
+           extract(epoch FROM now() - min(started_at))::float8 AS oldest_running_age
+    FROM pcq_jobs
+    WHERE status = 'doing'
+    GROUP BY queue_name
+)
+SELECT coalesce(w.queue_name, r.queue_name) AS queue_name,
+       coalesce(w.todo, 0) AS todo,
+       coalesce(r.doing, 0) AS doing,
+       w.oldest_ready_age,
+       r.oldest_running_age
+FROM waiting AS w
+FULL JOIN running AS r ON r.queue_name = w.queue_name
+ORDER BY 1;
