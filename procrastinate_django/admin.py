@@ -14,7 +14,6 @@ import re
 from typing import Any
 
 import django
-
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Q, QuerySet, TextField

@@ -20,7 +20,6 @@ import psycopg
 import pytest
 
 import procrastinate_core as pc
-
 from tests.support import database
 from tests.support.waiting import wait_until
 
