@@ -10,7 +10,7 @@ import pytest
 
 import procrastinate_core as pc
 from procrastinate_core import exceptions
-from procrastinate_core.connectors.dsn_settings import DsnSettings
+from procrastinate_core.connectors.connection_settings import ConnectionSettings
 from procrastinate_core.contrib.aiopg import AiopgConnector
 from procrastinate_core.contrib.psycopg2 import Psycopg2Connector
 from procrastinate_core.contrib.sqlalchemy import SQLAlchemyPsycopg2Connector
@@ -62,12 +62,12 @@ def test_bad_pool_bounds_are_refused():
 
 
 def test_application_name_default_user_value_and_listener_suffix():
-    settings = DsnSettings("X", {"dsn": "host=h"}, ())
+    settings = ConnectionSettings("X", {"dsn": "host=h"})
     assert settings.connect_kwargs()["application_name"] == "procrastinate_core"
     assert settings.connect_kwargs("-listener")["application_name"] == "procrastinate_core-listener"
-    mine = DsnSettings("X", {"application_name": "shop"}, ())
+    mine = ConnectionSettings("X", {"application_name": "shop"})
     assert mine.connect_kwargs("-listener")["application_name"] == "shop-listener"
-    in_dsn = DsnSettings("X", {"dsn": "postgresql://h/d?application_name=web"}, ())
+    in_dsn = ConnectionSettings("X", {"dsn": "postgresql://h/d?application_name=web"})
     assert "application_name" not in in_dsn.connect_kwargs()
     assert in_dsn.connect_kwargs("-listener")["application_name"] == "web-listener"
 
@@ -77,10 +77,10 @@ def test_target_names_host_port_dbname_and_never_the_password(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PGHOST", "env-host")
     monkeypatch.setenv("PGPASSWORD", "env-secret")
-    settings = DsnSettings("X", {"dsn": "postgresql://u:dsn-secret@h:5433/d", "password": "kw-secret"}, ())
+    settings = ConnectionSettings("X", {"dsn": "postgresql://u:dsn-secret@h:5433/d", "password": "kw-secret"})
     target = settings.target()
     assert target == "host=h port=5433 dbname=d user=u"
-    env_only = DsnSettings("X", {"dbname": "d"}, ()).target()
+    env_only = ConnectionSettings("X", {"dbname": "d"}).target()
     assert env_only.startswith("host=env-host") and "secret" not in env_only
 
 
