@@ -171,3 +171,62 @@ def test_error_target_is_described_only_when_an_error_is_raised():
     with pytest.raises(exceptions.DatabaseConnectionError, match=r"\(host=h port=1 dbname=d\)"):
         with errors.translated("host=h port=1 dbname=d"):
             raise OperationalError("gone")
+
+
+# -- one ConnectionSettings for every connector (issue #15's drift) -----------------
+ALL_FIVE = [
+    lambda **kw: pc.PsycopgConnector(conninfo=kw.pop("dsn", ""), **kw),
+    lambda **kw: pc.SyncPsycopgConnector(conninfo=kw.pop("dsn", ""), **kw),
+    lambda **kw: AiopgConnector(**kw),
+    lambda **kw: Psycopg2Connector(**kw),
+    lambda **kw: SQLAlchemyPsycopg2Connector(**kw),
+]
+FIVE_IDS = ["psycopg", "sync_psycopg", "aiopg", "psycopg2", "sqlalchemy"]
+
+
+@pytest.mark.parametrize("build", ALL_FIVE, ids=FIVE_IDS)
+def test_every_connector_names_the_same_target_with_pghost_set(build, monkeypatch):
+    for name in ("PGPORT", "PGDATABASE", "PGUSER"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PGHOST", "env-host")
+    connector = build(dbname="shop", password="kw-secret")
+    assert connector._settings.target() == "host=env-host dbname=shop"
+
+
+@pytest.mark.parametrize("build", ALL_FIVE[:2] + ALL_FIVE[2:3], ids=FIVE_IDS[:3])
+def test_listener_keeps_the_dsn_application_name_with_its_suffix(build):
+    connector = build(dsn="postgresql://u@h/d?application_name=web")
+    assert connector._settings.listener_kwargs()["application_name"] == "web-listener"
+    assert "application_name" not in connector._settings.connect_kwargs()  # the DSN's stays
+
+
+@pytest.mark.parametrize("build", ALL_FIVE, ids=FIVE_IDS)
+def test_pooler_is_validated_by_every_connector(build):
+    with pytest.raises(exceptions.ConfigurationError, match=r"pooler='pgbouncer'.*'transaction'"):
+        build(pooler="pgbouncer")
+    assert build(pooler="transaction")._settings.pooler == "transaction"
+
+
+def test_listen_dsn_is_for_async_connectors_and_adds_to_the_main_parameters():
+    connector = pc.PsycopgConnector(conninfo="host=bouncer port=6432 dbname=app user=u", pooler="transaction",
+                                    listen_dsn="postgresql://db.internal:5432")
+    assert connector._settings.listener_kwargs() == {
+        "application_name": "procrastinate_core-listener", "host": "db.internal", "port": "5432",
+    }
+    assert connector._settings.listener_target() == "host=db.internal port=5432 dbname=app user=u"
+    counterpart = connector.get_sync_connector()  # the sync twin keeps the pooler, not the listener
+    assert counterpart._settings.pooler == "transaction"
+    assert counterpart._settings.connection_kwargs()["prepare_threshold"] is None
+    for sync in (pc.SyncPsycopgConnector, Psycopg2Connector):
+        with pytest.raises(TypeError, match="'listen_dsn'"):
+            sync(listen_dsn="host=db")
+
+
+def test_pool_factory_builds_the_pool_and_its_sync_twin_is_the_null_pool():
+    import psycopg_pool
+
+    connector = pc.PsycopgConnector(pool_factory=psycopg_pool.AsyncNullConnectionPool, max_size=3)
+    assert connector.pool_factory is psycopg_pool.AsyncNullConnectionPool
+    assert connector.get_sync_connector().pool_factory is psycopg_pool.NullConnectionPool
+    with pytest.raises(TypeError, match="pool_factory"):
+        pc.PsycopgConnector(pool_factory="psycopg_pool.AsyncNullConnectionPool")
