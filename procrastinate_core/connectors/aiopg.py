@@ -25,8 +25,8 @@ from procrastinate_core.connectors.base import (
     Params,
     PooledConnector,
 )
-from procrastinate_core.connectors.drivers import import_driver
 from procrastinate_core.connectors.connection_settings import ConnectionSettings
+from procrastinate_core.connectors.drivers import import_driver
 from procrastinate_core.connectors.listener import listen_forever, poll_forever
 from procrastinate_core.connectors.sync_bridge import record_open_loop
 from procrastinate_core.serialization import JsonDumps, JsonLoads

@@ -19,8 +19,8 @@ from typing import Any
 from procrastinate_core import exceptions, sql
 from procrastinate_core.connectors import errors
 from procrastinate_core.connectors.base import BaseSyncConnector, Fetch, Params, PooledConnector
-from procrastinate_core.connectors.drivers import import_driver
 from procrastinate_core.connectors.connection_settings import ConnectionSettings
+from procrastinate_core.connectors.drivers import import_driver
 from procrastinate_core.serialization import JsonDumps, JsonLoads
 
 logger = logging.getLogger(__name__)
