@@ -1,8 +1,9 @@
 """A private PgBouncer for the tests: its own config and auth files, a free port, stopped at the end.
 
 Never touches a system PgBouncer service. PgBouncer refuses to run as root, so
-as root it is started with `-u nobody` (it drops privileges itself) and its
-files are made readable by that user. It forwards every database name (`*`) to
+as root it is started with `-u nobody` (it drops privileges itself; `-u` the
+socket's owner for a server reached through a unix socket, such as the
+embedded one) and its files are made readable by that user. It forwards every database name (`*`) to
 the test server, which is how per-test databases are reached through it.
 """
 
@@ -49,7 +50,7 @@ class Bouncer:
         self._write_config()
         command = [binary]
         if os.geteuid() == 0:
-            command += ["-u", "nobody"]
+            command += ["-u", self._run_as()]
         command.append(os.path.join(self.folder, "pgbouncer.ini"))
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
@@ -58,6 +59,21 @@ class Bouncer:
         except BaseException:
             self.stop()
             raise
+
+    def _run_as(self) -> str:
+        """Who PgBouncer runs as under root: `nobody`, or the owner of the server's
+        socket when the server is reached through one (the embedded server's
+        socket is only open to its own user)."""
+        host = self.server_params.get("host", "")
+        if host.startswith("/"):
+            import pwd
+
+            socket_path = os.path.join(host, f".s.PGSQL.{self.server_params.get('port', '5432')}")
+            with contextlib.suppress(OSError, KeyError):
+                owner = pwd.getpwuid(os.stat(socket_path).st_uid).pw_name
+                if owner != "root":
+                    return owner
+        return "nobody"
 
     def _write_config(self) -> None:
         server = self.server_params
