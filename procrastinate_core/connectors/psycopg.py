@@ -81,8 +81,6 @@ class _PsycopgSettings(ConnectionSettings):
             driver_options=_DRIVER_OPTIONS,
             listens=listens,
         )
-        if callable(self.dsn):  # pragma: no cover - refused as "not a string" above
-            raise TypeError(f"{connector}(conninfo=...) must be a string, not a callable")
         self.pool_arguments.pop("open", None)  # we open explicitly, in open()/open_async()
 
     @property
