@@ -60,11 +60,3 @@ def direct_listen_dsn(pg_server: PooledServer) -> str:
     """Where a listener reaches the server itself: host and port only, the rest is the main DSN's."""
     direct = pg_server.direct.params
     return psycopg.conninfo.make_conninfo(host=direct.get("host", ""), port=direct.get("port", "5432"))
-
-
-@pytest.fixture
-def pooler_arguments(pgbouncer: Bouncer, direct_listen_dsn: str) -> dict[str, Any]:
-    """What a connector is told about the bouncer in this mode (async ones get a direct listener)."""
-    if pgbouncer.mode == "transaction":
-        return {"pooler": "transaction"}
-    return {"pooler": "session"}
