@@ -128,6 +128,12 @@ class Worker(WorkerStopMixin):
             self.options.concurrency,
             extra={"action": "start_worker", "worker_id": self.worker_id, "queues": self.options.queues},
         )
+        logger.info(  # which wake-up mode this worker runs in (docs/pgbouncer.md)
+            "Worker %s wakes up by %s", self.worker_id,
+            getattr(self.app.connector, "wake_up_mode", "LISTEN") if self.options.listen_notify
+            else f"polling every {self.options.fetch_job_polling_interval:g} s (listen_notify=False)",
+            extra={"action": "worker_wake_up_mode", "worker_id": self.worker_id},
+        )
         self._start_services()
         remove_handlers = self._install_signal_handlers()
         cancelled = False

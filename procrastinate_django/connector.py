@@ -66,10 +66,17 @@ def build_connector(
 
     `options` go to the connector (pool sizes...); libpq keywords from Django win
     over nothing: an option named like one overrides Django's value.
+    PROCRASTINATE_POOLER and PROCRASTINATE_LISTEN_DSN (async backends only: the
+    listener) are the defaults of the `pooler` and `listen_dsn` options.
     """
     import procrastinate_core as pc
+    from procrastinate_django.settings import settings
 
     params = {**connector_params(alias), **options}
+    if settings.POOLER is not None:
+        params.setdefault("pooler", settings.POOLER)
+    if settings.LISTEN_DSN is not None and backend in ("psycopg", "aiopg"):
+        params.setdefault("listen_dsn", settings.LISTEN_DSN)
     hooks: dict[str, Any] = {"json_dumps": json_dumps, "json_loads": json_loads}
     if backend == "psycopg":
         return pc.PsycopgConnector(**hooks, **params)

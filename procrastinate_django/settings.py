@@ -28,6 +28,15 @@ class Defaults:
     CONNECTOR: str = "psycopg"
     #: Extra keyword arguments for the worker's connector (pool sizes, ...).
     CONNECTOR_OPTIONS: dict[str, Any] | None = None
+    #: What the DATABASES entry points at: None (PostgreSQL itself), "session" or
+    #: "transaction" (a pooler's pool_mode, PgBouncer's say; see docs/pgbouncer.md).
+    #: "transaction" turns off psycopg's prepared statements in the worker's connector.
+    POOLER: str | None = None
+    #: For the worker's listener only: libpq keywords (a conninfo string or a URL) put
+    #: on top of the DATABASES entry's, e.g. "host=db.internal port=5432" to LISTEN on
+    #: the server itself when DATABASES points at a transaction pooler. None with
+    #: POOLER = "transaction": the worker polls every second instead of listening.
+    LISTEN_DSN: str | None = None
     #: Module name looked for in every installed app (None: no autodiscovery).
     AUTODISCOVER_MODULE_NAME: str | None = "tasks"
     #: More modules to import for their tasks, besides the autodiscovered ones.

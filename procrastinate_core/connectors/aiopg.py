@@ -25,9 +25,10 @@ from procrastinate_core.connectors.base import (
     Params,
     PooledConnector,
 )
+from procrastinate_core.connectors.connection_settings import ConnectionSettings
 from procrastinate_core.connectors.drivers import import_driver
-from procrastinate_core.connectors.dsn_settings import DsnSettings
-from procrastinate_core.connectors.listener import listen_forever
+from procrastinate_core.connectors.listener import listen_forever, poll_forever
+from procrastinate_core.connectors.sync_bridge import record_open_loop
 from procrastinate_core.serialization import JsonDumps, JsonLoads
 
 logger = logging.getLogger(__name__)
@@ -65,10 +66,17 @@ class AiopgConnector(PooledConnector, BaseAsyncConnector):
         **arguments: Any,
     ) -> None:
         super().__init__(json_dumps=json_dumps, json_loads=json_loads)
-        self._settings = DsnSettings(type(self).__name__, arguments, POOL_ARGUMENTS)
+        self._settings = ConnectionSettings(
+            type(self).__name__, arguments, pool_arguments=POOL_ARGUMENTS, listens=True
+        )
         self.listen_keepalive = listen_keepalive
         self._pool: Any = None
         self._owns_pool = False
+
+    @property
+    def wake_up_mode(self) -> str:
+        """How a worker on this connector learns of new jobs (logged when it starts)."""
+        return self._settings.wake_up_mode()
 
     def make_sync_counterpart(self) -> BaseConnector:
         """A Psycopg2Connector on the same server, same JSON hooks, same pool bounds."""
@@ -77,6 +85,8 @@ class AiopgConnector(PooledConnector, BaseAsyncConnector):
         arguments: dict[str, Any] = dict(self._settings.connection)
         if self._settings.dsn:
             arguments["dsn"] = self._settings.dsn
+        if self._settings.pooler is not None:
+            arguments["pooler"] = self._settings.pooler
         pool_arguments = self._settings.pool_arguments
         if "maxsize" in pool_arguments:
             arguments["maxconn"] = max(1, int(pool_arguments["maxsize"]))
@@ -84,8 +94,8 @@ class AiopgConnector(PooledConnector, BaseAsyncConnector):
             arguments["minconn"] = min(int(pool_arguments["minsize"]), arguments.get("maxconn", 10))
         return Psycopg2Connector(json_dumps=self.json_dumps, json_loads=self.json_loads, **arguments)
 
-    def _connect_arguments(self, suffix: str = "") -> dict[str, Any]:
-        kwargs = self._settings.connect_kwargs(suffix)
+    def _connect_arguments(self, listener: bool = False) -> dict[str, Any]:
+        kwargs = self._settings.listener_kwargs() if listener else self._settings.connect_kwargs()
         for key in _CONNECT_ARGUMENTS:
             if key in self._settings.pool_arguments:
                 kwargs[key] = self._settings.pool_arguments[key]
@@ -96,6 +106,7 @@ class AiopgConnector(PooledConnector, BaseAsyncConnector):
         if self._pool is not None:
             return
         aiopg = _import_aiopg()
+        record_open_loop(self)
         if pool is not None:
             self._pool, self._owns_pool = pool, False
             return
@@ -140,10 +151,15 @@ class AiopgConnector(PooledConnector, BaseAsyncConnector):
         """LISTEN on a dedicated connection until cancelled; reconnects with capped backoff.
 
         When nothing arrives for `listen_keepalive` seconds, a `SELECT 1` checks
-        that the socket is alive, so a half-open connection is noticed.
+        that the socket is alive, so a half-open connection is noticed. Behind a
+        transaction pooler without listen_dsn it cannot LISTEN, and wakes the
+        caller every POOLER_POLL_INTERVAL seconds instead (listener.poll_forever).
         """
+        if not self._settings.can_listen:
+            await poll_forever(channels, on_notification)
+            return
         aiopg = _import_aiopg()
-        kwargs = self._connect_arguments(suffix="-listener")
+        kwargs = self._connect_arguments(listener=True)
         kwargs.setdefault("connect_timeout", max(1, int(self.listen_keepalive)))
 
         async def connect() -> _AiopgListenSession:

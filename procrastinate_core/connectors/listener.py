@@ -132,3 +132,34 @@ async def listen_forever(
                 await _bounded(session.close(), 1)
             except BaseException:  # noqa: BLE001 - a dead socket must not block us
                 pass
+
+
+#: Seconds between wake-ups when LISTEN cannot work (transaction pooler, no listen_dsn).
+POOLER_POLL_INTERVAL = 1.0
+
+
+async def poll_forever(
+    channels: Iterable[str],
+    on_notification: NotificationCallback,
+    interval: float = POOLER_POLL_INTERVAL,
+) -> None:
+    """Stand-in for listen_forever where LISTEN cannot work: a wake-up every `interval` seconds.
+
+    Behind a transaction pooler a LISTEN lands on whichever server connection
+    the pooler picks and hears nothing afterwards. Rather than pretend, the
+    connector does not LISTEN and calls `on_notification(channel, "")` for
+    each job channel every `interval` seconds, so a worker looks for jobs that
+    often. Abort requests (channel pcq_abort, whose payload is a job id) are
+    left to the worker's own abort polling. `on_listening` is never called:
+    nothing is listening.
+    """
+    job_channels = [channel for channel in channels if channel != "pcq_abort"]
+    logger.debug(
+        "Not listening (transaction pooler, no listen_dsn): waking up every %.1f s",
+        interval,
+        extra={"action": "listen_polling", "interval": interval},
+    )
+    while True:
+        await asyncio.sleep(interval)
+        for channel in job_channels:
+            await _maybe_await(on_notification(channel, ""))

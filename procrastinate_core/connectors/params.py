@@ -9,6 +9,7 @@ TypeError naming it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -27,6 +28,9 @@ LIBPQ_KEYWORDS = frozenset(
 )
 
 DEFAULT_APPLICATION_NAME = "procrastinate_core"
+
+# postgresql://, postgres://, and SQLAlchemy's postgresql+psycopg2:// (any driver suffix).
+_URL = re.compile(r"^postgres(?:ql)?(?:\+\w+)?://")
 
 
 def split_arguments(
@@ -65,7 +69,7 @@ def parse_dsn(dsn: str) -> dict[str, str]:
     dsn = dsn.strip()
     if not dsn:
         return {}
-    if dsn.startswith(("postgresql://", "postgres://")):
+    if _URL.match(dsn):
         url = urlsplit(dsn)
         found: dict[str, str] = {}
         if url.hostname:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 from procrastinate_core import exceptions, sql
-from procrastinate_core.connectors import errors, params
+from procrastinate_core.connectors import errors
 from procrastinate_core.connectors.base import (
     BaseAsyncConnector,
     BaseConnector,
@@ -24,7 +24,9 @@ from procrastinate_core.connectors.base import (
     Params,
     PooledConnector,
 )
-from procrastinate_core.connectors.listener import listen_forever
+from procrastinate_core.connectors.connection_settings import ConnectionSettings
+from procrastinate_core.connectors.listener import listen_forever, poll_forever
+from procrastinate_core.connectors.sync_bridge import record_open_loop
 from procrastinate_core.serialization import JsonDumps, JsonLoads
 
 logger = logging.getLogger(__name__)
@@ -63,43 +65,60 @@ def _import_psycopg() -> Any:
     return psycopg, psycopg_pool
 
 
-class _PsycopgSettings:
-    """The parsed arguments shared by the async and sync psycopg connectors."""
+#: psycopg options (not libpq keywords) accepted in `kwargs={...}`.
+_DRIVER_OPTIONS = ("autocommit", "prepare_threshold", "row_factory", "cursor_factory", "context")
 
-    def __init__(self, connector: str, arguments: dict[str, Any]) -> None:
-        connection, pool_arguments = params.split_arguments(
-            connector, arguments, _POOL_ARGUMENTS
+
+class _PsycopgSettings(ConnectionSettings):
+    """ConnectionSettings plus what psycopg 3 adds: `kwargs=` and prepared statements."""
+
+    def __init__(self, connector: str, arguments: dict[str, Any], *, listens: bool) -> None:
+        super().__init__(
+            connector,
+            arguments,
+            dsn_name="conninfo",
+            pool_arguments=_POOL_ARGUMENTS,
+            driver_options=_DRIVER_OPTIONS,
+            listens=listens,
         )
-        self.original = dict(arguments)
-        self.conninfo: str = pool_arguments.pop("conninfo", "") or ""
-        if callable(self.conninfo):
-            raise TypeError(f"{connector}(conninfo=...) must be a string, not a callable")
-        kwargs = dict(pool_arguments.pop("kwargs", None) or {})
-        unknown = set(kwargs) - params.LIBPQ_KEYWORDS - {"autocommit", "prepare_threshold", "row_factory", "cursor_factory", "context"}
-        if unknown:
-            raise TypeError(
-                f"{connector}(kwargs=...) got unknown connection argument(s) "
-                f"{', '.join(sorted(map(repr, unknown)))}; use libpq keywords such as "
-                "host, port, dbname, user, password."
-            )
-        kwargs.update(connection)
-        self.connect_kwargs = kwargs
-        pool_arguments.pop("open", None)  # we open explicitly, in open()/open_async()
-        self.pool_arguments = pool_arguments
+        self.pool_arguments.pop("open", None)  # we open explicitly, in open()/open_async()
 
-    def connection_kwargs(self, suffix: str = "") -> dict[str, Any]:
-        kwargs = dict(self.connect_kwargs)
-        if "application_name" not in kwargs and "application_name" not in self.conninfo:
-            kwargs["application_name"] = params.DEFAULT_APPLICATION_NAME + suffix
-        elif suffix and "application_name" in kwargs:
-            kwargs["application_name"] = f"{kwargs['application_name']}{suffix}"
+    @property
+    def conninfo(self) -> str:
+        return self.dsn
+
+    def connection_kwargs(self) -> dict[str, Any]:
+        """What every pooled connection is opened with: autocommit, and no prepared
+        statements behind a transaction pooler (they would land on another server
+        connection) unless `kwargs={"prepare_threshold": N}` says the pooler keeps them."""
+        kwargs = {**self.driver_options, **self.connect_kwargs()}
+        if self.pooler == "transaction":
+            kwargs.setdefault("prepare_threshold", None)
         kwargs["autocommit"] = True
         return kwargs
 
-    def target(self) -> str:
-        found = params.parse_dsn(self.conninfo)
-        found.update({k: str(v) for k, v in self.connect_kwargs.items()})
-        return errors.describe_target(found)
+
+def _check_pool_factory(connector: str, pool_factory: Any) -> Callable[..., Any] | None:
+    if pool_factory is not None and not callable(pool_factory):
+        raise TypeError(
+            f"{connector}(pool_factory=...) must be a callable returning a psycopg_pool pool "
+            f"(such as psycopg_pool.AsyncNullConnectionPool), not {type(pool_factory).__name__}"
+        )
+    return pool_factory
+
+
+def _sync_pool_factory(pool_factory: Callable[..., Any] | None) -> Callable[..., Any] | None:
+    """The sync twin of an async pool factory: psycopg_pool's null pool maps to its sync null pool.
+
+    Any other factory cannot be translated: the sync counterpart then uses
+    psycopg_pool.ConnectionPool with the same arguments.
+    """
+    if pool_factory is None:
+        return None
+    _, psycopg_pool = _import_psycopg()
+    if pool_factory is psycopg_pool.AsyncNullConnectionPool:
+        return psycopg_pool.NullConnectionPool  # type: ignore[no-any-return]
+    return None
 
 
 @functools.cache
@@ -116,6 +135,10 @@ class PsycopgConnector(PooledConnector, BaseAsyncConnector):
     Any argument of `psycopg_pool.AsyncConnectionPool` passes through
     (`conninfo`, `min_size`, `max_size`, `kwargs`, `timeout`, ...); libpq
     keywords (`host=`, `dbname=`, ...) may also be given directly.
+    `pool_factory` builds the pool from those arguments (procrastinate's
+    recipe behind PgBouncer: `psycopg_pool.AsyncNullConnectionPool`);
+    `pooler` and `listen_dsn` say what sits in front of PostgreSQL
+    (docs/pgbouncer.md).
     """
 
     def __init__(
@@ -124,23 +147,34 @@ class PsycopgConnector(PooledConnector, BaseAsyncConnector):
         json_dumps: JsonDumps | None = None,
         json_loads: JsonLoads | None = None,
         listen_keepalive: float = 10.0,
+        pool_factory: Callable[..., Any] | None = None,
         **arguments: Any,
     ) -> None:
         super().__init__(json_dumps=json_dumps, json_loads=json_loads)
-        self._settings = _PsycopgSettings(type(self).__name__, arguments)
+        self._settings = _PsycopgSettings(type(self).__name__, arguments, listens=True)
+        self.pool_factory = _check_pool_factory(type(self).__name__, pool_factory)
         self._pool: Any = None
         self._owns_pool = False
         self.listen_keepalive = listen_keepalive
 
+    @property
+    def wake_up_mode(self) -> str:
+        """How a worker on this connector learns of new jobs (logged when it starts)."""
+        return self._settings.wake_up_mode()
+
     def make_sync_counterpart(self) -> BaseConnector:
         return SyncPsycopgConnector(
-            json_dumps=self.json_dumps, json_loads=self.json_loads, **self._settings.original
+            json_dumps=self.json_dumps,
+            json_loads=self.json_loads,
+            pool_factory=_sync_pool_factory(self.pool_factory),
+            **self._settings.counterpart_arguments(),
         )
 
     async def open_async(self, pool: Any = None) -> None:
         if self._pool is not None:
             return
         psycopg, psycopg_pool = _import_psycopg()
+        record_open_loop(self)
         if pool is not None:
             self._pool, self._owns_pool = pool, False
             return
@@ -151,9 +185,8 @@ class PsycopgConnector(PooledConnector, BaseAsyncConnector):
         with errors.translated(self._settings.target):
             probe = await psycopg.AsyncConnection.connect(conninfo, **kwargs)
             await probe.close()
-        new_pool = psycopg_pool.AsyncConnectionPool(
-            conninfo, kwargs=kwargs, open=False, **self._settings.pool_arguments
-        )
+        factory = self.pool_factory or psycopg_pool.AsyncConnectionPool
+        new_pool = factory(conninfo, kwargs=kwargs, open=False, **self._settings.pool_arguments)
         with errors.translated(self._settings.target):
             await new_pool.open(wait=False)
         self._pool, self._owns_pool = new_pool, True
@@ -182,8 +215,16 @@ class PsycopgConnector(PooledConnector, BaseAsyncConnector):
         on_notification: NotificationCallback,
         on_listening: ListeningCallback | None = None,
     ) -> None:
+        """LISTEN on a dedicated connection (listen_dsn's when given) until cancelled.
+
+        Behind a transaction pooler without listen_dsn it cannot LISTEN, and
+        wakes the caller every POOLER_POLL_INTERVAL seconds instead (listener.poll_forever).
+        """
+        if not self._settings.can_listen:
+            await poll_forever(channels, on_notification)
+            return
         psycopg, _ = _import_psycopg()
-        kwargs = self._settings.connection_kwargs(suffix="-listener")
+        kwargs = {**self._settings.listener_kwargs(), "autocommit": True}
         kwargs.setdefault("connect_timeout", max(1, int(self.listen_keepalive)))
 
         async def connect() -> _PsycopgListenSession:
@@ -227,11 +268,13 @@ class SyncPsycopgConnector(PooledConnector, BaseSyncConnector):
         *,
         json_dumps: JsonDumps | None = None,
         json_loads: JsonLoads | None = None,
+        pool_factory: Callable[..., Any] | None = None,
         **arguments: Any,
     ) -> None:
         super().__init__(json_dumps=json_dumps, json_loads=json_loads)
         arguments.pop("listen_keepalive", None)
-        self._settings = _PsycopgSettings(type(self).__name__, arguments)
+        self._settings = _PsycopgSettings(type(self).__name__, arguments, listens=False)
+        self.pool_factory = _check_pool_factory(type(self).__name__, pool_factory)
         self._pool: Any = None
         self._owns_pool = False
 
@@ -246,9 +289,8 @@ class SyncPsycopgConnector(PooledConnector, BaseSyncConnector):
         kwargs = self._settings.connection_kwargs()
         with errors.translated(self._settings.target):
             psycopg.Connection.connect(conninfo, **kwargs).close()
-        new_pool = psycopg_pool.ConnectionPool(
-            conninfo, kwargs=kwargs, open=False, **self._settings.pool_arguments
-        )
+        factory = self.pool_factory or psycopg_pool.ConnectionPool
+        new_pool = factory(conninfo, kwargs=kwargs, open=False, **self._settings.pool_arguments)
         with errors.translated(self._settings.target):
             new_pool.open(wait=False)
         self._pool, self._owns_pool = new_pool, True

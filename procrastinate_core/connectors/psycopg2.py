@@ -19,8 +19,8 @@ from typing import Any
 from procrastinate_core import exceptions, sql
 from procrastinate_core.connectors import errors
 from procrastinate_core.connectors.base import BaseSyncConnector, Fetch, Params, PooledConnector
+from procrastinate_core.connectors.connection_settings import ConnectionSettings
 from procrastinate_core.connectors.drivers import import_driver
-from procrastinate_core.connectors.dsn_settings import DsnSettings
 from procrastinate_core.serialization import JsonDumps, JsonLoads
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class Psycopg2Connector(PooledConnector, BaseSyncConnector):
         **arguments: Any,
     ) -> None:
         super().__init__(json_dumps=json_dumps, json_loads=json_loads)
-        self._settings = DsnSettings(type(self).__name__, arguments, POOL_ARGUMENTS)
+        self._settings = ConnectionSettings(type(self).__name__, arguments, pool_arguments=POOL_ARGUMENTS)
         pool_arguments = self._settings.pool_arguments
         self.minconn: int = int(pool_arguments.get("minconn", 1))
         self.maxconn: int = int(pool_arguments.get("maxconn", 10))

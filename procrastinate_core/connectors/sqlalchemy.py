@@ -16,8 +16,8 @@ from typing import Any
 from procrastinate_core import exceptions, sql
 from procrastinate_core.connectors import errors, params
 from procrastinate_core.connectors.base import BaseSyncConnector, Fetch, Params
+from procrastinate_core.connectors.connection_settings import ConnectionSettings, environment_params
 from procrastinate_core.connectors.drivers import import_driver
-from procrastinate_core.connectors.dsn_settings import environment_params
 from procrastinate_core.serialization import JsonDumps, JsonLoads
 
 logger = logging.getLogger(__name__)
@@ -59,16 +59,16 @@ class SQLAlchemyPsycopg2Connector(BaseSyncConnector):
         **arguments: Any,
     ) -> None:
         super().__init__(json_dumps=json_dumps, json_loads=json_loads)
+        # Every argument that is not a libpq keyword (nor `pooler`) is a create_engine
+        # argument, checked by building an engine below.
+        self._settings = ConnectionSettings(type(self).__name__, {"dsn": dsn, **arguments}, pool_arguments=None)
         self.dsn = dsn
         self._url, conninfo = _engine_url(dsn)
-        self._connect_args = {
-            **conninfo,
-            **{k: v for k, v in arguments.items() if k in params.LIBPQ_KEYWORDS},
-        }
-        self._engine_arguments = {k: v for k, v in arguments.items() if k not in params.LIBPQ_KEYWORDS}
+        self._connect_args = {**conninfo, **self._settings.connection}
+        self._engine_arguments = dict(self._settings.pool_arguments)
         connect_args = dict(self._engine_arguments.pop("connect_args", None) or {})
         connect_args.update(self._connect_args)
-        if "application_name" not in connect_args and "application_name" not in self._url:
+        if "application_name" not in connect_args and "application_name" not in params.parse_dsn(dsn):
             connect_args["application_name"] = params.DEFAULT_APPLICATION_NAME
         self._engine_arguments["connect_args"] = connect_args
         self._check_engine_arguments()
@@ -103,13 +103,14 @@ class SQLAlchemyPsycopg2Connector(BaseSyncConnector):
 
     def _target(self, engine: Any = None) -> str:
         """host/port/dbname the engine connects to (environment included), never the password."""
-        found: dict[str, Any] = environment_params()
         engine = engine if engine is not None else self._engine
-        url = engine.url if engine is not None else _import_sqlalchemy().engine.make_url(self._url)
-        if url is not None:
-            from_url = {"host": url.host, "port": url.port, "dbname": url.database, "user": url.username}
-            found.update({k: v for k, v in from_url.items() if v})
-        found.update({k: v for k, v in self._connect_args.items() if k in ("host", "port", "dbname", "user")})
+        if engine is None or self._owns_engine or engine is not self._engine:
+            return self._settings.target()
+        # An engine handed over by the application: its URL says where it goes.
+        found: dict[str, Any] = environment_params()
+        url = engine.url
+        from_url = {"host": url.host, "port": url.port, "dbname": url.database, "user": url.username}
+        found.update({k: v for k, v in from_url.items() if v})
         return errors.describe_target(found)
 
     def open(self, pool: Any = None) -> None:

@@ -135,3 +135,22 @@ def test_run_deferred_jobs_inside_a_transaction_says_why_it_cannot() -> None:
     assert [job.task_kwargs for job in deferred_jobs(record)] == [{"value": "in test transaction"}]
     with pytest.raises(exceptions.ConfigurationError, match="transaction=True"):
         run_deferred_jobs()
+
+
+def test_pooler_and_listen_dsn_settings_reach_the_worker_connector() -> None:
+    """PROCRASTINATE_POOLER / PROCRASTINATE_LISTEN_DSN (docs/pgbouncer.md): the worker's connector
+    prepares nothing and listens on the direct address, whose dbname stays Django's (the test one)."""
+    from django.test import override_settings
+
+    with override_settings(PROCRASTINATE_POOLER="transaction", PROCRASTINATE_LISTEN_DSN="host=db-direct port=5433"):
+        worker_connector = DjangoConnector().get_worker_connector()
+        settings = worker_connector._settings
+        assert settings.connection_kwargs()["prepare_threshold"] is None
+        assert settings.listener_kwargs()["host"] == "db-direct"
+        assert f"dbname={connection.settings_dict['NAME']}" in worker_connector.wake_up_mode
+        assert "host=db-direct port=5433" in worker_connector.wake_up_mode
+        sync = build_connector("default", "psycopg2")  # sync: no listener, the pooler only
+        assert sync._settings.pooler == "transaction" and sync._settings.listen_dsn is None
+    with override_settings(PROCRASTINATE_POOLER="transaction"):
+        assert "polling every 1 s" in DjangoConnector().get_worker_connector().wake_up_mode
+    assert DjangoConnector().get_worker_connector().wake_up_mode == "LISTEN"

@@ -153,3 +153,50 @@ def test_driver_errors_are_translated(app):
     with pytest.raises(exceptions.ConnectorException) as info:
         app.connector.get_sync_connector().execute_query_one("job_get_status", {"job_id": "not-a-number"})
     assert isinstance(info.value.__cause__, psycopg.Error)
+
+
+def test_pool_factory_builds_the_pool_as_procrastinate_documents(db_dsn, db_conn):
+    from psycopg_pool import AsyncNullConnectionPool, NullConnectionPool
+
+    app = pc.App(connector=pc.PsycopgConnector(conninfo=db_dsn, pool_factory=AsyncNullConnectionPool, max_size=3))
+
+    @app.task(name="t")
+    async def t() -> None:
+        pass
+
+    with app.open():  # the sync twin: psycopg_pool's sync null pool
+        assert isinstance(app.connector.get_sync_connector().pool, NullConnectionPool)
+        t.defer()
+
+    async def check() -> None:
+        async with app.open_async():
+            assert isinstance(app.connector.pool, AsyncNullConnectionPool)
+            assert app.connector.pool.max_size == 3
+            await app.run_worker_async(wait=False, install_signal_handlers=False)
+
+    asyncio.run(check())
+    assert db_conn.execute("SELECT status FROM pcq_jobs").fetchall() == [("succeeded",)]
+
+
+def test_sync_to_async_thread_of_another_loop_gets_the_documented_error(db_dsn):
+    """The bridge runs on the loop the connector was opened on, never on whichever loop asgiref knows."""
+    app = pc.App(connector=pc.PsycopgConnector(conninfo=db_dsn, min_size=1))
+    caught: list[str] = []
+
+    def on_another_loop() -> None:
+        async def other() -> None:
+            try:
+                await sync_to_async(app.configure_task("t").defer, thread_sensitive=False)()
+            except RuntimeError as exc:
+                caught.append(str(exc))
+
+        asyncio.run(other())
+
+    async def main() -> None:
+        async with app.open_async():
+            thread = threading.Thread(target=on_another_loop)
+            thread.start()
+            await asyncio.get_running_loop().run_in_executor(None, thread.join)
+
+    asyncio.run(main())
+    assert caught and "sync_to_async" in caught[0]

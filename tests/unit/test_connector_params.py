@@ -10,7 +10,7 @@ import pytest
 
 import procrastinate_core as pc
 from procrastinate_core import exceptions
-from procrastinate_core.connectors.dsn_settings import DsnSettings
+from procrastinate_core.connectors.connection_settings import ConnectionSettings
 from procrastinate_core.contrib.aiopg import AiopgConnector
 from procrastinate_core.contrib.psycopg2 import Psycopg2Connector
 from procrastinate_core.contrib.sqlalchemy import SQLAlchemyPsycopg2Connector
@@ -62,12 +62,12 @@ def test_bad_pool_bounds_are_refused():
 
 
 def test_application_name_default_user_value_and_listener_suffix():
-    settings = DsnSettings("X", {"dsn": "host=h"}, ())
+    settings = ConnectionSettings("X", {"dsn": "host=h"})
     assert settings.connect_kwargs()["application_name"] == "procrastinate_core"
     assert settings.connect_kwargs("-listener")["application_name"] == "procrastinate_core-listener"
-    mine = DsnSettings("X", {"application_name": "shop"}, ())
+    mine = ConnectionSettings("X", {"application_name": "shop"})
     assert mine.connect_kwargs("-listener")["application_name"] == "shop-listener"
-    in_dsn = DsnSettings("X", {"dsn": "postgresql://h/d?application_name=web"}, ())
+    in_dsn = ConnectionSettings("X", {"dsn": "postgresql://h/d?application_name=web"})
     assert "application_name" not in in_dsn.connect_kwargs()
     assert in_dsn.connect_kwargs("-listener")["application_name"] == "web-listener"
 
@@ -77,10 +77,10 @@ def test_target_names_host_port_dbname_and_never_the_password(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PGHOST", "env-host")
     monkeypatch.setenv("PGPASSWORD", "env-secret")
-    settings = DsnSettings("X", {"dsn": "postgresql://u:dsn-secret@h:5433/d", "password": "kw-secret"}, ())
+    settings = ConnectionSettings("X", {"dsn": "postgresql://u:dsn-secret@h:5433/d", "password": "kw-secret"})
     target = settings.target()
     assert target == "host=h port=5433 dbname=d user=u"
-    env_only = DsnSettings("X", {"dbname": "d"}, ()).target()
+    env_only = ConnectionSettings("X", {"dbname": "d"}).target()
     assert env_only.startswith("host=env-host") and "secret" not in env_only
 
 
@@ -171,3 +171,62 @@ def test_error_target_is_described_only_when_an_error_is_raised():
     with pytest.raises(exceptions.DatabaseConnectionError, match=r"\(host=h port=1 dbname=d\)"):
         with errors.translated("host=h port=1 dbname=d"):
             raise OperationalError("gone")
+
+
+# -- one ConnectionSettings for every connector (issue #15's drift) -----------------
+ALL_FIVE = [
+    lambda **kw: pc.PsycopgConnector(conninfo=kw.pop("dsn", ""), **kw),
+    lambda **kw: pc.SyncPsycopgConnector(conninfo=kw.pop("dsn", ""), **kw),
+    lambda **kw: AiopgConnector(**kw),
+    lambda **kw: Psycopg2Connector(**kw),
+    lambda **kw: SQLAlchemyPsycopg2Connector(**kw),
+]
+FIVE_IDS = ["psycopg", "sync_psycopg", "aiopg", "psycopg2", "sqlalchemy"]
+
+
+@pytest.mark.parametrize("build", ALL_FIVE, ids=FIVE_IDS)
+def test_every_connector_names_the_same_target_with_pghost_set(build, monkeypatch):
+    for name in ("PGPORT", "PGDATABASE", "PGUSER"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PGHOST", "env-host")
+    connector = build(dbname="shop", password="kw-secret")
+    assert connector._settings.target() == "host=env-host dbname=shop"
+
+
+@pytest.mark.parametrize("build", ALL_FIVE[:2] + ALL_FIVE[2:3], ids=FIVE_IDS[:3])
+def test_listener_keeps_the_dsn_application_name_with_its_suffix(build):
+    connector = build(dsn="postgresql://u@h/d?application_name=web")
+    assert connector._settings.listener_kwargs()["application_name"] == "web-listener"
+    assert "application_name" not in connector._settings.connect_kwargs()  # the DSN's stays
+
+
+@pytest.mark.parametrize("build", ALL_FIVE, ids=FIVE_IDS)
+def test_pooler_is_validated_by_every_connector(build):
+    with pytest.raises(exceptions.ConfigurationError, match=r"pooler='pgbouncer'.*'transaction'"):
+        build(pooler="pgbouncer")
+    assert build(pooler="transaction")._settings.pooler == "transaction"
+
+
+def test_listen_dsn_is_for_async_connectors_and_adds_to_the_main_parameters():
+    connector = pc.PsycopgConnector(conninfo="host=bouncer port=6432 dbname=app user=u", pooler="transaction",
+                                    listen_dsn="postgresql://db.internal:5432")
+    assert connector._settings.listener_kwargs() == {
+        "application_name": "procrastinate_core-listener", "host": "db.internal", "port": "5432",
+    }
+    assert connector._settings.listener_target() == "host=db.internal port=5432 dbname=app user=u"
+    counterpart = connector.get_sync_connector()  # the sync twin keeps the pooler, not the listener
+    assert counterpart._settings.pooler == "transaction"
+    assert counterpart._settings.connection_kwargs()["prepare_threshold"] is None
+    for sync in (pc.SyncPsycopgConnector, Psycopg2Connector):
+        with pytest.raises(TypeError, match="'listen_dsn'"):
+            sync(listen_dsn="host=db")
+
+
+def test_pool_factory_builds_the_pool_and_its_sync_twin_is_the_null_pool():
+    import psycopg_pool
+
+    connector = pc.PsycopgConnector(pool_factory=psycopg_pool.AsyncNullConnectionPool, max_size=3)
+    assert connector.pool_factory is psycopg_pool.AsyncNullConnectionPool
+    assert connector.get_sync_connector().pool_factory is psycopg_pool.NullConnectionPool
+    with pytest.raises(TypeError, match="pool_factory"):
+        pc.PsycopgConnector(pool_factory="psycopg_pool.AsyncNullConnectionPool")
