@@ -201,6 +201,7 @@ class JobRunner:
         args: tuple[Any, ...] = (context,) if task.pass_context else ()
         kwargs = dict(context.job.task_kwargs)
         worker = self.worker
+        chain = middleware.task_chain(self.options.task_middleware, task.task_middleware, task.is_async)
 
         if task.is_async:
 
@@ -208,7 +209,7 @@ class JobRunner:
                 return await task.func(*args, **kwargs)
 
             async def run_task() -> Any:
-                return await middleware.compose(task.task_middleware, call_task, context, worker)()
+                return await middleware.compose(chain, call_task, context, worker)()
 
         else:
 
@@ -216,7 +217,7 @@ class JobRunner:
                 return task.func(*args, **kwargs)
 
             def run_in_thread() -> Any:
-                return middleware.compose(task.task_middleware, call_task_sync, context, worker)()
+                return middleware.compose(chain, call_task_sync, context, worker)()
 
             async def run_task() -> Any:
                 return await SyncToAsync(run_in_thread, thread_sensitive=False, executor=self.executor)()

@@ -161,6 +161,16 @@ def make_job(
     )
 
 
+def _default_name(func: Callable[..., Any]) -> str:
+    module, short = getattr(func, "__module__", None), getattr(func, "__name__", None)
+    if not module or not short:
+        raise exceptions.ConfigurationError(
+            f"cannot name a task after {func!r} (it has no __module__/__name__); "
+            "pass name= to the task decorator"
+        )
+    return f"{module}.{short}"
+
+
 class Task(Generic[P, R, Args]):
     """A function registered as a task: still a plain callable, plus defer() and friends."""
 
@@ -182,7 +192,9 @@ class Task(Generic[P, R, Args]):
     ) -> None:
         self.func = func
         self.blueprint = blueprint
-        self.name = name or f"{func.__module__}.{func.__qualname__}"
+        # procrastinate's default name: module and __name__ (not __qualname__), so a
+        # task defined inside a function is `module.task`, not `module.f.<locals>.task`.
+        self.name = name or _default_name(func)
         self.aliases = list(aliases or [])
         self.retry_strategy = retry_module.get_retry_strategy(retry)
         self.pass_context = pass_context
@@ -198,15 +210,12 @@ class Task(Generic[P, R, Args]):
         self.task_middleware = list(task_middleware or [])
         self.is_async = inspect.iscoroutinefunction(func)
         self._default_job: tuple[tuple[Any, ...], Job] | None = None
-        for item in self.task_middleware:
-            if not callable(item) or middleware.is_async_callable(item) != self.is_async:
-                kind = "async def" if self.is_async else "def"
-                raise exceptions.ConfigurationError(
-                    f"task {self.name!r}: task_middleware {item!r} must be a {kind} function "
-                    f"`mw(call_next, context, worker)` to match the task; a worker-wide "
-                    "async middleware goes in the worker's worker_middleware option."
-                )
-        functools.update_wrapper(self, func)  # type: ignore[arg-type]
+        middleware.check_task_middleware(
+            self.task_middleware, task_name=self.name, task_is_async=self.is_async
+        )
+        # As procrastinate: name, doc, module, __wrapped__... but not the function's
+        # __dict__, whose attributes (a `pass_context` flag, say) would shadow the Task's.
+        functools.update_wrapper(self, func, updated=())  # type: ignore[arg-type]
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.func(*args, **kwargs)

@@ -21,7 +21,7 @@ def test_task_stays_a_plain_callable(app):
         return a + b
 
     assert add(1, 2) == 3
-    assert add.name == f"{__name__}.test_task_stays_a_plain_callable.<locals>.add"
+    assert add.name == f"{__name__}.add"
     assert app.tasks[add.name] is add
 
 

@@ -1,0 +1,211 @@
+"""Behaviours a procrastinate user relies on, written as procrastinate's docs show them.
+
+Each test is one documented behaviour of procrastinate 3.x that must hold
+after changing `procrastinate` to `procrastinate_core` in the imports
+(docs/migrating-from-procrastinate.md lists what differs on purpose).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+import procrastinate_core as pc
+from procrastinate_core import builtin_tasks, exceptions, middleware
+from procrastinate_core.cli import build_parser, environment, main
+from procrastinate_core.cli.worker_flags import worker_options_from
+from procrastinate_core.options import WorkerOptions
+from tests.integration.worker_support import FAST
+
+ONE_SHOT = {**FAST, "wait": False}
+
+
+# -- 1. `worker --queues ""` means every queue ---------------------------------------
+def _worker_options(environ, *argv):
+    parser = build_parser(with_app_option=False)
+    problems = environment.apply(parser, environ)
+    assert problems["worker"] == []
+    return WorkerOptions.build(worker_options_from(parser.parse_args(["worker", *argv])))
+
+
+def test_empty_queues_flag_means_all_queues():
+    assert _worker_options({}, "--queues", "").queues is None
+    assert _worker_options({}, "-q", " ").queues is None
+    assert _worker_options({}, "--queues", "a,b").queues == ("a", "b")
+
+
+def test_empty_queues_variable_means_all_queues():
+    assert _worker_options({"PROCRASTINATE_WORKER_QUEUES": ""}).queues is None
+
+
+def test_worker_with_empty_queues_runs_jobs_of_every_queue(capsys, db_dsn):
+    app = pc.App(connector=pc.PsycopgConnector(conninfo=db_dsn))
+
+    @app.task(name="parity.noop")
+    def noop():
+        return None
+
+    with app.open():
+        ids = [noop.configure(queue=queue).defer() for queue in ("mail", "reports", "default")]
+    code = main(["worker", "--queues", "", "--one-shot", "--no-signal-handlers"], app=app)
+    assert code == 0, capsys.readouterr().err
+    with app.open():
+        assert [app.job_manager.get_job_status(i) for i in ids] == [pc.Status.SUCCEEDED] * 3
+
+
+# -- 7. MiddlewareKindMismatch, TypeError for what is not callable ---------------------
+def test_sync_task_with_async_middleware_raises_middleware_kind_mismatch(app):
+    async def async_mw(call_next, context, worker):
+        return await call_next()
+
+    with pytest.raises(exceptions.MiddlewareKindMismatch, match="cannot wrap sync task"):
+
+        @app.task(task_middleware=[async_mw])
+        def sync_task():
+            pass
+
+
+def test_async_task_with_sync_middleware_raises_middleware_kind_mismatch(app):
+    def sync_mw(call_next, context, worker):
+        return call_next()
+
+    with pytest.raises(exceptions.MiddlewareKindMismatch, match="cannot wrap async task"):
+
+        @app.task(task_middleware=[sync_mw])
+        async def async_task():
+            pass
+
+
+def test_middleware_kind_mismatch_is_still_a_configuration_error():
+    assert issubclass(exceptions.MiddlewareKindMismatch, exceptions.ConfigurationError)
+
+
+def test_sync_worker_middleware_raises_middleware_kind_mismatch(app):
+    def sync_mw(call_next, context, worker):
+        return call_next()
+
+    with pytest.raises(exceptions.MiddlewareKindMismatch, match="must be an async function"):
+        WorkerOptions.build({"worker_middleware": [sync_mw]})
+    with pytest.raises(exceptions.MiddlewareKindMismatch):
+        pc.App(connector=app.connector, worker_defaults={"worker_middleware": [sync_mw]})
+
+
+@pytest.mark.parametrize("option", ["worker_middleware", "task_middleware"])
+def test_non_callable_worker_middleware_raises_type_error(option):
+    with pytest.raises(TypeError, match="is not callable"):
+        WorkerOptions.build({option: ["not a function"]})
+
+
+def test_non_callable_task_middleware_raises_type_error(app):
+    with pytest.raises(TypeError, match="is not callable"):
+
+        @app.task(task_middleware=[42])
+        def sync_task():
+            pass
+
+
+# -- 8. worker-wide task middleware, TaskMiddleware / WorkerMiddleware -----------------
+def test_middleware_type_aliases_exist():
+    assert middleware.TaskMiddleware is not None and middleware.WorkerMiddleware is not None
+
+
+async def test_worker_wide_task_middleware_wraps_tasks_of_its_colour(connector):
+    calls = []
+
+    def sync_wide(call_next, context, worker):
+        calls.append(("sync-wide", context.job.task_name))
+        return call_next()
+
+    async def async_wide(call_next, context, worker):
+        calls.append(("async-wide", context.job.task_name))
+        return await call_next()
+
+    def own(call_next, context, worker):
+        calls.append(("own", context.job.task_name))
+        return call_next() * 10
+
+    app = pc.App(connector=connector, worker_defaults={"task_middleware": [sync_wide]})
+
+    @app.task(name="parity.sync", task_middleware=[own])
+    def sync_task():
+        calls.append(("run", "parity.sync"))
+        return 2
+
+    @app.task(name="parity.async")
+    async def async_task():
+        calls.append(("run", "parity.async"))
+        return 3
+
+    async with app.open_async():
+        sync_id = await sync_task.defer_async()
+        await app.run_worker_async(**ONE_SHOT)
+        async_id = await async_task.defer_async()
+        await app.run_worker_async(**ONE_SHOT, task_middleware=[sync_wide, async_wide])
+        [sync_job] = await app.job_manager.list_jobs_async(id=sync_id)
+        [async_job] = await app.job_manager.list_jobs_async(id=async_id)
+    # worker-wide first (outermost), then the task's own; the other colour is skipped
+    assert calls == [
+        ("sync-wide", "parity.sync"),
+        ("own", "parity.sync"),
+        ("run", "parity.sync"),
+        ("async-wide", "parity.async"),
+        ("run", "parity.async"),
+    ]
+    assert (sync_job.result, async_job.result) == (20, 3)
+
+
+def test_worker_wide_task_middleware_from_the_command_line():
+    options = _worker_options({}, "--task-middleware", "json.dumps")
+    assert options.task_middleware == (__import__("json").dumps,)
+
+
+# -- 10. default task name: module and __name__ -----------------------------------------
+def test_task_defined_inside_a_function_is_named_after_module_and_name(app):
+    @app.task
+    def inner():
+        return None
+
+    assert inner.name == f"{__name__}.inner"
+    assert app.tasks[f"{__name__}.inner"] is inner
+
+
+def test_callable_without_name_needs_name(app):
+    with pytest.raises(exceptions.ConfigurationError, match="name="):
+        app.task(functools.partial(print, "x"))
+
+
+# -- 16. the decorator copies the function's identity, not its attributes --------------
+def test_task_keeps_the_function_identity_but_not_its_attributes(app):
+    def send(to: str) -> None:
+        """Send a mail."""
+
+    send.pass_context = True  # type: ignore[attr-defined]
+    send.queue = "elsewhere"  # type: ignore[attr-defined]
+    task = app.task(send)
+    assert (task.__name__, task.__doc__, task.__module__) == ("send", "Send a mail.", __name__)
+    assert task.__wrapped__ is send and task.func is send
+    assert task.pass_context is False and task.queue == "default"
+
+
+# -- 17. procrastinate's name for the builtin cleanup task ---------------------------------
+PROCRASTINATE_NAME = "builtin:procrastinate.builtin_tasks.remove_old_jobs"
+
+
+def test_builtin_cleanup_answers_to_procrastinates_name(app):
+    assert app.tasks[PROCRASTINATE_NAME] is app.tasks[builtin_tasks.remove_old_jobs.name]
+
+
+def test_builtin_cleanup_deferred_by_procrastinates_name_runs(capsys, db_dsn):
+    app = pc.App(connector=pc.PsycopgConnector(conninfo=db_dsn))
+    code = main(["defer", PROCRASTINATE_NAME, '{"max_hours": 24}'], app=app)
+    assert code == 0, capsys.readouterr().err
+    with app.open():
+        [job] = app.job_manager.list_jobs()
+        # stored under our canonical name, so admin filters and logs show one name
+        assert job.task_name == builtin_tasks.remove_old_jobs.name
+        raw = app.configure_task(PROCRASTINATE_NAME, allow_unknown=False).job
+        assert raw.task_name == builtin_tasks.remove_old_jobs.name
+    app.run_worker(**ONE_SHOT, queues=["builtin"])
+    with app.open():
+        assert app.job_manager.get_job_status(job.id) is pc.Status.SUCCEEDED
