@@ -7,7 +7,10 @@ after changing `procrastinate` to `procrastinate_core` in the imports
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
+import logging
 
 import pytest
 
@@ -209,3 +212,89 @@ def test_builtin_cleanup_deferred_by_procrastinates_name_runs(capsys, db_dsn):
     app.run_worker(**ONE_SHOT, queues=["builtin"])
     with app.open():
         assert app.job_manager.get_job_status(job.id) is pc.Status.SUCCEEDED
+
+
+# -- 4. the shell takes procrastinate's `key=value` filters and bare flags ---------------
+@pytest.fixture
+def cli_test_app(db_dsn):
+    from tests.acceptance import cli_app
+
+    app = cli_app.app.with_connector(pc.PsycopgConnector(conninfo=db_dsn, min_size=1, max_size=2))
+    with app.open():
+        yield app
+
+
+def _defer_echo(app, **options):
+    job = app.configure_task("tests.acceptance.cli_app.echo", **options).make_new_job(text="x")
+    return app.job_manager.defer_job(job).id
+
+
+def test_shell_list_jobs_takes_key_value_filters_and_bare_details(cli_test_app, capsys):
+    _defer_echo(cli_test_app, queue="default")
+    other = _defer_echo(cli_test_app, queue="other", lock="L")
+    assert main(["shell", "list_jobs", "queue=other", "details"], app=cli_test_app) == 0
+    procrastinate_style = capsys.readouterr().out
+    assert procrastinate_style.startswith(f"#{other} tests.acceptance.cli_app.echo on other - [todo] (")
+    assert procrastinate_style.count("\n") == 1 and "lock=L" in procrastinate_style
+    # our spelling still works and prints the same
+    assert main(["shell", "list_jobs", "--queue", "other", "--details"], app=cli_test_app) == 0
+    assert capsys.readouterr().out == procrastinate_style
+    assert main(["shell", "list_queues", "queue=other", "status=todo"], app=cli_test_app) == 0
+    assert capsys.readouterr().out.startswith("other: 1 jobs (todo: 1,")
+
+
+def test_shell_prompt_takes_key_value_filters(cli_test_app, capsys, monkeypatch):
+    import io
+
+    other = _defer_echo(cli_test_app, queue="other")
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"list_jobs queue=other id={other}\nlist_jobs bogus=1\n"))
+    assert main(["shell"], app=cli_test_app) == 0
+    out = capsys.readouterr().out
+    assert f"#{other} tests.acceptance.cli_app.echo on other - [todo]" in out
+    assert "unrecognized arguments: --bogus 1" in out
+
+
+# -- 15. --log-format takes a logging format string, with --log-format-style -------------
+@contextlib.contextmanager
+def no_root_handlers():
+    """cli_logging installs its own handler only when the root logger has none (pytest adds one)."""
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers.clear()
+    try:
+        yield
+    finally:
+        root.handlers[:] = saved
+
+
+@pytest.mark.parametrize(
+    ("log_format", "style"),
+    [("%(levelname)s|%(name)s|%(message)s", "%"), ("{levelname}|{name}|{message}", "{"),
+     ("$levelname|$name|$message", "$")],
+)
+def test_log_format_string_in_each_style(capsys, db_dsn, log_format, style):
+    app = pc.App(connector=pc.PsycopgConnector(conninfo=db_dsn))
+    argv = ["-v", "--log-format", log_format, "--log-format-style", style,
+            "worker", "--one-shot", "--no-signal-handlers"]
+    with no_root_handlers():
+        assert main(argv, app=app) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line]
+    assert lines and all(line.startswith("INFO|procrastinate_core.") for line in lines), lines
+
+
+def test_text_and_json_log_formats_still_work(capsys, db_dsn):
+    app = pc.App(connector=pc.PsycopgConnector(conninfo=db_dsn))
+    worker = ["worker", "--one-shot", "--no-signal-handlers"]
+    with no_root_handlers():
+        assert main(["-v", "--log-format", "json", *worker], app=app) == 0
+    first = capsys.readouterr().err.splitlines()[0]
+    assert json.loads(first)["logger"].startswith("procrastinate_core")
+    with no_root_handlers():
+        assert main(["-v", "--log-format", "text", *worker], app=app) == 0
+    assert " INFO procrastinate_core." in capsys.readouterr().err
+
+
+def test_bad_log_format_string_is_a_usage_error(capsys):
+    assert main(["--log-format", "{levelname", "--log-format-style", "{", "schema", "--read"]) == 2
+    err = capsys.readouterr().err
+    assert "is neither 'text', 'json' nor a valid logging format string in style '{'" in err
