@@ -92,7 +92,7 @@ _END_LEVELS = {
 def _log_extra(running: RunningJob) -> dict[str, Any]:
     """The job fields of a start/end log record."""
     job = running.job
-    return {**job.log_context(), "attempt": job.attempts, "worker_id": running.worker_id}
+    return {**job.log_context(), "attempt": job.claims, "worker_id": running.worker_id}
 
 
 def error_record(exc: BaseException) -> dict[str, Any]:
@@ -164,7 +164,7 @@ class JobRunner:
             logger.info(
                 "Starting job %s (attempt %d)",
                 job.call_string,
-                job.attempts,
+                job.claims,
                 extra={"action": "start_job", **_log_extra(running)},
             )
         timeout_handle: asyncio.TimerHandle | None = None
@@ -231,7 +231,7 @@ class JobRunner:
         return JobOutcome(
             job_id=running.job.id or 0,
             worker_id=running.worker_id,
-            attempt=running.job.attempts,
+            attempt=running.job.claims,
             status=status,
             delete_job=delete,
             **fields,

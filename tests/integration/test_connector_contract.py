@@ -357,7 +357,7 @@ async def test_the_queue_operations(harness):
         # Priority first, and among jobs sharing a lock only the best ready one.
         first = await m.fetch_jobs_async(w, ["q1"], 10)
         assert [job.id for job in first] == [b]
-        assert first[0].status == "doing" and first[0].attempts == 1 and first[0].worker_id == w
+        assert first[0].status == "doing" and first[0].claims == 1 and first[0].worker_id == w
         # While b runs, a (same lock) waits; c is in another queue.
         assert [job.id for job in await m.fetch_jobs_async(w, None, 10)] == [c]
         assert await m.fetch_jobs_async(w, None, 10) == []
@@ -384,7 +384,7 @@ async def test_the_queue_operations(harness):
         assert await m.cancel_job_by_id_async(later) is False
         assert await m.retry_job_by_id_async(c, priority=9) is True
         [running] = await m.fetch_jobs_async(w, None, 10)
-        assert running.id == c and running.priority == 9 and running.attempts == 2
+        assert running.id == c and running.priority == 9 and running.claims == 2
         assert await m.cancel_job_by_id_async(c) is False
         assert await m.cancel_job_by_id_async(c, abort=True) is True
         assert await m.list_jobs_to_abort_async(w) == [c]
