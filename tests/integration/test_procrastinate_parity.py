@@ -298,3 +298,62 @@ def test_bad_log_format_string_is_a_usage_error(capsys):
     assert main(["--log-format", "{levelname", "--log-format-style", "{", "schema", "--read"]) == 2
     err = capsys.readouterr().err
     assert "is neither 'text', 'json' nor a valid logging format string in style '{'" in err
+
+
+# -- 13. the documented stalled-jobs recipe ---------------------------------------------
+async def test_documented_retry_stalled_jobs_recipe_runs_as_a_periodic_task(async_app, db_conn):
+    app = async_app
+
+    @app.task(name="parity.work")
+    async def work():
+        return "done"
+
+    # procrastinate's recipe, as its docs write it
+    @app.periodic(cron="*/10 * * * *")
+    @app.task(queueing_lock="retry_stalled_jobs", pass_context=True)
+    async def retry_stalled_jobs(context, timestamp):
+        stalled_jobs = await app.job_manager.get_stalled_jobs()
+        for job in stalled_jobs:
+            await app.job_manager.retry_job(job)
+
+    job_id = await work.defer_async()
+    dead = await app.job_manager.register_worker_async("dead", "h", 1)
+    [claimed] = await app.job_manager.fetch_jobs_async(dead, None, 1)
+    db_conn.execute(
+        "UPDATE pcq_workers SET last_heartbeat = now() - interval '1 minute' WHERE id = %s", [dead]
+    )
+    await retry_stalled_jobs.defer_async(timestamp=0)
+    # a worker whose own sweeper would not call the dead worker stalled yet (10 min):
+    # only the recipe requeues the job, and the same run then runs it
+    await app.run_worker_async(
+        **{**ONE_SHOT, "update_heartbeat_interval": 5, "stalled_worker_timeout": 600},
+        queues=["default"],
+    )
+    [job] = await app.job_manager.list_jobs_async(id=job_id)
+    assert (job.status, job.result, job.attempts) == ("succeeded", "done", 1)
+    assert await app.job_manager.get_stalled_jobs() == []
+
+
+def test_stalled_jobs_sync_spelling(app, db_conn):
+    @app.task(name="parity.work")
+    def work():
+        return None
+
+    with app.open():
+        job_id = work.defer()
+        manager = app.job_manager
+        dead = manager.register_worker("dead", "h", 1)
+        manager.fetch_jobs(dead, None, 1)
+        db_conn.execute(
+            "UPDATE pcq_workers SET last_heartbeat = now() - interval '1 minute' WHERE id = %s", [dead]
+        )
+        assert manager.get_stalled_jobs(seconds_since_heartbeat=3600) == []
+        [stalled] = manager.get_stalled_jobs(seconds_since_heartbeat=30)
+        assert stalled.id == job_id
+        with pytest.raises(exceptions.ConfigurationError, match="has no time zone"):
+            manager.retry_job(stalled, retry_at=__import__("datetime").datetime(2030, 1, 1))
+        with pytest.raises(exceptions.ConfigurationError, match="seconds_since_heartbeat=0"):
+            manager.get_stalled_jobs(seconds_since_heartbeat=0)
+        assert manager.retry_job(stalled, priority=5, queue="later") is True
+        [job] = manager.list_jobs(id=job_id)
+        assert (job.status, job.priority, job.queue) == ("todo", 5, "later")
