@@ -280,15 +280,17 @@ class JobManager(HasConnector):
 
     list_jobs, list_jobs_async = paired(_list_jobs)
 
-    def _get_job_status(self, job_id: int) -> Op[Status]:
-        """The status of a job; JobNotFound if there is none with that id."""
+    def _get_job_status(self, job_id: int, connection: Any = None) -> Op[Status]:
+        """The status of a job; JobNotFound if there is none with that id.
+
+        `connection`: run on the caller's connection (inside its transaction)."""
 
         def parse(row: dict[str, Any] | None) -> Status:
             if row is None:
                 raise exceptions.JobNotFound(f"no job with id {job_id}")
             return Status(row["status"])
 
-        return Op("job_get_status", {"job_id": job_id}, "one", parse)
+        return Op("job_get_status", {"job_id": job_id}, "one", parse, connection)
 
     get_job_status, get_job_status_async = paired(_get_job_status)
 
@@ -298,16 +300,22 @@ class JobManager(HasConnector):
 
     list_job_events, list_job_events_async = paired(_list_job_events)
 
-    def _cancel_job_by_id(self, job_id: int, abort: bool = False, delete_job: bool = False) -> Op[bool]:
+    def _cancel_job_by_id(
+        self, job_id: int, abort: bool = False, delete_job: bool = False, connection: Any = None
+    ) -> Op[bool]:
         """Cancel a waiting job (or delete it); with abort=True, ask a running one to stop.
 
         True if the job was cancelled, deleted, or asked to abort; False if it
-        was already finished (or running, without abort=True).
+        was already finished (or running, without abort=True). `connection`: run
+        on the caller's connection, so the change commits or rolls back with it.
         """
         if delete_job:
-            return Op("job_delete_waiting", {"job_id": job_id}, "one", lambda row: row is not None)
+            return Op(
+                "job_delete_waiting", {"job_id": job_id}, "one", lambda row: row is not None, connection
+            )
         return Op(
-            "job_cancel", {"job_id": job_id, "abort": abort}, "one", lambda row: row is not None
+            "job_cancel", {"job_id": job_id, "abort": abort}, "one", lambda row: row is not None,
+            connection,
         )
 
     cancel_job_by_id, cancel_job_by_id_async = paired(_cancel_job_by_id)

@@ -35,6 +35,7 @@ class ConfigureTaskOptions(TypedDict, total=False):
     schedule_in: dict[str, float] | None
     queue: str | None
     priority: int | None
+    connection: Any
 
 
 def check_queue_name(queue: Any) -> str:
@@ -95,9 +96,12 @@ def _scheduled_at(
 class JobDeferrer:
     """A job template (task, queue, lock, schedule...) ready to be deferred once or many times."""
 
-    def __init__(self, job_manager: JobManager, job: Job) -> None:
+    def __init__(self, job_manager: JobManager, job: Job, connection: Any = None) -> None:
         self.job_manager = job_manager
         self.job = job
+        #: The caller's connection (psycopg, psycopg2, SQLAlchemy...): the insert runs
+        #: on it, inside its transaction, and commits or rolls back with it.
+        self.connection = connection
 
     def make_new_job(self, **task_kwargs: Any) -> Job:
         """The job to insert for these arguments; raises if they cannot be stored."""
@@ -119,21 +123,27 @@ class JobDeferrer:
 
     def defer(self, **task_kwargs: Any) -> int:
         """Insert one job; its id. Runs in the caller's transaction when there is one."""
-        [job_id] = self.job_manager.defer_from_template(self.job, [self._encoded(self._merged(task_kwargs))])
+        [job_id] = self.job_manager.defer_from_template(
+            self.job, [self._encoded(self._merged(task_kwargs))], connection=self.connection
+        )
         return job_id
 
     async def defer_async(self, **task_kwargs: Any) -> int:
-        [job_id] = await self.job_manager.defer_from_template_async(self.job, [self._encoded(self._merged(task_kwargs))])
+        [job_id] = await self.job_manager.defer_from_template_async(
+            self.job, [self._encoded(self._merged(task_kwargs))], connection=self.connection
+        )
         return job_id
 
     def batch_defer(self, *task_kwargs: dict[str, Any]) -> list[int]:
         """Insert one job per kwargs dict, in one statement (all or none); their ids."""
         texts = [self._encoded(self._merged(kwargs)) for kwargs in task_kwargs]
-        return self.job_manager.defer_from_template(self.job, texts)
+        return self.job_manager.defer_from_template(self.job, texts, connection=self.connection)
 
     async def batch_defer_async(self, *task_kwargs: dict[str, Any]) -> list[int]:
         texts = [self._encoded(self._merged(kwargs)) for kwargs in task_kwargs]
-        return await self.job_manager.defer_from_template_async(self.job, texts)
+        return await self.job_manager.defer_from_template_async(
+            self.job, texts, connection=self.connection
+        )
 
 
 def make_job(
@@ -244,8 +254,14 @@ class Task(Generic[P, R, Args]):
         schedule_in: dict[str, float] | None = None,
         queue: str | None = None,
         priority: int | None = None,
+        connection: Any = None,
     ) -> JobDeferrer:
-        """A deferrer with some of the task's defaults overridden for this job."""
+        """A deferrer with some of the task's defaults overridden for this job.
+
+        `connection`: a connection of yours (psycopg 3 sync or async, psycopg2,
+        SQLAlchemy): the job is inserted inside its transaction and commits or
+        rolls back with it; you commit.
+        """
         job = make_job(
             self.name,
             queue=queue if queue is not None else self.queue,
@@ -256,7 +272,7 @@ class Task(Generic[P, R, Args]):
             schedule_at=schedule_at,
             schedule_in=schedule_in,
         )
-        return JobDeferrer(self.app.job_manager, job)
+        return JobDeferrer(self.app.job_manager, job, connection=connection)
 
     def _default_deferrer(self) -> JobDeferrer:
         """configure() with no overrides, its validated template built once: defer() is a hot path."""
