@@ -474,7 +474,9 @@ class JobManager(HasConnector):
             lock=lock,
         )
         finish = self._finish_jobs([outcome])
-        return dataclasses.replace(finish, parse=lambda rows: job.id in finish.parse(rows))
+        return Op(
+            finish.query, finish.params, finish.fetch, lambda rows: job.id in finish.parse(rows)
+        )
 
     _retry_job_sync, retry_job_async = paired(_retry_job)
     retry_job = either_colour(_retry_job_sync, retry_job_async)
