@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import functools
 import inspect
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, TypeVar
 
@@ -172,12 +173,23 @@ def make_job(
 
 
 def _default_name(func: Callable[..., Any]) -> str:
+    """procrastinate's default task name: `module.__name__`.
+
+    A function of a script run as `python path/to/script.py` lives in `__main__`;
+    when the script was named by a relative path, the module part is that path
+    dotted (`path.to.script`), so that workers importing it find the same name.
+    """
     module, short = getattr(func, "__module__", None), getattr(func, "__name__", None)
     if not module or not short:
         raise exceptions.ConfigurationError(
             f"cannot name a task after {func!r} (it has no __module__/__name__); "
             "pass name= to the task decorator"
         )
+    if module == "__main__":
+        script = getattr(inspect.getmodule(func), "__file__", None)
+        if script and not os.path.isabs(script):
+            stem, _ = os.path.splitext(os.path.normpath(script))
+            module = ".".join(part for part in stem.split(os.sep) if part not in ("", "."))
     return f"{module}.{short}"
 
 

@@ -173,6 +173,25 @@ def test_task_defined_inside_a_function_is_named_after_module_and_name(app):
     assert app.tasks[f"{__name__}.inner"] is inner
 
 
+@pytest.mark.parametrize(
+    ("script", "expected"),
+    [("jobs/nightly.py", "jobs.nightly.clean"), ("./nightly.py", "nightly.clean"),
+     ("/srv/jobs/nightly.py", "__main__.clean")],
+)
+def test_task_of_a_script_is_named_after_its_relative_path(app, monkeypatch, script, expected):
+    import types
+
+    main_module = types.ModuleType("__main__")
+    main_module.__file__ = script
+    monkeypatch.setitem(__import__("sys").modules, "__main__", main_module)
+
+    def clean():
+        return None
+
+    clean.__module__ = "__main__"
+    assert app.task(clean).name == expected
+
+
 def test_callable_without_name_needs_name(app):
     with pytest.raises(exceptions.ConfigurationError, match="name="):
         app.task(functools.partial(print, "x"))
