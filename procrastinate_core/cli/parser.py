@@ -72,7 +72,8 @@ def _add_defer(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     parser.add_argument(
         "--ignore-already-enqueued",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=False,
         help="exit 0 when a job with the same --queueing-lock is already waiting",
     )
 

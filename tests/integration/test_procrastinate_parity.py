@@ -376,3 +376,11 @@ def test_stalled_jobs_sync_spelling(app, db_conn):
         assert manager.retry_job(stalled, priority=5, queue="later") is True
         [job] = manager.list_jobs(id=job_id)
         assert (job.status, job.priority, job.queue) == ("todo", 5, "later")
+
+
+def test_defer_flags_have_procrastinates_negative_forms():
+    parser = build_parser(with_app_option=False)
+    args = parser.parse_args(["defer", "--no-unknown", "--no-ignore-already-enqueued", "t"])
+    assert (args.unknown, args.ignore_already_enqueued) == (False, False)
+    args = parser.parse_args(["defer", "--unknown", "--ignore-already-enqueued", "t"])
+    assert (args.unknown, args.ignore_already_enqueued) == (True, True)
