@@ -43,3 +43,20 @@ def test_periodic_defer_model_reads_the_ticks() -> None:
 @pytest.mark.django_db
 def test_models_match_their_migrations() -> None:
     call_command("makemigrations", "procrastinate_django", "--check", "--dry-run", verbosity=0)
+
+
+def test_worker_defaults_task_middleware_is_checked(settings: Any) -> None:
+    from django.core import checks
+
+    from procrastinate_django.checks import check_settings
+
+    settings.PROCRASTINATE_WORKER_DEFAULTS = {"task_middleware": ["not callable"]}
+    errors = check_settings()
+    assert [m.level for m in errors] == [checks.ERROR]
+    assert "task_middleware 'not callable' is not callable" in errors[0].msg
+
+    def sync_mw(call_next, context, worker):  # noqa: ANN001, ANN202
+        return call_next()
+
+    settings.PROCRASTINATE_WORKER_DEFAULTS = {"task_middleware": [sync_mw]}
+    assert check_settings() == []
