@@ -136,17 +136,18 @@ class App(Blueprint):
         self, name: str, *, allow_unknown: bool = True, **options: Any
     ) -> JobDeferrer:
         """A deferrer for a task known only by name (no import of its code needed)."""
+        connection = options.pop("connection", None)  # the caller's transaction, if any
         task = self.tasks.get(name)
         if task is not None:
             # Through *this* app's connector, even for a task registered on the app
             # this one was made from with with_connector().
-            return JobDeferrer(self.job_manager, task.configure(**options).job)
+            return JobDeferrer(self.job_manager, task.configure(**options).job, connection)
         if not allow_unknown:
             raise exceptions.TaskNotFound(
                 f"task {name!r} is not registered; known tasks: {sorted(self.tasks)}. "
                 f"Import paths: {self.import_paths}."
             )
-        return JobDeferrer(self.job_manager, make_job(name, **options))
+        return JobDeferrer(self.job_manager, make_job(name, **options), connection)
 
     # -- opening and closing -------------------------------------------------
     def open(self, pool_or_engine: Any = None) -> App:

@@ -1,5 +1,9 @@
 """Tasks every App has, named `builtin:procrastinate_core.builtin_tasks.<name>`.
 
+Each builtin also answers to procrastinate's name for it
+(`builtin:procrastinate.builtin_tasks.<name>`), so a cron line or a job
+deferred by name as procrastinate's docs write it runs here unchanged.
+
 Each App registers its own Task for each builtin. The module-level names
 behave as in procrastinate: `await remove_old_jobs(context, max_hours=72)`
 runs the function (inside a task of yours), and `remove_old_jobs.defer(...)`
@@ -22,6 +26,8 @@ if TYPE_CHECKING:
     from procrastinate_core.tasks import JobDeferrer, Task
 
 PREFIX = "builtin:procrastinate_core.builtin_tasks."
+#: procrastinate's prefix for the same builtins, registered as aliases.
+PROCRASTINATE_PREFIX = "builtin:procrastinate.builtin_tasks."
 
 #: Apps that registered the builtins, oldest first (weak: a dropped App is forgotten).
 _apps: list[weakref.ref[Any]] = []
@@ -101,8 +107,11 @@ remove_old_jobs = BuiltinTask(_remove_old_jobs, PREFIX + "remove_old_jobs")
 
 def register(blueprint: Blueprint) -> None:
     """Add the builtin tasks to an App (each App gets its own Task objects)."""
-    blueprint.task(name=remove_old_jobs.name, pass_context=True, queue="builtin")(
-        remove_old_jobs.function
-    )
+    blueprint.task(
+        name=remove_old_jobs.name,
+        aliases=[PROCRASTINATE_PREFIX + remove_old_jobs.name.removeprefix(PREFIX)],
+        pass_context=True,
+        queue="builtin",
+    )(remove_old_jobs.function)
     _apps[:] = [ref for ref in _apps if ref() is not None]
     _apps.append(weakref.ref(blueprint))

@@ -3,7 +3,8 @@
     ProcrastinateException
     ├── ConfigurationError            bad option, setting or cron: names it and the fix
     │   ├── SyncConnectorConfigurationError   async-only work asked of a sync connector
-    │   └── InvalidCronExpression
+    │   ├── InvalidCronExpression
+    │   └── MiddlewareKindMismatch    a sync middleware on an async task (or the reverse)
     ├── MissingDriverError (also ImportError)  optional driver not installed: names the extra
     ├── ArgumentSerializationError (also TypeError)  job arguments that cannot be stored as JSON
     ├── AppNotOpen                    the app (its connector) must be opened first
@@ -37,6 +38,11 @@ class SyncConnectorConfigurationError(ConfigurationError):
 
 class InvalidCronExpression(ConfigurationError, ValueError):
     """A periodic task's cron expression cannot be parsed or never matches."""
+
+
+class MiddlewareKindMismatch(ConfigurationError):
+    """A middleware does not match what it wraps: sync tasks take `def` middleware, async
+    tasks and the worker's worker_middleware take `async def` (as in procrastinate)."""
 
 
 class MissingDriverError(ProcrastinateException, ImportError):

@@ -92,7 +92,7 @@ _END_LEVELS = {
 def _log_extra(running: RunningJob) -> dict[str, Any]:
     """The job fields of a start/end log record."""
     job = running.job
-    return {**job.log_context(), "attempt": job.attempts, "worker_id": running.worker_id}
+    return {**job.log_context(), "attempt": job.claims, "worker_id": running.worker_id}
 
 
 def error_record(exc: BaseException) -> dict[str, Any]:
@@ -164,7 +164,7 @@ class JobRunner:
             logger.info(
                 "Starting job %s (attempt %d)",
                 job.call_string,
-                job.attempts,
+                job.claims,
                 extra={"action": "start_job", **_log_extra(running)},
             )
         timeout_handle: asyncio.TimerHandle | None = None
@@ -201,6 +201,7 @@ class JobRunner:
         args: tuple[Any, ...] = (context,) if task.pass_context else ()
         kwargs = dict(context.job.task_kwargs)
         worker = self.worker
+        chain = middleware.task_chain(self.options.task_middleware, task.task_middleware, task.is_async)
 
         if task.is_async:
 
@@ -208,7 +209,7 @@ class JobRunner:
                 return await task.func(*args, **kwargs)
 
             async def run_task() -> Any:
-                return await middleware.compose(task.task_middleware, call_task, context, worker)()
+                return await middleware.compose(chain, call_task, context, worker)()
 
         else:
 
@@ -216,7 +217,7 @@ class JobRunner:
                 return task.func(*args, **kwargs)
 
             def run_in_thread() -> Any:
-                return middleware.compose(task.task_middleware, call_task_sync, context, worker)()
+                return middleware.compose(chain, call_task_sync, context, worker)()
 
             async def run_task() -> Any:
                 return await SyncToAsync(run_in_thread, thread_sensitive=False, executor=self.executor)()
@@ -230,7 +231,7 @@ class JobRunner:
         return JobOutcome(
             job_id=running.job.id or 0,
             worker_id=running.worker_id,
-            attempt=running.job.attempts,
+            attempt=running.job.claims,
             status=status,
             delete_job=delete,
             **fields,

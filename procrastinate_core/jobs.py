@@ -11,6 +11,20 @@ from typing import Any
 
 JSONDict = dict[str, Any]
 
+#: Statuses a job reaches by being run: while in one, its latest claim is the current
+#: (or last) run, which procrastinate's `attempts` does not count yet.
+_RUN_STATUSES = frozenset({"doing", "succeeded", "failed", "aborted"})
+
+
+def public_attempts(claims: int, status: str | None) -> int:
+    """procrastinate's `attempts` from our stored claim count: the runs *before* the
+    current (or last) one, so 0 during the first run and N after N retries.
+
+    The database counts claims (`pcq_jobs.attempts`, incremented by the claim, the
+    fence of job_finish_many); this is the one place the two are mapped.
+    """
+    return claims - 1 if claims > 0 and status in _RUN_STATUSES else claims
+
 
 class Status(str, enum.Enum):
     """Where a job is in its life; the four last ones are final."""
@@ -54,6 +68,7 @@ class Job:
     priority: int = 0
     task_kwargs: JSONDict = dataclasses.field(default_factory=dict)
     scheduled_at: datetime.datetime | None = None
+    #: Earlier runs, as in procrastinate: 0 during the first run, N after N retries.
     attempts: int = 0
     abort_requested: bool = False
     worker_id: int | None = None
@@ -62,6 +77,9 @@ class Job:
     finished_at: datetime.datetime | None = None
     result: Any = None
     error: JSONDict | None = None
+    #: How many times a worker claimed the job (the stored counter): the number of the
+    #: current run, and with worker_id the fence on its outcome. 1 during the first run.
+    claims: int = 0
 
     def evolve(self, **changes: Any) -> Job:
         """A copy with `changes` applied, like dataclasses.replace but several times
@@ -101,6 +119,8 @@ class Job:
         args = row["args"]
         result = row.get("result")
         error = row.get("error")
+        status = row["status"]
+        claims = row["attempts"]
         # Filled in directly rather than through the frozen __init__ (one
         # object.__setattr__ per field): a busy worker builds a Job per claimed row.
         job = object.__new__(cls)
@@ -112,9 +132,10 @@ class Job:
             lock=row["lock"],
             queueing_lock=row["queueing_lock"],
             task_kwargs=json_loads(args) if isinstance(args, str) else (args or {}),
-            status=row["status"],
+            status=status,
             scheduled_at=row["scheduled_at"],
-            attempts=row["attempts"],
+            attempts=public_attempts(claims, status),
+            claims=claims,
             worker_id=row["worker_id"],
             abort_requested=row["abort_requested"],
             created_at=row.get("created_at"),

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from procrastinate_core import exceptions, serialization
 from procrastinate_core.connectors.base import BaseConnector
 from procrastinate_core.jobs import Job, Status
-from procrastinate_core.plans import HasConnector, Op, paired
+from procrastinate_core.plans import HasConnector, Op, either_colour, paired
 
 QUEUEING_LOCK_CONSTRAINT = "pcq_jobs_queueing_lock_uniq"
 
@@ -295,15 +295,17 @@ class JobManager(HasConnector):
 
     list_jobs, list_jobs_async = paired(_list_jobs)
 
-    def _get_job_status(self, job_id: int) -> Op[Status]:
-        """The status of a job; JobNotFound if there is none with that id."""
+    def _get_job_status(self, job_id: int, connection: Any = None) -> Op[Status]:
+        """The status of a job; JobNotFound if there is none with that id.
+
+        `connection`: run on the caller's connection (inside its transaction)."""
 
         def parse(row: dict[str, Any] | None) -> Status:
             if row is None:
                 raise exceptions.JobNotFound(f"no job with id {job_id}")
             return Status(row["status"])
 
-        return Op("job_get_status", {"job_id": job_id}, "one", parse)
+        return Op("job_get_status", {"job_id": job_id}, "one", parse, connection)
 
     get_job_status, get_job_status_async = paired(_get_job_status)
 
@@ -313,16 +315,22 @@ class JobManager(HasConnector):
 
     list_job_events, list_job_events_async = paired(_list_job_events)
 
-    def _cancel_job_by_id(self, job_id: int, abort: bool = False, delete_job: bool = False) -> Op[bool]:
+    def _cancel_job_by_id(
+        self, job_id: int, abort: bool = False, delete_job: bool = False, connection: Any = None
+    ) -> Op[bool]:
         """Cancel a waiting job (or delete it); with abort=True, ask a running one to stop.
 
         True if the job was cancelled, deleted, or asked to abort; False if it
-        was already finished (or running, without abort=True).
+        was already finished (or running, without abort=True). `connection`: run
+        on the caller's connection, so the change commits or rolls back with it.
         """
         if delete_job:
-            return Op("job_delete_waiting", {"job_id": job_id}, "one", lambda row: row is not None)
+            return Op(
+                "job_delete_waiting", {"job_id": job_id}, "one", lambda row: row is not None, connection
+            )
         return Op(
-            "job_cancel", {"job_id": job_id, "abort": abort}, "one", lambda row: row is not None
+            "job_cancel", {"job_id": job_id, "abort": abort}, "one", lambda row: row is not None,
+            connection,
         )
 
     cancel_job_by_id, cancel_job_by_id_async = paired(_cancel_job_by_id)
@@ -426,3 +434,71 @@ class JobManager(HasConnector):
         return Op("queue_stats", {}, "all", lambda rows: [QueueStats(**row) for row in rows])
 
     get_queue_stats, get_queue_stats_async = paired(_get_queue_stats)
+
+    # -- procrastinate's stalled-jobs recipe ---------------------------------------------
+    def _get_stalled_jobs(
+        self,
+        seconds_since_heartbeat: float = 30,
+        queue: str | None = None,
+        task_name: str | None = None,
+    ) -> Op[list[Job]]:
+        """Running jobs whose worker has not beaten for `seconds_since_heartbeat` s (or is
+        gone): what the worker's own sweeper would requeue, for a custom retry rule."""
+        if isinstance(seconds_since_heartbeat, bool) or not (
+            isinstance(seconds_since_heartbeat, int | float) and seconds_since_heartbeat > 0
+        ):
+            raise exceptions.ConfigurationError(
+                f"seconds_since_heartbeat={seconds_since_heartbeat!r}: expected a number of "
+                "seconds > 0 (larger than the workers' update_heartbeat_interval)"
+            )
+        params = {
+            "stalled_seconds": float(seconds_since_heartbeat),
+            "queue": queue,
+            "task_name": task_name,
+        }
+        return Op("job_list_stalled", params, "all", self._jobs)
+
+    _get_stalled_jobs_sync, get_stalled_jobs_async = paired(_get_stalled_jobs)
+    get_stalled_jobs = either_colour(_get_stalled_jobs_sync, get_stalled_jobs_async)
+
+    def _retry_job(
+        self,
+        job: Job,
+        retry_at: datetime.datetime | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        lock: str | None = None,
+    ) -> Op[bool]:
+        """Put a running (typically stalled) job back in the queue, at `retry_at` (default:
+        now); False if it is no longer running the claim `job` was read with.
+
+        The requeue is the worker's own retry outcome, fenced on (job, worker, claim): a
+        job that finished or was recovered meanwhile is left alone.
+        """
+        if job.id is None or job.worker_id is None:
+            raise exceptions.ConfigurationError(
+                f"retry_job({job!r}): expected a running job read from the database, "
+                "e.g. from get_stalled_jobs() or list_jobs(status='doing')"
+            )
+        if retry_at is not None and retry_at.tzinfo is None:
+            raise exceptions.ConfigurationError(
+                f"retry_at={retry_at!r} has no time zone; pass an aware datetime "
+                "(for example datetime.now(timezone.utc) + timedelta(minutes=5))"
+            )
+        outcome = JobOutcome(
+            job_id=job.id,
+            worker_id=job.worker_id,
+            attempt=job.claims,
+            status=Status.TODO,
+            retry_at=retry_at,
+            priority=priority,
+            queue=queue,
+            lock=lock,
+        )
+        finish = self._finish_jobs([outcome])
+        return Op(
+            finish.query, finish.params, finish.fetch, lambda rows: job.id in finish.parse(rows)
+        )
+
+    _retry_job_sync, retry_job_async = paired(_retry_job)
+    retry_job = either_colour(_retry_job_sync, retry_job_async)

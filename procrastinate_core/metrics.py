@@ -116,7 +116,7 @@ class JobMetrics:
     ) -> Any:
         job = context.job
         task, queue = job.task_name, job.queue
-        if job.attempts > 1:
+        if job.attempts > 0:  # earlier runs of this job (procrastinate's count)
             self.retries.labels(task, queue).inc()
         running = self.running.labels(queue)
         running.inc()

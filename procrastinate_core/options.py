@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from procrastinate_core import exceptions
+from procrastinate_core import exceptions, middleware
 from procrastinate_core.jobs import DeleteJobCondition
 
 
@@ -46,6 +46,8 @@ class WorkerOptions:
     stalled_worker_timeout: float = 30.0
     #: Functions wrapping each job's execution (see docs/worker.md#middleware).
     worker_middleware: tuple[Any, ...] = ()
+    #: Task middleware for every task this worker runs, each wrapping the tasks of its own colour (def: sync tasks, async def: async tasks), outside the task's own.
+    task_middleware: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
         if self.queues is not None:
@@ -85,6 +87,9 @@ class WorkerOptions:
                 f"{[c.value for c in DeleteJobCondition]}"
             ) from None
         object.__setattr__(self, "worker_middleware", tuple(self.worker_middleware or ()))
+        object.__setattr__(self, "task_middleware", tuple(self.task_middleware or ()))
+        middleware.check_worker_middleware(self.worker_middleware)
+        middleware.check_worker_task_middleware(self.task_middleware)
 
     @classmethod
     def build(cls, *layers: Mapping[str, Any] | None) -> WorkerOptions:

@@ -8,6 +8,7 @@ several round trips and branches (applying migrations, say) is written once;
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 from collections.abc import Awaitable, Callable, Generator
@@ -136,3 +137,23 @@ def paired(
         function.__name__ = name
         function.__qualname__ = f"{build.__qualname__.rsplit('.', 1)[0]}.{name}"
     return sync, async_  # type: ignore[return-value]
+
+
+def either_colour(
+    sync: Callable[Concatenate[S, P], T], async_: Callable[Concatenate[S, P], Awaitable[T]]
+) -> Callable[Concatenate[S, P], Any]:
+    """One method name for both colours, for the few names procrastinate documents as
+    async only (`await job_manager.get_stalled_jobs()`): called where an event loop
+    runs in the calling thread, it returns the awaitable of the async form; elsewhere
+    (plain sync code, a sync job's thread) it runs the sync form and returns its result.
+    """
+
+    @functools.wraps(sync)
+    def method(self: Any, *args: P.args, **kwargs: P.kwargs) -> Any:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return sync(self, *args, **kwargs)
+        return async_(self, *args, **kwargs)
+
+    return method

@@ -1,7 +1,12 @@
 """Retry strategies: whether a failed attempt runs again, when, and where.
 
 `retry=` on a task takes True (retry forever, no wait), an int N (N retries,
-so N + 1 attempts in all), a RetryStrategy, or any BaseRetryStrategy.
+so N + 1 runs in all), a RetryStrategy, or any BaseRetryStrategy.
+
+Counting is procrastinate's: `job.attempts` is the number of runs before the
+current one (0 during the first run), and `RetryStrategy(max_attempts=N)`
+allows N retries after the first run. Strategies written for procrastinate
+work unchanged (see jobs.public_attempts for how this maps to the stored count).
 """
 
 from __future__ import annotations
@@ -41,9 +46,9 @@ class BaseRetryStrategy:
 
     def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
         """None means: do not retry; the job ends failed."""
-        # job.attempts counts the attempt that just failed; get_schedule_in takes
-        # the number of attempts *before* it (0 on the first failure).
-        schedule_in = self.get_schedule_in(exception=exception, attempts=job.attempts - 1)
+        # job.attempts is the number of runs before the one that just failed (0 on
+        # the first failure), which is what get_schedule_in takes.
+        schedule_in = self.get_schedule_in(exception=exception, attempts=job.attempts)
         if schedule_in is None:
             return None
         return RetryDecision(retry_in={"seconds": schedule_in})
@@ -57,10 +62,11 @@ class BaseRetryStrategy:
 
 @dataclasses.dataclass(frozen=True)
 class RetryStrategy(BaseRetryStrategy):
-    """Run a job at most `max_attempts` times in all (None: no limit).
+    """Retry a failed job at most `max_attempts` times (None: no limit), as procrastinate:
+    `max_attempts=3` means up to 3 retries, 4 runs in all.
 
-    After a failure with p earlier attempts (0 on the first failure), the next
-    attempt waits wait + linear_wait * p + exponential_wait ** (p + 1) seconds.
+    After a failure with p earlier runs (0 on the first failure), the next
+    run waits wait + linear_wait * p + exponential_wait ** (p + 1) seconds.
     Only exceptions that are instances of `retry_exceptions` are retried (all if None).
     """
 
@@ -79,7 +85,7 @@ class RetryStrategy(BaseRetryStrategy):
             object.__setattr__(self, "retry_exceptions", tuple(self.retry_exceptions))
 
     def get_schedule_in(self, *, exception: BaseException, attempts: int) -> float | None:
-        if self.max_attempts is not None and attempts + 1 >= self.max_attempts:
+        if self.max_attempts is not None and attempts >= self.max_attempts:
             return None
         if self.retry_exceptions is not None and not isinstance(
             exception, tuple(self.retry_exceptions)
@@ -103,8 +109,8 @@ def get_retry_strategy(retry: RetryValue) -> BaseRetryStrategy | None:
     if isinstance(retry, int):
         if retry < 0:
             raise exceptions.ConfigurationError(f"retry={retry}: must be >= 0")
-        # retry=N: N retries, so N + 1 attempts in all.
-        return RetryStrategy(max_attempts=retry + 1) if retry else None
+        # retry=N: N retries, so N + 1 runs in all.
+        return RetryStrategy(max_attempts=retry) if retry else None
     if isinstance(retry, BaseRetryStrategy):
         return retry
     raise exceptions.ConfigurationError(

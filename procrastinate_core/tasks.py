@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import functools
 import inspect
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, TypeVar
 
@@ -35,6 +36,7 @@ class ConfigureTaskOptions(TypedDict, total=False):
     schedule_in: dict[str, float] | None
     queue: str | None
     priority: int | None
+    connection: Any
 
 
 def check_queue_name(queue: Any) -> str:
@@ -95,9 +97,12 @@ def _scheduled_at(
 class JobDeferrer:
     """A job template (task, queue, lock, schedule...) ready to be deferred once or many times."""
 
-    def __init__(self, job_manager: JobManager, job: Job) -> None:
+    def __init__(self, job_manager: JobManager, job: Job, connection: Any = None) -> None:
         self.job_manager = job_manager
         self.job = job
+        #: The caller's connection (psycopg, psycopg2, SQLAlchemy...): the insert runs
+        #: on it, inside its transaction, and commits or rolls back with it.
+        self.connection = connection
 
     def make_new_job(self, **task_kwargs: Any) -> Job:
         """The job to insert for these arguments; raises if they cannot be stored."""
@@ -119,21 +124,27 @@ class JobDeferrer:
 
     def defer(self, **task_kwargs: Any) -> int:
         """Insert one job; its id. Runs in the caller's transaction when there is one."""
-        [job_id] = self.job_manager.defer_from_template(self.job, [self._encoded(self._merged(task_kwargs))])
+        [job_id] = self.job_manager.defer_from_template(
+            self.job, [self._encoded(self._merged(task_kwargs))], connection=self.connection
+        )
         return job_id
 
     async def defer_async(self, **task_kwargs: Any) -> int:
-        [job_id] = await self.job_manager.defer_from_template_async(self.job, [self._encoded(self._merged(task_kwargs))])
+        [job_id] = await self.job_manager.defer_from_template_async(
+            self.job, [self._encoded(self._merged(task_kwargs))], connection=self.connection
+        )
         return job_id
 
     def batch_defer(self, *task_kwargs: dict[str, Any]) -> list[int]:
         """Insert one job per kwargs dict, in one statement (all or none); their ids."""
         texts = [self._encoded(self._merged(kwargs)) for kwargs in task_kwargs]
-        return self.job_manager.defer_from_template(self.job, texts)
+        return self.job_manager.defer_from_template(self.job, texts, connection=self.connection)
 
     async def batch_defer_async(self, *task_kwargs: dict[str, Any]) -> list[int]:
         texts = [self._encoded(self._merged(kwargs)) for kwargs in task_kwargs]
-        return await self.job_manager.defer_from_template_async(self.job, texts)
+        return await self.job_manager.defer_from_template_async(
+            self.job, texts, connection=self.connection
+        )
 
 
 def make_job(
@@ -161,6 +172,27 @@ def make_job(
     )
 
 
+def _default_name(func: Callable[..., Any]) -> str:
+    """procrastinate's default task name: `module.__name__`.
+
+    A function of a script run as `python path/to/script.py` lives in `__main__`;
+    when the script was named by a relative path, the module part is that path
+    dotted (`path.to.script`), so that workers importing it find the same name.
+    """
+    module, short = getattr(func, "__module__", None), getattr(func, "__name__", None)
+    if not module or not short:
+        raise exceptions.ConfigurationError(
+            f"cannot name a task after {func!r} (it has no __module__/__name__); "
+            "pass name= to the task decorator"
+        )
+    if module == "__main__":
+        script = getattr(inspect.getmodule(func), "__file__", None)
+        if script and not os.path.isabs(script):
+            stem, _ = os.path.splitext(os.path.normpath(script))
+            module = ".".join(part for part in stem.split(os.sep) if part not in ("", "."))
+    return f"{module}.{short}"
+
+
 class Task(Generic[P, R, Args]):
     """A function registered as a task: still a plain callable, plus defer() and friends."""
 
@@ -182,7 +214,9 @@ class Task(Generic[P, R, Args]):
     ) -> None:
         self.func = func
         self.blueprint = blueprint
-        self.name = name or f"{func.__module__}.{func.__qualname__}"
+        # procrastinate's default name: module and __name__ (not __qualname__), so a
+        # task defined inside a function is `module.task`, not `module.f.<locals>.task`.
+        self.name = name or _default_name(func)
         self.aliases = list(aliases or [])
         self.retry_strategy = retry_module.get_retry_strategy(retry)
         self.pass_context = pass_context
@@ -198,15 +232,12 @@ class Task(Generic[P, R, Args]):
         self.task_middleware = list(task_middleware or [])
         self.is_async = inspect.iscoroutinefunction(func)
         self._default_job: tuple[tuple[Any, ...], Job] | None = None
-        for item in self.task_middleware:
-            if not callable(item) or middleware.is_async_callable(item) != self.is_async:
-                kind = "async def" if self.is_async else "def"
-                raise exceptions.ConfigurationError(
-                    f"task {self.name!r}: task_middleware {item!r} must be a {kind} function "
-                    f"`mw(call_next, context, worker)` to match the task; a worker-wide "
-                    "async middleware goes in the worker's worker_middleware option."
-                )
-        functools.update_wrapper(self, func)  # type: ignore[arg-type]
+        middleware.check_task_middleware(
+            self.task_middleware, task_name=self.name, task_is_async=self.is_async
+        )
+        # As procrastinate: name, doc, module, __wrapped__... but not the function's
+        # __dict__, whose attributes (a `pass_context` flag, say) would shadow the Task's.
+        functools.update_wrapper(self, func, updated=())  # type: ignore[arg-type]
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.func(*args, **kwargs)
@@ -235,8 +266,14 @@ class Task(Generic[P, R, Args]):
         schedule_in: dict[str, float] | None = None,
         queue: str | None = None,
         priority: int | None = None,
+        connection: Any = None,
     ) -> JobDeferrer:
-        """A deferrer with some of the task's defaults overridden for this job."""
+        """A deferrer with some of the task's defaults overridden for this job.
+
+        `connection`: a connection of yours (psycopg 3 sync or async, psycopg2,
+        SQLAlchemy): the job is inserted inside its transaction and commits or
+        rolls back with it; you commit.
+        """
         job = make_job(
             self.name,
             queue=queue if queue is not None else self.queue,
@@ -247,7 +284,7 @@ class Task(Generic[P, R, Args]):
             schedule_at=schedule_at,
             schedule_in=schedule_in,
         )
-        return JobDeferrer(self.app.job_manager, job)
+        return JobDeferrer(self.app.job_manager, job, connection=connection)
 
     def _default_deferrer(self) -> JobDeferrer:
         """configure() with no overrides, its validated template built once: defer() is a hot path."""

@@ -99,7 +99,7 @@ def _worker_defaults(value: Any) -> str | None:
         return problem
     try:
         WorkerOptions.build(value or {})
-    except exceptions.ConfigurationError as exc:
+    except (exceptions.ConfigurationError, TypeError) as exc:  # TypeError: uncallable middleware
         return f"{exc}."
     return None
 

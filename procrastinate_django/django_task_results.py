@@ -164,12 +164,12 @@ def worker_ids(job: Job, events: Iterable[Mapping[str, Any]] = ()) -> list[str]:
     """One id per attempt: the worker of each attempt's "started" event, the job's own
     worker for its latest attempt, UNKNOWN_WORKER where neither says (history not
     read, or written before the core's migration 0005 gave events a worker)."""
-    if job.attempts <= 0:
+    if job.claims <= 0:
         return []
-    ids = [UNKNOWN_WORKER] * job.attempts
+    ids = [UNKNOWN_WORKER] * job.claims
     for event in events:
         attempt, worker = event.get("attempt", 0), event.get("worker_id")
-        if event.get("type") == "started" and worker is not None and 1 <= attempt <= job.attempts:
+        if event.get("type") == "started" and worker is not None and 1 <= attempt <= job.claims:
             ids[attempt - 1] = str(worker)
     if job.worker_id is not None:
         ids[-1] = str(job.worker_id)
@@ -192,9 +192,9 @@ def task_result(
         id=str(job.id),
         status=status,
         enqueued_at=job.created_at,
-        started_at=_first_start(job, events) if job.attempts else None,
+        started_at=_first_start(job, events) if job.claims else None,
         finished_at=job.finished_at if finished else None,
-        last_attempted_at=job.started_at if job.attempts else None,
+        last_attempted_at=job.started_at if job.claims else None,
         args=list(payload.get("args") or []),
         kwargs=dict(payload.get("kwargs") or {}),
         backend=alias,

@@ -92,7 +92,7 @@ def _finish(result: TaskResult, status: TaskResultStatus) -> None:
 
 def _events_needed(context: JobContext) -> bool:
     """Earlier attempts' start times come from the job's history; a first attempt needs none."""
-    return context.job.attempts > 1
+    return context.job.claims > 1
 
 
 @app.task(name=RUNNER, pass_context=True)

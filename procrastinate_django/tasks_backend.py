@@ -51,7 +51,7 @@ def _job_id(result_id: Any) -> int:
 def _history_needed(job: Job) -> bool:
     """Whether the job's events add anything to its row: the first start and the worker
     of earlier attempts, or of an attempt whose job was recovered (it forgot its worker)."""
-    return job.attempts > 1 or (job.attempts == 1 and job.worker_id is None)
+    return job.claims > 1 or (job.claims == 1 and job.worker_id is None)
 
 
 class ProcrastinateBackend(BaseTaskBackend):

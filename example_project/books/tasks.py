@@ -34,7 +34,7 @@ def index_book(book_id: int) -> str:
 async def generate_report(context: JobContext, report_id: int) -> str:
     """A long async task; its first attempt fails on purpose to show the retry."""
     report = await Report.objects.aget(pk=report_id)
-    report.attempts = context.job.attempts
+    report.attempts = context.job.attempts + 1  # job.attempts counts the earlier runs
     report.status = "running"
     report.progress = 0
     await report.asave()
@@ -43,7 +43,7 @@ async def generate_report(context: JobContext, report_id: int) -> str:
             await asyncio.sleep(REPORT_STEP_SECONDS)
             report.progress = step * 20
             await report.asave(update_fields=["progress"])
-            if step == 2 and context.job.attempts == 1:
+            if step == 2 and context.job.attempts == 0:
                 report.status = "failed, will retry"
                 await report.asave(update_fields=["status"])
                 raise RuntimeError("first attempt fails on purpose: watch the retry in the admin")

@@ -77,9 +77,13 @@ def main(
         unusable = from_environment[None] + from_environment.get(args.command, [])
         if unusable:
             parser.error("; ".join(unusable))
+        try:
+            logs.make_formatter(args.log_format, args.log_format_style)
+        except ValueError as exc:
+            parser.error(str(exc))
     except SystemExit as exc:  # --help, --version, usage errors: argparse printed why
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
-    with logs.cli_logging(args.verbose, args.log_format):
+    with logs.cli_logging(args.verbose, args.log_format, args.log_format_style):
         try:
             return run_command(app, args, sys.stdout)
         except exceptions.ProcrastinateException as exc:

@@ -3,7 +3,9 @@
 A line reads `2026-11-22T03:40:28Z INFO procrastinate_core.worker Job 12 succeeded
 job_id=12 task_name=shop.index ...`: the message for people, then the record's
 `extra` fields as key=value for grep and log shippers (`--log-format=json` gives
-one JSON object per line instead).
+one JSON object per line instead). Any other `--log-format` is a logging format
+string, as in procrastinate (`--log-format "%(levelname)s %(message)s"`), in the
+style `--log-format-style` names (`%`, `{` or `$`).
 
 The CLI can be called in-process (tests, `manage.py procrastinate`), so the
 handler it installs is removed again when the command ends.
@@ -22,6 +24,7 @@ from typing import Any
 #: -v count -> level of the procrastinate_core loggers.
 VERBOSITY_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}
 LOG_FORMATS = ("text", "json")
+LOG_FORMAT_STYLES = ("%", "{", "$")
 
 # Attributes every LogRecord has; anything else on a record came from `extra`.
 _STANDARD_ATTRIBUTES = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
@@ -79,8 +82,27 @@ class StructuredFormatter(logging.Formatter):
         return line
 
 
+def make_formatter(log_format: str = "text", style: str = "%") -> logging.Formatter:
+    """Our structured formatter for `text`/`json`, else a standard one for a format string.
+
+    Raises ValueError naming the problem when the format string does not fit its style.
+    """
+    if log_format in LOG_FORMATS:
+        return StructuredFormatter(log_format)
+    if style not in LOG_FORMAT_STYLES:
+        raise ValueError(f"log format style {style!r}: expected one of {LOG_FORMAT_STYLES}")
+    try:
+        return logging.Formatter(log_format, style=style)  # type: ignore[arg-type]
+    except (ValueError, KeyError) as exc:
+        raise ValueError(
+            f"--log-format {log_format!r} is neither 'text', 'json' nor a valid logging "
+            f"format string in style {style!r} ({exc}); e.g. '%(asctime)s %(levelname)s "
+            "%(name)s %(message)s', or '{levelname} {message}' with --log-format-style '{'"
+        ) from None
+
+
 @contextlib.contextmanager
-def cli_logging(verbosity: int, log_format: str = "text") -> Iterator[None]:
+def cli_logging(verbosity: int, log_format: str = "text", style: str = "%") -> Iterator[None]:
     """Send log records to stderr at the level `-v` asks for, for the duration of a command.
 
     When the root logger already has handlers (Django's LOGGING, an embedding
@@ -93,7 +115,7 @@ def cli_logging(verbosity: int, log_format: str = "text") -> Iterator[None]:
     handler: logging.Handler | None = None
     if not root.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(StructuredFormatter(log_format))
+        handler.setFormatter(make_formatter(log_format, style))
         root.addHandler(handler)
         root.setLevel(level)
     ours.setLevel(level)

@@ -86,7 +86,8 @@ def _add_defer(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     parser.add_argument(
         "--ignore-already-enqueued",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=False,
         help="exit 0 when a job with the same --queueing-lock is already waiting",
     )
 
@@ -166,9 +167,16 @@ def build_parser(
     )
     parser.add_argument(
         "--log-format",
-        choices=logs.LOG_FORMATS,
         default="text",
-        help="text: 'time LEVEL logger message key=value...'; json: one object per line",
+        metavar="text|json|FORMAT",
+        help="text: 'time LEVEL logger message key=value...'; json: one object per line; "
+        "anything else is a logging format string, e.g. '%%(levelname)s %%(message)s'",
+    )
+    parser.add_argument(
+        "--log-format-style",
+        choices=logs.LOG_FORMAT_STYLES,
+        default="%",
+        help="the style of a --log-format string: %%, { or $ (default: %%)",
     )
     parser.add_argument("-V", "--version", action="version", version=f"%(prog)s {_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -3,7 +3,9 @@
 `procrastinate-core shell` opens a prompt; `procrastinate-core shell cancel 12`
 runs one command and exits (0 on success, 1 when the command could not do what
 was asked, 2 on a usage error). Both forms parse a command's arguments with the
-same small parser, so they accept exactly the same things.
+same small parser, so they accept exactly the same things: our options
+(`list_jobs --queue other --details`) or procrastinate's shell spelling
+(`list_jobs queue=other details`).
 """
 
 from __future__ import annotations
@@ -103,6 +105,32 @@ def _build_command_parsers() -> dict[str, CommandParser]:
 COMMAND_PARSERS = _build_command_parsers()
 
 
+def procrastinate_style(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:
+    """procrastinate's shell spelling turned into ours: `key=value` -> `--key value`, and a
+    bare word naming one of the command's on/off flags (`details`) -> `--details`.
+
+    Everything else (our `--queue other`, positional job ids) passes unchanged, so
+    both spellings work, even mixed.
+    """
+    switches = {
+        action.dest
+        for action in parser._actions
+        if isinstance(action, argparse._StoreTrueAction)
+    }
+    translated: list[str] = []
+    for token in argv:
+        key, equals, value = token.partition("=")
+        if token.startswith("-"):
+            translated.append(token)
+        elif equals and key:
+            translated += ["--" + key.replace("_", "-"), value]
+        elif token in switches:
+            translated.append("--" + token.replace("_", "-"))
+        else:
+            translated.append(token)
+    return translated
+
+
 def _describe(job: Job, details: bool) -> str:
     line = f"#{job.id} {job.task_name} on {job.queue} - [{job.status}]"
     if details:
@@ -137,7 +165,7 @@ class ShellCommands:
             raise ShellUsageError(
                 f"unknown shell command {name!r}; commands: {', '.join(COMMAND_PARSERS)}", ""
             )
-        args = parser.parse_args(list(argv))
+        args = parser.parse_args(procrastinate_style(parser, argv))
         handler: Callable[[argparse.Namespace], int] = getattr(self, "cmd_" + name)
         try:
             return handler(args)

@@ -47,6 +47,7 @@ SPELLINGS: dict[str, FlagSpelling] = {
     ),
     "additional_context": FlagSpelling(metavar="JSON_OBJECT"),
     "worker_middleware": FlagSpelling(metavar="DOTTED.PATH"),
+    "task_middleware": FlagSpelling(metavar="DOTTED.PATH"),
 }
 
 
@@ -71,6 +72,9 @@ def field_help() -> dict[str, str]:
 
 
 def _comma_list(value: str) -> tuple[str, ...]:
+    """Queue names; an empty (or blank) value means every queue, as in procrastinate."""
+    if not value.strip():
+        return ()
     names = tuple(part.strip() for part in value.split(","))
     if not all(names):
         raise argparse.ArgumentTypeError(

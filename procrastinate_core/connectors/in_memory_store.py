@@ -327,3 +327,16 @@ class InMemoryStore(InMemoryTables):
 
     def schema_versions_applied(self, p: dict[str, Any]) -> list[dict[str, Any]]:
         return [{"version": m.version} for m in sql.migrations()]
+
+    # -- procrastinate's stalled-jobs recipe -----------------------------------------
+    def job_list_stalled(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        limit = self.clock() - datetime.timedelta(seconds=float(p["stalled_seconds"]))
+        alive = {w for w, row in self.workers.items() if row["last_heartbeat"] >= limit}
+        return [
+            self.job_row(job)
+            for _, job in sorted(self.jobs.items())
+            if job["status"] == "doing"
+            and job["worker_id"] not in alive
+            and p.get("queue") in (None, job["queue_name"])
+            and p.get("task_name") in (None, job["task_name"])
+        ]

@@ -358,3 +358,23 @@ SELECT coalesce(w.queue_name, r.queue_name) AS queue_name,
 FROM waiting AS w
 FULL JOIN running AS r ON r.queue_name = w.queue_name
 ORDER BY 1;
+
+-- name: job_list_stalled
+-- Returns the running jobs whose worker has not beaten for %(stalled_seconds)s
+-- or has no worker row (what job_recover_stalled would requeue), optionally of
+-- one queue and task, oldest first. Read only: procrastinate's get_stalled_jobs.
+-- Plan: pcq_jobs_running_idx (status = 'doing' rows only), whatever the table size.
+SELECT j.id, j.queue_name, j.task_name, j.priority, j.lock, j.queueing_lock,
+       j.args::text AS args, j.status, j.scheduled_at, j.attempts, j.worker_id,
+       j.abort_requested, j.created_at, j.started_at, j.finished_at,
+       j.result::text AS result, j.error::text AS error
+FROM pcq_jobs AS j
+WHERE j.status = 'doing'
+  AND (%(queue)s::text IS NULL OR j.queue_name = %(queue)s::text)
+  AND (%(task_name)s::text IS NULL OR j.task_name = %(task_name)s::text)
+  AND NOT EXISTS (
+      SELECT 1 FROM pcq_workers AS w
+      WHERE w.id = j.worker_id
+        AND w.last_heartbeat >= now() - make_interval(secs => %(stalled_seconds)s)
+  )
+ORDER BY j.id;

@@ -47,22 +47,22 @@ def write_ledger(job_id: int, event: str, attempt: int) -> None:
 @app.task(name="ledger", pass_context=True)
 def ledger(context: pc.JobContext, seconds: float = 0, first_attempt_seconds: float = 0) -> str:
     job = context.job
-    write_ledger(job.id or 0, "start", job.attempts)
-    time.sleep(first_attempt_seconds if job.attempts == 1 and first_attempt_seconds else seconds)
-    write_ledger(job.id or 0, "success", job.attempts)
+    write_ledger(job.id or 0, "start", job.claims)
+    time.sleep(first_attempt_seconds if job.claims == 1 and first_attempt_seconds else seconds)
+    write_ledger(job.id or 0, "success", job.claims)
     return "ok"
 
 
 @app.task(name="cooperative", pass_context=True)
 def cooperative(context: pc.JobContext, seconds: float = 60) -> str:
     job = context.job
-    write_ledger(job.id or 0, "start", job.attempts)
+    write_ledger(job.id or 0, "start", job.claims)
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if context.should_abort():
             raise exceptions.JobAborted("stopping")
         time.sleep(0.05)
-    write_ledger(job.id or 0, "success", job.attempts)
+    write_ledger(job.id or 0, "success", job.claims)
     return "ok"
 
 

@@ -52,20 +52,20 @@ def test_every_job_status_has_a_task_status(status: str, expected: TaskResultSta
 
 def test_finished_at_only_for_final_statuses() -> None:
     # A failed attempt waiting for its retry keeps no finish time.
-    assert read(job(status="todo", attempts=1, finished_at=T0)).finished_at is None
-    assert read(job(status="succeeded", attempts=1, finished_at=T0)).finished_at == T0
+    assert read(job(status="todo", claims=1, finished_at=T0)).finished_at is None
+    assert read(job(status="succeeded", claims=1, finished_at=T0)).finished_at == T0
 
 
 def test_builtin_exception_types_get_an_importable_path() -> None:
     error = {"type": "KeyError", "message": "'x'", "traceback": "Traceback...\nKeyError: 'x'\n"}
-    [task_error] = read(job(status="failed", attempts=1, error=error)).errors
+    [task_error] = read(job(status="failed", claims=1, error=error)).errors
     assert task_error.exception_class_path == "builtins.KeyError"
     assert task_error.exception_class is KeyError
     assert task_error.traceback.endswith("KeyError: 'x'\n")
 
 
 def test_aborted_without_error_reads_as_cancelled() -> None:
-    [task_error] = read(job(status="aborted", attempts=1, worker_id=3)).errors
+    [task_error] = read(job(status="aborted", claims=1, worker_id=3)).errors
     assert task_error.exception_class is TaskCancelled
     assert "job 7 was aborted" in task_error.traceback
 
@@ -80,7 +80,7 @@ def test_attempts_worker_ids_and_first_start_from_the_history() -> None:
     ]
     result = read(
         job(
-            status="doing", attempts=2, worker_id=42, started_at=T0 + datetime.timedelta(seconds=10)
+            status="doing", claims=2, worker_id=42, started_at=T0 + datetime.timedelta(seconds=10)
         ),
         started,
     )
@@ -90,7 +90,7 @@ def test_attempts_worker_ids_and_first_start_from_the_history() -> None:
 
 
 def test_recovered_job_forgot_its_worker() -> None:
-    assert read(job(status="todo", attempts=1, worker_id=None)).worker_ids == [UNKNOWN_WORKER]
+    assert read(job(status="todo", claims=1, worker_id=None)).worker_ids == [UNKNOWN_WORKER]
 
 
 def test_each_attempts_worker_comes_from_its_started_event() -> None:
@@ -104,7 +104,7 @@ def test_each_attempts_worker_comes_from_its_started_event() -> None:
         {"type": "recovered", "attempt": 3, "at": T0, "worker_id": 8},
     ]
     # The job forgot worker 8 when it was recovered; its history did not.
-    result = read(job(status="todo", attempts=3, worker_id=None), history)
+    result = read(job(status="todo", claims=3, worker_id=None), history)
     assert result.worker_ids == ["5", "6", "8"]
 
 

@@ -49,7 +49,7 @@ if os.environ.get("PCQ_FAULT_DEPLOYED"):
 
     @app.task(pass_context=True, name="nope.missing")
     def deployed(context: JobContext) -> None:
-        row = ledger.start(context.job.id or 0, context.job.attempts)
+        row = ledger.start(context.job.id or 0, context.job.claims)
         ledger.finish(row, "success")
 
 if os.environ.get("PCQ_FAULT_PERIODIC"):
@@ -64,8 +64,8 @@ if os.environ.get("PCQ_FAULT_PERIODIC"):
 @app.task(pass_context=True, name="sleep_async")
 async def sleep_async(context: JobContext, seconds: float = 0.0, retry_seconds: float | None = None) -> str:
     """Sleeps `seconds` (`retry_seconds` from the second attempt on, when given)."""
-    row = ledger.start(context.job.id or 0, context.job.attempts)
-    if retry_seconds is not None and context.job.attempts > 1:
+    row = ledger.start(context.job.id or 0, context.job.claims)
+    if retry_seconds is not None and context.job.claims > 1:
         seconds = retry_seconds
     await asyncio.sleep(seconds)
     ledger.finish(row, "success")
@@ -74,7 +74,7 @@ async def sleep_async(context: JobContext, seconds: float = 0.0, retry_seconds: 
 
 @app.task(pass_context=True, name="sleep_sync")
 def sleep_sync(context: JobContext, seconds: float = 0.0) -> str:
-    row = ledger.start(context.job.id or 0, context.job.attempts)
+    row = ledger.start(context.job.id or 0, context.job.claims)
     time.sleep(seconds)
     ledger.finish(row, "success")
     return "ok"
@@ -83,7 +83,7 @@ def sleep_sync(context: JobContext, seconds: float = 0.0) -> str:
 @app.task(pass_context=True, name="cooperative")
 def cooperative(context: JobContext, seconds: float = 60.0) -> str:
     """A sync task that checks should_abort() every 0.1 s and stops when told."""
-    row = ledger.start(context.job.id or 0, context.job.attempts)
+    row = ledger.start(context.job.id or 0, context.job.claims)
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if context.should_abort():
@@ -97,31 +97,31 @@ def cooperative(context: JobContext, seconds: float = 60.0) -> str:
 @app.task(pass_context=True, name="blocking_async")
 async def blocking_async(context: JobContext, seconds: float = 5.0) -> str:
     """Misbehaving: an async task that blocks the event loop."""
-    row = ledger.start(context.job.id or 0, context.job.attempts)
+    row = ledger.start(context.job.id or 0, context.job.claims)
     time.sleep(seconds)
     ledger.finish(row, "success")
     return "ok"
 
 
-@app.task(pass_context=True, name="always_fails", retry=pc.RetryStrategy(max_attempts=3, exponential_wait=1))
+@app.task(pass_context=True, name="always_fails", retry=pc.RetryStrategy(max_attempts=2, exponential_wait=1))
 def always_fails(context: JobContext) -> None:
-    row = ledger.start(context.job.id or 0, context.job.attempts)
+    row = ledger.start(context.job.id or 0, context.job.claims)
     ledger.finish(row, "error")
     raise OSError("always fails")
 
 
-@app.task(pass_context=True, name="wrong_exception", retry=pc.RetryStrategy(max_attempts=3, retry_exceptions={IOError}))
+@app.task(pass_context=True, name="wrong_exception", retry=pc.RetryStrategy(max_attempts=2, retry_exceptions={IOError}))
 def wrong_exception(context: JobContext) -> None:
-    row = ledger.start(context.job.id or 0, context.job.attempts)
+    row = ledger.start(context.job.id or 0, context.job.claims)
     ledger.finish(row, "error")
     raise ValueError("not retried")
 
 
-@app.task(pass_context=True, name="crash_then_fail", retry=pc.RetryStrategy(max_attempts=3))
+@app.task(pass_context=True, name="crash_then_fail", retry=pc.RetryStrategy(max_attempts=2))
 async def crash_then_fail(context: JobContext, hang_on_attempt: int = 2) -> None:
     """Fails, except on `hang_on_attempt` where it hangs (the test kills the worker)."""
-    row = ledger.start(context.job.id or 0, context.job.attempts)
-    if context.job.attempts == hang_on_attempt:
+    row = ledger.start(context.job.id or 0, context.job.claims)
+    if context.job.claims == hang_on_attempt:
         await asyncio.sleep(600)
     ledger.finish(row, "error")
     raise OSError("fails")
@@ -129,14 +129,14 @@ async def crash_then_fail(context: JobContext, hang_on_attempt: int = 2) -> None
 
 @app.task(pass_context=True, name="timed", timeout=1)
 async def timed(context: JobContext, seconds: float = 30.0) -> None:
-    row = ledger.start(context.job.id or 0, context.job.attempts)
+    row = ledger.start(context.job.id or 0, context.job.claims)
     await asyncio.sleep(seconds)
     ledger.finish(row, "success")
 
 
-@app.task(pass_context=True, name="fail_after", retry=pc.RetryStrategy(max_attempts=3))
+@app.task(pass_context=True, name="fail_after", retry=pc.RetryStrategy(max_attempts=2))
 async def fail_after(context: JobContext, seconds: float = 1.0) -> None:
-    row = ledger.start(context.job.id or 0, context.job.attempts)
+    row = ledger.start(context.job.id or 0, context.job.claims)
     await asyncio.sleep(seconds)
     ledger.finish(row, "error")
     raise OSError("fails after a while")

@@ -357,7 +357,7 @@ async def test_the_queue_operations(harness):
         # Priority first, and among jobs sharing a lock only the best ready one.
         first = await m.fetch_jobs_async(w, ["q1"], 10)
         assert [job.id for job in first] == [b]
-        assert first[0].status == "doing" and first[0].attempts == 1 and first[0].worker_id == w
+        assert first[0].status == "doing" and first[0].claims == 1 and first[0].worker_id == w
         # While b runs, a (same lock) waits; c is in another queue.
         assert [job.id for job in await m.fetch_jobs_async(w, None, 10)] == [c]
         assert await m.fetch_jobs_async(w, None, 10) == []
@@ -384,7 +384,7 @@ async def test_the_queue_operations(harness):
         assert await m.cancel_job_by_id_async(later) is False
         assert await m.retry_job_by_id_async(c, priority=9) is True
         [running] = await m.fetch_jobs_async(w, None, 10)
-        assert running.id == c and running.priority == 9 and running.attempts == 2
+        assert running.id == c and running.priority == 9 and running.claims == 2
         assert await m.cancel_job_by_id_async(c) is False
         assert await m.cancel_job_by_id_async(c, abort=True) is True
         assert await m.list_jobs_to_abort_async(w) == [c]
@@ -559,3 +559,32 @@ async def test_migrations_apply_async_through_every_connector(real_case, pg_serv
         assert await app.schema_manager.apply_schema_async() == ALL_VERSIONS
         assert (await app.schema_manager.get_status_async()).is_current
         assert await app.connector.execute_query_one_async("job_get_status", {"job_id": 1}) is None
+
+
+# -- procrastinate's stalled-jobs recipe ------------------------------------------
+async def test_get_stalled_jobs_and_retry_job(harness):
+    app = harness.app()
+    async with app.open_async():
+        m = app.job_manager
+        job_id = await app.configure_task("s", queue="q").defer_async()
+        other = await app.configure_task("o").defer_async()
+        w = await m.register_worker_async("w", "host", 1)
+        claimed = await m.fetch_jobs_async(w, None, 10)
+        assert sorted(job.id for job in claimed) == [job_id, other]
+        assert await m.get_stalled_jobs() == []  # its worker beats
+        await m.unregister_worker_async(w)  # gone without finishing: its jobs are stalled
+
+        # procrastinate's async spelling, and ours
+        stalled = await m.get_stalled_jobs(queue="q")
+        assert [(j.id, j.status, j.attempts, j.claims) for j in stalled] == [(job_id, "doing", 0, 1)]
+        assert [j.id for j in await m.get_stalled_jobs_async(task_name="o")] == [other]
+        assert await m.get_stalled_jobs(task_name="nope") == []
+
+        assert await m.retry_job(stalled[0]) is True
+        [requeued] = await m.list_jobs_async(id=job_id)
+        assert (requeued.status, requeued.attempts, requeued.claims) == ("todo", 1, 1)
+        assert await m.retry_job(stalled[0]) is False  # that claim is over: fenced out
+        [again] = await m.fetch_jobs_async(await m.register_worker_async("w2", "host", 2), None, 1)
+        assert (again.id, again.attempts, again.claims) == (job_id, 1, 2)
+        assert await m.retry_job_async(stalled[0]) is False  # an older claim of a running job
+        assert [j.id for j in await m.get_stalled_jobs()] == [other]

@@ -66,7 +66,7 @@ async def test_claim_order_priority_then_defer_order(async_app):
     jobs = await manager.fetch_jobs_async(worker, None, 10)
     assert [j.id for j in jobs] == [high, low, low2]
     assert later not in [j.id for j in jobs]
-    assert all(j.attempts == 1 and j.status == "doing" for j in jobs)
+    assert all(j.claims == 1 and j.attempts == 0 and j.status == "doing" for j in jobs)
 
 
 async def test_claim_respects_queues_and_limit(async_app):
@@ -119,13 +119,13 @@ async def test_finish_is_fenced_on_worker_and_attempt(async_app, db_conn):
     assert await manager.update_heartbeat_async(w1) is False  # its row was pruned
     w2 = await manager.register_worker_async("w2")
     [again] = await manager.fetch_jobs_async(w2, None, 1)
-    assert again.attempts == 2
+    assert (again.claims, again.attempts) == (2, 1)
     late = JobOutcome(job_id=job_id, worker_id=w1, attempt=1, status=Status.FAILED)
     assert await manager.finish_jobs_async([late]) == set()  # lost ownership: refused
     good = JobOutcome(job_id=job_id, worker_id=w2, attempt=2, status=Status.SUCCEEDED, result={"ok": 1})
     assert await manager.finish_jobs_async([good]) == {job_id}
     [done] = await manager.list_jobs_async(id=job_id)
-    assert (done.status, done.result, done.attempts) == ("succeeded", {"ok": 1}, 2)
+    assert (done.status, done.result, done.claims) == ("succeeded", {"ok": 1}, 2)
     events = [e["type"] for e in await manager.list_job_events_async(job_id)]
     assert events == ["deferred", "started", "recovered", "started", "succeeded"]
 

@@ -14,27 +14,29 @@ from tests.support.waiting import wait_until_async
 RUN = {"wait": False, "install_signal_handlers": False}
 
 
-async def test_retry_strategy_max_attempts_counts_all_attempts(async_app):
+async def test_retry_strategy_max_attempts_allows_that_many_retries_after_the_first_run(async_app):
     attempts = []
 
     @async_app.task(retry=RetryStrategy(max_attempts=3), pass_context=True)
     async def flaky(context):
         attempts.append(context.job.attempts)
-        raise ValueError(f"attempt {context.job.attempts}")
+        raise ValueError(f"after {context.job.attempts} attempts")
 
     job_id = await flaky.defer_async()
     await async_app.run_worker_async(**RUN)
     job = await get_job(async_app, job_id)
-    assert attempts == [1, 2, 3]
-    assert (job.status, job.attempts, job.error["message"]) == ("failed", 3, "attempt 3")
+    # procrastinate's counting: attempts is 0 during the first run; 3 retries, 4 runs
+    assert attempts == [0, 1, 2, 3]
+    assert (job.status, job.attempts, job.error["message"]) == ("failed", 3, "after 3 attempts")
+    assert job.claims == 4
     events = [e["type"] for e in await async_app.job_manager.list_job_events_async(job_id)]
-    assert events.count("deferred_for_retry") == 2
+    assert events.count("deferred_for_retry") == 3
 
 
 async def test_retry_succeeds_and_only_listed_exceptions_retry(async_app):
     @async_app.task(retry=RetryStrategy(max_attempts=5, retry_exceptions=[ConnectionError]), pass_context=True)
     async def net(context):
-        if context.job.attempts < 2:
+        if context.job.attempts < 1:
             raise ConnectionError("down")
         return "up"
 
@@ -46,7 +48,7 @@ async def test_retry_succeeds_and_only_listed_exceptions_retry(async_app):
     bad = await broken.defer_async()
     await async_app.run_worker_async(**RUN)
     assert ((await get_job(async_app, ok)).status, (await get_job(async_app, ok)).result) == ("succeeded", "up")
-    assert ((await get_job(async_app, bad)).status, (await get_job(async_app, bad)).attempts) == ("failed", 1)
+    assert ((await get_job(async_app, bad)).status, (await get_job(async_app, bad)).attempts) == ("failed", 0)
 
 
 async def test_retry_wait_schedules_the_next_attempt(async_app):
@@ -58,14 +60,14 @@ async def test_retry_wait_schedules_the_next_attempt(async_app):
     before = datetime.datetime.now(datetime.timezone.utc)
     await async_app.run_worker_async(**RUN)
     job = await get_job(async_app, job_id)
-    assert job.status == "todo" and job.attempts == 1
+    assert job.status == "todo" and job.attempts == 1  # one run before the next
     assert job.scheduled_at >= before + datetime.timedelta(seconds=3590)
 
 
 async def test_retry_decision_moves_job_to_new_priority_queue_and_lock(async_app):
     class Escalate(BaseRetryStrategy):
         def get_retry_decision(self, *, exception, job):
-            if job.attempts > 1:
+            if job.attempts > 0:
                 return None
             return RetryDecision(retry_in={"seconds": 0}, priority=7, queue="slow", lock="L2")
 
@@ -82,7 +84,7 @@ async def test_retry_decision_moves_job_to_new_priority_queue_and_lock(async_app
     job = await get_job(async_app, job_id)
     assert (job.status, job.queue, job.priority, job.lock) == ("todo", "slow", 7, "L2")
     await async_app.run_worker_async(**RUN, queues=["slow"])
-    assert seen == [(1, "default", 0, None), (2, "slow", 7, "L2")]
+    assert seen == [(0, "default", 0, None), (1, "slow", 7, "L2")]
     assert (await get_job(async_app, job_id)).status == "failed"
 
 
@@ -94,7 +96,7 @@ async def test_job_aborted_raised_by_task_ends_aborted(async_app):
     job_id = await gives_up.defer_async()
     await async_app.run_worker_async(**RUN)
     job = await get_job(async_app, job_id)
-    assert (job.status, job.attempts) == ("aborted", 1)
+    assert (job.status, job.attempts) == ("aborted", 0)
 
 
 async def test_abort_cancels_running_async_job(async_app):
@@ -163,7 +165,7 @@ async def test_timeout_cancels_async_task_records_failure_and_retries(async_app)
     job_id = await slow.defer_async()
     await asyncio.wait_for(async_app.run_worker_async(**RUN), 10)
     job = await get_job(async_app, job_id)
-    assert (job.status, job.attempts) == ("failed", 2)
+    assert (job.status, job.attempts) == ("failed", 1)
     assert job.error["type"] == "procrastinate_core.job_runner.JobTimeout"
     assert "exceeded the 0.3 s timeout" in job.error["message"]
 
@@ -191,7 +193,7 @@ async def test_fenced_outcome_of_a_lost_job_is_refused_and_logged(async_app, db_
     @async_app.task(pass_context=True)
     def zombie(context):
         runs.append(context.job.attempts)
-        if context.job.attempts == 1:
+        if context.job.attempts == 0:
             # While we run, another worker's sweep decides we are dead.
             db_conn.execute("DELETE FROM pcq_workers")
             db_conn.execute("UPDATE pcq_jobs SET status = 'todo', worker_id = NULL WHERE id = %s",
@@ -201,8 +203,8 @@ async def test_fenced_outcome_of_a_lost_job_is_refused_and_logged(async_app, db_
     job_id = await zombie.defer_async()
     await asyncio.wait_for(async_app.run_worker_async(**RUN), 10)
     job = await get_job(async_app, job_id)
-    assert runs == [1, 2]
-    assert (job.status, job.result) == ("succeeded", 2)
+    assert runs == [0, 1]
+    assert (job.status, job.result) == ("succeeded", 1)
     assert "lost ownership" in caplog.text
 
 
@@ -220,7 +222,7 @@ async def test_stalled_jobs_of_a_dead_worker_are_rerun_by_live_workers(async_app
     db_conn.execute("UPDATE pcq_workers SET last_heartbeat = now() - interval '1 hour' WHERE id = %s", [dead])
     async with running_worker(async_app, stalled_worker_timeout=2, update_heartbeat_interval=0.5):
         job = await wait_status(async_app, job_id, "succeeded", timeout=10)
-    assert job.attempts == 2
+    assert (job.attempts, job.claims) == (1, 2)
     assert [w["id"] for w in await manager.list_workers_async()] == []
     from procrastinate_core.manager import JobOutcome
 
@@ -249,7 +251,7 @@ async def test_invalid_retry_decision_fails_the_job_naming_the_problem(async_app
     job_id = await doomed.defer_async()
     await async_app.run_worker_async(**RUN)
     job = await get_job(async_app, job_id)
-    assert (job.status, job.attempts) == ("failed", 1)
+    assert (job.status, job.attempts) == ("failed", 0)
     assert "limited to 50 bytes" in job.error["message"]
 
 

@@ -195,7 +195,7 @@ async def test_unknown_task_fails_naming_it_and_can_be_retried_after_deploy(conn
         job_id = await app.configure_task("nope.missing").defer_async()
         await app.run_worker_async(wait=False, install_signal_handlers=False)
         job = await get_job(app, job_id)
-        assert job.status == "failed" and job.attempts == 1  # no hot loop
+        assert job.status == "failed" and job.claims == 1  # no hot loop
         assert job.error["type"] == "procrastinate_core.exceptions.TaskNotFound"
         assert "'nope.missing' is not registered" in job.error["message"]
         assert "import paths tried: ['json', 'nope']" in job.error["message"]
@@ -206,7 +206,7 @@ async def test_unknown_task_fails_naming_it_and_can_be_retried_after_deploy(conn
         assert await app.job_manager.retry_job_by_id_async(job_id)
         await app.run_worker_async(wait=False, install_signal_handlers=False)
         job = await get_job(app, job_id)
-        assert (job.status, job.result, job.attempts) == ("succeeded", "found", 2)
+        assert (job.status, job.result, job.claims) == ("succeeded", "found", 2)
 
 
 async def test_task_module_import_error_is_reported_on_the_job(async_app, tmp_path, monkeypatch):
@@ -349,7 +349,7 @@ async def test_stop_waits_for_jobs_then_requeues_past_the_grace_period(async_app
     await asyncio.wait_for(task, 5)
     assert (await get_job(async_app, done_id)).status == "succeeded"
     requeued = await get_job(async_app, endless_id)
-    assert (requeued.status, requeued.attempts) == ("todo", 1)
+    assert (requeued.status, requeued.claims) == ("todo", 1)
     assert await async_app.job_manager.list_jobs_async(status="doing") == []
     assert await async_app.job_manager.list_workers_async() == []
 
@@ -440,7 +440,7 @@ async def test_jobs_of_a_claim_whose_reply_was_lost_are_released(async_app, db_c
     await asyncio.wait_for(async_app.run_worker_async(wait=False, install_signal_handlers=False), 10)
     job = await get_job(async_app, job_id)
     assert [j.id for j in lost] == [job_id]
-    assert (job.status, job.attempts) == ("succeeded", 2)
+    assert (job.status, job.claims) == ("succeeded", 2)
 
 
 async def test_builtin_remove_old_jobs_as_procrastinates_module_exposes_it(async_app, db_conn):

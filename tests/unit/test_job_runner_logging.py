@@ -52,7 +52,7 @@ async def test_start_and_end_logged_with_job_fields_when_info_is_on(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     arg = CountedRepr()
-    job = Job(queue="default", task_name="noop", id=7, attempts=1, task_kwargs={"x": arg})
+    job = Job(queue="default", task_name="noop", id=7, claims=1, task_kwargs={"x": arg})
     caplog.set_level(logging.INFO, logger="procrastinate_core.job_runner")
 
     await _runner().execute(RunningJob(job=job, worker_id=3))

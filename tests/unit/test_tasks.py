@@ -21,7 +21,7 @@ def test_task_stays_a_plain_callable(app):
         return a + b
 
     assert add(1, 2) == 3
-    assert add.name == f"{__name__}.test_task_stays_a_plain_callable.<locals>.add"
+    assert add.name == f"{__name__}.add"
     assert app.tasks[add.name] is add
 
 
@@ -205,7 +205,7 @@ def test_job_from_row_sets_every_field_like_the_constructor():
     job = Job.from_row(row, json.loads)
     expected = Job(
         id=9, queue="q", task_name="t", priority=-1, lock="l", queueing_lock="ql",
-        task_kwargs={"a": [1, 2]}, status="doing", scheduled_at=when, attempts=2, worker_id=4,
+        task_kwargs={"a": [1, 2]}, status="doing", scheduled_at=when, attempts=1, claims=2, worker_id=4,
         abort_requested=True, created_at=when, started_at=when, finished_at=None,
         result={"r": 1}, error={"type": "E", "message": "m", "traceback": ""},
     )

@@ -41,7 +41,7 @@ def _subcommand(argv: list[str]) -> str | None:
     for token in argv:
         if skip_next:
             skip_next = False
-        elif token == "--log-format":
+        elif token in ("--log-format", "--log-format-style"):
             skip_next = True
         elif not token.startswith("-"):
             return token
