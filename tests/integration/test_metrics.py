@@ -51,9 +51,9 @@ async def test_job_metrics_count_outcomes_durations_and_retries(async_app):
 
     fine_name, flaky_name = fine.name, flaky.name
     assert _value(registry, "procrastinate_job_outcomes_total", task=fine_name, queue="mq", outcome="succeeded") == 2
-    # Two attempts of flaky, both failed; the second is a retry.
-    assert _value(registry, "procrastinate_job_outcomes_total", task=flaky_name, queue="mq", outcome="failed") == 2
-    assert _value(registry, "procrastinate_job_retries_total", task=flaky_name, queue="mq") == 1
+    # max_attempts=2: the first run and two retries, all failed.
+    assert _value(registry, "procrastinate_job_outcomes_total", task=flaky_name, queue="mq", outcome="failed") == 3
+    assert _value(registry, "procrastinate_job_retries_total", task=flaky_name, queue="mq") == 2
     assert _value(registry, "procrastinate_job_retries_total", task=fine_name, queue="mq") is None
     assert (
         _value(registry, "procrastinate_job_outcomes_total", task=cooperative.name, queue="mq", outcome="aborted")
