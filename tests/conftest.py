@@ -1,4 +1,9 @@
-"""Shared fixtures: a real PostgreSQL (local, configured, or embedded), one fresh database per test."""
+"""Shared fixtures: a real PostgreSQL (local, configured, or embedded), an empty database per test.
+
+`db_name` is this process's database (one per pytest-xdist worker), emptied
+after each test (tests/support/database.py says how); `empty_db_name` is a new
+database without our schema, created for the test and dropped after it.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,9 @@ import psycopg
 import pytest
 
 import procrastinate_core as pc
-from tests.support.database import TestServer, find_server
+from tests.support.database import TestServer, WorkerDatabase, find_server
+
+pytest_plugins = ["tests.support.serial_phase"]
 
 
 @pytest.fixture(scope="session")
@@ -17,12 +24,18 @@ def pg_server() -> TestServer:
     return find_server()
 
 
+@pytest.fixture(scope="session")
+def worker_database(pg_server: TestServer) -> Iterator[WorkerDatabase]:
+    database = WorkerDatabase(pg_server)
+    yield database
+    database.drop()
+
+
 @pytest.fixture
-def db_name(pg_server: TestServer) -> Iterator[str]:
-    """A fresh database with the schema applied."""
-    name = pg_server.create_database()
-    yield name
-    pg_server.drop_database(name)
+def db_name(worker_database: WorkerDatabase) -> Iterator[str]:
+    """A database with the schema applied and no rows, as if fresh; emptied after the test."""
+    yield worker_database.name
+    worker_database.reset()
 
 
 @pytest.fixture
