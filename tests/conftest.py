@@ -7,6 +7,7 @@ database without our schema, created for the test and dropped after it.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -35,6 +36,9 @@ def worker_database(pg_server: TestServer) -> Iterator[WorkerDatabase]:
 def db_name(worker_database: WorkerDatabase) -> Iterator[str]:
     """A database with the schema applied and no rows, as if fresh; emptied after the test."""
     yield worker_database.name
+    contract = sys.modules.get("tests.django.contract")
+    if contract is not None:  # Django aliases on this database (the contract's Django case)
+        contract.forget_all()
     worker_database.reset()
 
 

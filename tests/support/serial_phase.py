@@ -25,6 +25,7 @@ import fcntl
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Generator, Iterator
 from typing import Any
 
@@ -47,6 +48,7 @@ def pytest_configure(config: pytest.Config) -> None:
     from tests.support.database import find_server
 
     find_server()  # before the workers start: they inherit the exported server
+    _CONTROLLER["config"] = config
     folder = tempfile.mkdtemp(prefix="pcq-serial-")
     config.stash[_folder_key] = folder
 
@@ -119,7 +121,54 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     if config.getoption("dist") != "load":
         return None  # another mode the user chose: the lock alone keeps serial tests apart
-    return _serial_last_scheduling()(config, log)
+    scheduler = _serial_last_scheduling()(config, log)
+    config.stash[_scheduler_key] = scheduler
+    return scheduler
+
+
+_scheduler_key = pytest.StashKey[Any]()
+_DURATIONS = "pcq/durations"
+_seen_key = pytest.StashKey[dict[str, float]]()
+
+
+def _durations(config: pytest.Config) -> dict[str, float]:
+    cache = getattr(config, "cache", None)
+    return dict(cache.get(_DURATIONS, {})) if cache is not None else {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """In the controller: each test's duration (setup, call, teardown), for the next run's order."""
+    config = _CONTROLLER.get("config")
+    if config is None:
+        return
+    seen = config.stash.setdefault(_seen_key, {})
+    seen[report.nodeid] = seen.get(report.nodeid, 0.0) + report.duration
+
+
+#: The controller's config, set in pytest_configure of an xdist run (logreport hooks get none).
+_CONTROLLER: dict[str, pytest.Config] = {}
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    config = session.config
+    cache = getattr(config, "cache", None)
+    seen = config.stash.get(_seen_key, None)
+    if cache is None or not seen or hasattr(config, "workerinput"):
+        return
+    cache.set(_DURATIONS, {**_durations(config), **{k: round(v, 3) for k, v in seen.items()}})
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """How long each phase took (the suite's speed is watched, not asserted)."""
+    scheduler = config.stash.get(_scheduler_key, None)
+    if scheduler is None or scheduler.serial_started is None:
+        return
+    parallel = scheduler.serial_started - scheduler.started
+    serial = time.monotonic() - scheduler.serial_started
+    terminalreporter.write_line(
+        f"phases: {parallel:.0f}s for the other tests on {scheduler.numnodes} workers, "
+        f"then {serial:.0f}s for {scheduler.serial_count} serial tests alone"
+    )
 
 
 def _serial_last_scheduling() -> type:
@@ -132,6 +181,9 @@ def _serial_last_scheduling() -> type:
             super().__init__(config, log)
             self.serial: list[int] = []
             self.serial_node: Any = None
+            self.started = time.monotonic()
+            self.serial_started: float | None = None
+            self.serial_count = 0
 
         @property
         def tests_finished(self) -> bool:
@@ -155,9 +207,13 @@ def _serial_last_scheduling() -> type:
             serial = serial_tests(folder) if folder else set()
             every = range(len(self.collection))
             self.serial = [i for i in every if self.collection[i] in serial]
-            self.pending[:] = [i for i in every if self.collection[i] not in serial]
+            # The slowest tests of the last run first, handed out two at a time, so that
+            # no worker is left with a long test at the end while the others wait.
+            last = _durations(self.config)
+            parallel = [i for i in every if self.collection[i] not in serial]
+            self.pending[:] = sorted(parallel, key=lambda i: -last.get(self.collection[i], 0.0))
             if self.maxschedchunk is None:
-                self.maxschedchunk = len(self.collection)
+                self.maxschedchunk = 2
             for node in self.nodes:
                 self.check_schedule(node)
 
@@ -176,6 +232,7 @@ def _serial_last_scheduling() -> type:
             if len(self.node2pending) > 1:
                 return  # the others are finishing their last tests
             self.pending[:] = self.serial
+            self.serial_started, self.serial_count = time.monotonic(), len(self.serial)
             self.serial = []
             super().check_schedule(node, duration=duration)
 
