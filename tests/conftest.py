@@ -1,8 +1,9 @@
 """Shared fixtures: a real PostgreSQL (local, configured, or embedded), an empty database per test.
 
 `db_name` is this process's database (one per pytest-xdist worker), emptied
-after each test (tests/support/database.py says how); `empty_db_name` is a new
-database without our schema, created for the test and dropped after it.
+after each test (tests/support/database.py says how); `own_db_name` is a new
+database with the schema and `empty_db_name` a new one without it, each created
+for the test and dropped after it.
 """
 
 from __future__ import annotations
@@ -40,6 +41,18 @@ def db_name(worker_database: WorkerDatabase) -> Iterator[str]:
     if contract is not None:  # Django aliases on this database (the contract's Django case)
         contract.forget_all()
     worker_database.reset()
+
+
+@pytest.fixture
+def own_db_name(pg_server: TestServer) -> Iterator[str]:
+    """A database of the test's own, cloned from the template (schema applied), dropped after it.
+
+    For a test that must not share the worker's database, e.g. one whose
+    leftovers the reset could not see (another role's sessions, a database-wide setting).
+    """
+    name = pg_server.create_database()
+    yield name
+    pg_server.drop_database(name)
 
 
 @pytest.fixture

@@ -98,3 +98,9 @@ def _dead(conn: psycopg.Connection) -> bool:
 def test_db_name_is_the_workers_database(db_name, worker_database, db_conn):
     assert db_name == worker_database.name
     assert db_conn.execute("SELECT count(*) FROM pcq_jobs").fetchone() == (0,)
+
+
+def test_own_db_name_is_a_database_of_the_tests_own_with_the_schema(own_db_name, worker_database, pg_server):
+    assert own_db_name != worker_database.name
+    with psycopg.connect(pg_server.conninfo(own_db_name), autocommit=True) as conn:
+        assert catalog(conn) == worker_database.pristine

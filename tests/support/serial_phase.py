@@ -13,6 +13,10 @@ reports its collection; the scheduler reads them there. A guard backs the schedu
 every test holds shared and a serial test holds exclusively, so a serial test
 waits for the tests running beside it to end.
 
+Within phase 1 the tests slowest in the last run (durations kept in pytest's
+cache) go first, two at a time per worker, so no worker ends on a long test
+while the others idle. The summary prints how long each phase took.
+
 The controller also finds the PostgreSQL server before starting the workers,
 so that an embedded server is started once and handed to every worker (see
 tests/support/database.py).
