@@ -106,12 +106,23 @@ def _folder(config: pytest.Config) -> str | None:
 
 @contextlib.contextmanager
 def _guard(item: pytest.Item) -> Iterator[None]:
+    """Hold the run's lock (shared; exclusive for a serial test), then any named one of the test's.
+
+    `@pytest.mark.exclusive("name")`: tests naming the same scarce resource (50 of
+    the server's 100 connections, say) never run at the same time on two workers.
+    Locks are always taken in this order, so waiting on them cannot deadlock.
+    """
     folder = _folder(item.config) if hasattr(item.config, "workerinput") else None
     if not folder:
         yield
         return
-    with open(os.path.join(folder, "lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX if item.get_closest_marker("serial") else fcntl.LOCK_SH)
+    names = sorted({str(mark.args[0]) for mark in item.iter_markers("exclusive")})
+    with contextlib.ExitStack() as held:
+        for name, mode in [("lock", fcntl.LOCK_EX if item.get_closest_marker("serial") else fcntl.LOCK_SH)] + [
+            (f"lock-{name}", fcntl.LOCK_EX) for name in names
+        ]:
+            lock = held.enter_context(open(os.path.join(folder, name), "a"))
+            fcntl.flock(lock, mode)
         yield
 
 

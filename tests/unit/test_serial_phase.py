@@ -1,4 +1,5 @@
-"""The suite's xdist scheduling: `serial` tests run alone, after every other test.
+"""The suite's xdist scheduling: `serial` tests run alone, after every other test;
+tests marked `exclusive` with the same name never run at the same time.
 
 Each case runs a small pytest session on two xdist workers in a subprocess;
 its tests append `start`/`end` lines to one file (appends are atomic), so the
@@ -38,12 +39,17 @@ def test_serial(i):
 @pytest.mark.parametrize("i", range(12))
 def test_parallel(i):
     pass
+
+@pytest.mark.exclusive("scarce")
+@pytest.mark.parametrize("i", range(4))
+def test_exclusive(i):
+    pass
 '''
 
 
 def run_session(tmp_path: Path, *options: str) -> list[tuple[str, str, str]]:
     (tmp_path / "test_mix.py").write_text(TESTS)
-    (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    serial: alone\n")
+    (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    serial: alone\n    exclusive: one at a time\n")
     log = tmp_path / "order.log"
     env = {**os.environ, "PCQ_ORDER_LOG": str(log), "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
@@ -51,7 +57,7 @@ def run_session(tmp_path: Path, *options: str) -> list[tuple[str, str, str]]:
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "15 passed" in done.stdout
+    assert "19 passed" in done.stdout
     return [tuple(line.split()) for line in log.read_text().splitlines()]  # type: ignore[misc]
 
 
@@ -64,6 +70,8 @@ def assert_serial_tests_ran_alone(events: list[tuple[str, str, str]]) -> None:
             running.remove(name)
         serial = {n for n in running if n.startswith("test_serial")}
         assert not serial or running == serial and len(serial) == 1, f"{sorted(running)} ran together"
+        exclusive = {n for n in running if n.startswith("test_exclusive")}
+        assert len(exclusive) <= 1, f"{sorted(exclusive)} share a scarce resource but ran together"
 
 
 def test_serial_tests_run_alone_after_the_others(tmp_path):
