@@ -16,7 +16,7 @@ from procrastinate_core import retry as retry_module
 from procrastinate_core.tasks import DEFAULT_QUEUE, ConfigureTaskOptions, Task
 
 if TYPE_CHECKING:
-    from typing_extensions import Unpack
+    from typing import Unpack
 
 logger = logging.getLogger(__name__)
 

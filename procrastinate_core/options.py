@@ -1,13 +1,14 @@
 """Worker options and their defaults, declared once.
 
-The worker, `App(worker_defaults=...)`, the CLI flags, the Django settings and
-the docs all read WORKER_OPTIONS; nothing else spells out a default.
+The worker, `App(worker_defaults=...)`, the CLI flags and the Django settings
+read WORKER_OPTIONS; nothing else spells out a default. The options table of
+docs/worker.md is checked against it (tests/unit/test_docs_rules.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from procrastinate_core import exceptions, middleware
@@ -107,7 +108,3 @@ class WorkerOptions:
 
 
 WORKER_OPTIONS: tuple[dataclasses.Field[Any], ...] = dataclasses.fields(WorkerOptions)
-
-
-def option_names() -> Iterable[str]:
-    return (field.name for field in WORKER_OPTIONS)

@@ -1,7 +1,14 @@
-"""Shared fixtures: a real PostgreSQL (local, configured, or embedded), one fresh database per test."""
+"""Shared fixtures: a real PostgreSQL (local, configured, or embedded), an empty database per test.
+
+`db_name` is this process's database (one per pytest-xdist worker), emptied
+after each test (tests/support/database.py says how); `own_db_name` is a new
+database with the schema and `empty_db_name` a new one without it, each created
+for the test and dropped after it.
+"""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -9,7 +16,9 @@ import psycopg
 import pytest
 
 import procrastinate_core as pc
-from tests.support.database import TestServer, find_server
+from tests.support.database import TestServer, WorkerDatabase, find_server
+
+pytest_plugins = ["tests.support.serial_phase"]
 
 
 @pytest.fixture(scope="session")
@@ -17,9 +26,30 @@ def pg_server() -> TestServer:
     return find_server()
 
 
+@pytest.fixture(scope="session")
+def worker_database(pg_server: TestServer) -> Iterator[WorkerDatabase]:
+    database = WorkerDatabase(pg_server)
+    yield database
+    database.drop()
+
+
 @pytest.fixture
-def db_name(pg_server: TestServer) -> Iterator[str]:
-    """A fresh database with the schema applied."""
+def db_name(worker_database: WorkerDatabase) -> Iterator[str]:
+    """A database with the schema applied and no rows, as if fresh; emptied after the test."""
+    yield worker_database.name
+    contract = sys.modules.get("tests.django.contract")
+    if contract is not None:  # Django aliases on this database (the contract's Django case)
+        contract.forget_all()
+    worker_database.reset()
+
+
+@pytest.fixture
+def own_db_name(pg_server: TestServer) -> Iterator[str]:
+    """A database of the test's own, cloned from the template (schema applied), dropped after it.
+
+    For a test that must not share the worker's database, e.g. one whose
+    leftovers the reset could not see (another role's sessions, a database-wide setting).
+    """
     name = pg_server.create_database()
     yield name
     pg_server.drop_database(name)

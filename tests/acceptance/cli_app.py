@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 import pathlib
-import time
 
 import procrastinate_core as pc
+from tests.support.waiting import wait_until
 
 DSN_ENV_VAR = "PROCRASTINATE_TEST_DSN_FOR_APP"
 IMPORT_PATHS_ENV_VAR = "PROCRASTINATE_TEST_IMPORT_PATHS"
@@ -37,9 +37,5 @@ def hold(marker_dir: str, timeout: float = 60.0) -> str:
     """Announce that it started (a file), then run until the test writes `release`."""
     folder = pathlib.Path(marker_dir)
     (folder / "started").write_text(str(os.getpid()))
-    deadline = time.monotonic() + timeout
-    while not (folder / "release").exists():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"nobody released {folder}")
-        time.sleep(0.02)
+    wait_until(lambda: (folder / "release").exists(), timeout=timeout, what=f"{folder}/release")
     return "released"

@@ -26,8 +26,14 @@ def _ensure_django() -> None:
         django.setup()
 
 
+#: Bumped by forget_all: the next test's alias is a new one even on the same database
+#: (the tests share one per process), so a connection an executor thread kept under an
+#: old alias is never used again.
+_generation = 0
+
+
 def _alias_name(dsn: str) -> str:
-    return "contract_" + hashlib.sha1(dsn.encode()).hexdigest()[:12]
+    return f"contract_{_generation}_" + hashlib.sha1(dsn.encode()).hexdigest()[:12]
 
 
 def alias_for(dsn: str) -> str:
@@ -101,12 +107,14 @@ def transaction(dsn: str, commit: bool) -> Iterator[Any]:
 def forget_all() -> None:
     """Close and unregister every alias the contract tests registered.
 
-    Each test's database is dropped after it, terminating the alias's connection;
+    Each test's database is emptied after it, terminating the alias's connection;
     a leftover alias would be touched by later Django tests (override_settings(
     TIME_ZONE=...) reconfigures every open connection) and fail with AdminShutdown.
     """
     from django.apps import apps
 
+    global _generation
+    _generation += 1
     if not apps.ready:
         return
     from django.db import connections

@@ -18,6 +18,8 @@ import pytest
 from tests.support.database import TestServer
 
 ROOT = Path(__file__).resolve().parents[2]
+# Its defer_async_c50 scenario opens 50 connections: two at once exhaust the server's 100.
+pytestmark = pytest.mark.exclusive("fifty_connections")
 
 
 def run_bench(pg_server: TestServer, tmp_path: Path, systems: list[str]) -> list[dict[str, Any]]:

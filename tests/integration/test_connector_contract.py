@@ -343,77 +343,177 @@ async def test_json_hooks_round_trip(harness):
 
 
 # -- the queries, through the job manager ----------------------------------------
-async def test_the_queue_operations(harness):
-    app = harness.app()
-    async with app.open_async():
+# One behaviour per test, so that a connector's first difference does not hide the others.
+HOUR = datetime.timedelta(hours=1)
+
+
+async def _claim(m: Any, worker_id: int, queues: list[str] | None = None) -> list[int]:
+    return [job.id for job in await m.fetch_jobs_async(worker_id, queues, 10)]
+
+
+async def test_fetch_takes_the_best_ready_job_of_each_lock_and_marks_it_doing(harness):
+    async with harness.app().open_async() as app:
+        m, defer = app.job_manager, app.configure_task
+        await defer("a", queue="q1", lock="L", priority=1).defer_async()
+        b = await defer("b", queue="q1", lock="L", priority=5).defer_async()
+        w = await m.register_worker_async("w1", "host", 42)
+        [first] = await m.fetch_jobs_async(w, ["q1"], 10)
+        assert first.id == b  # priority first; among jobs sharing a lock only the best ready one
+        assert first.status == "doing" and first.claims == 1 and first.worker_id == w
+
+
+async def test_fetch_skips_other_queues_locked_jobs_and_scheduled_ones(harness):
+    async with harness.app().open_async() as app:
+        m, defer = app.job_manager, app.configure_task
+        await defer("a", queue="q1", lock="L", priority=1).defer_async()
+        b = await defer("b", queue="q1", lock="L", priority=5).defer_async()
+        c = await defer("c", queue="q2").defer_async()
+        await defer("later", schedule_in={"hours": 1}).defer_async()
+        w = await m.register_worker_async("w1", "host", 42)
+        assert await _claim(m, w, ["q1"]) == [b]  # c is in another queue
+        assert await _claim(m, w) == [c]  # a waits while b (same lock) runs; later is not due
+        assert await _claim(m, w) == []
+
+
+async def test_an_outcome_for_the_wrong_attempt_or_worker_is_refused(harness):
+    async with harness.app().open_async() as app:
         m = app.job_manager
-        defer = app.configure_task
+        b = await app.configure_task("b").defer_async()
+        w = await m.register_worker_async("w1", "host", 42)
+        assert await _claim(m, w) == [b]
+        assert await m.finish_jobs_async([JobOutcome(b, w, attempt=2, status="succeeded")]) == set()
+        assert await m.finish_jobs_async([JobOutcome(b, w + 1, attempt=1, status="succeeded")]) == set()
+        assert await m.get_job_status_async(b) == pc.Status.DOING
+
+
+async def test_finishing_records_each_outcome_and_frees_the_lock(harness):
+    async with harness.app().open_async() as app:
+        m, defer = app.job_manager, app.configure_task
         a = await defer("a", queue="q1", lock="L", priority=1).defer_async()
         b = await defer("b", queue="q1", lock="L", priority=5).defer_async()
         c = await defer("c", queue="q2").defer_async()
-        later = await defer("later", schedule_in={"hours": 1}).defer_async()
         w = await m.register_worker_async("w1", "host", 42)
-
-        # Priority first, and among jobs sharing a lock only the best ready one.
-        first = await m.fetch_jobs_async(w, ["q1"], 10)
-        assert [job.id for job in first] == [b]
-        assert first[0].status == "doing" and first[0].claims == 1 and first[0].worker_id == w
-        # While b runs, a (same lock) waits; c is in another queue.
-        assert [job.id for job in await m.fetch_jobs_async(w, None, 10)] == [c]
-        assert await m.fetch_jobs_async(w, None, 10) == []
-
-        # Fencing: an outcome for the wrong attempt or worker is refused.
-        assert await m.finish_jobs_async([JobOutcome(b, w, attempt=2, status="succeeded")]) == set()
-        assert await m.finish_jobs_async([JobOutcome(b, w + 1, attempt=1, status="succeeded")]) == set()
+        assert await _claim(m, w, ["q1"]) == [b]
+        assert await _claim(m, w) == [c]
         done = await m.finish_jobs_async(
             [JobOutcome(b, w, 1, "succeeded", result={"ok": 1}), JobOutcome(c, w, 1, "failed", error={"type": "E"})]
         )
         assert done == {b, c}
         assert await m.get_job_status_async(b) == pc.Status.SUCCEEDED
+        assert await m.get_job_status_async(c) == pc.Status.FAILED
         [job_b] = await m.list_jobs_async(id=b)
         assert job_b.result == {"ok": 1} and job_b.finished_at is not None
-        # The lock is free: a runs; retry it for later, then it is not ready.
-        assert [job.id for job in await m.fetch_jobs_async(w, None, 10)] == [a]
-        retry_at = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
-        assert await m.finish_jobs_async([JobOutcome(a, w, 1, "todo", retry_at=retry_at)]) == {a}
-        assert await m.fetch_jobs_async(w, None, 10) == []
+        assert await _claim(m, w) == [a]  # the lock is free
 
-        # Cancel, abort, retry, delete.
+
+async def test_a_job_retried_for_later_is_not_ready(harness):
+    async with harness.app().open_async() as app:
+        m = app.job_manager
+        a = await app.configure_task("a").defer_async()
+        w = await m.register_worker_async("w1", "host", 42)
+        assert await _claim(m, w) == [a]
+        retry_at = datetime.datetime.now(datetime.timezone.utc) + HOUR
+        assert await m.finish_jobs_async([JobOutcome(a, w, 1, "todo", retry_at=retry_at)]) == {a}
+        assert await m.get_job_status_async(a) == pc.Status.TODO
+        assert await _claim(m, w) == []
+
+
+async def test_cancel_a_waiting_job_once(harness):
+    async with harness.app().open_async() as app:
+        m = app.job_manager
+        later = await app.configure_task("later", schedule_in={"hours": 1}).defer_async()
         assert await m.cancel_job_by_id_async(later) is True
         assert await m.get_job_status_async(later) == pc.Status.CANCELLED
         assert await m.cancel_job_by_id_async(later) is False
-        assert await m.retry_job_by_id_async(c, priority=9) is True
-        [running] = await m.fetch_jobs_async(w, None, 10)
-        assert running.id == c and running.priority == 9 and running.claims == 2
-        assert await m.cancel_job_by_id_async(c) is False
-        assert await m.cancel_job_by_id_async(c, abort=True) is True
-        assert await m.list_jobs_to_abort_async(w) == [c]
+
+
+async def test_cancel_with_delete_removes_the_job(harness):
+    async with harness.app().open_async() as app:
+        m = app.job_manager
+        a = await app.configure_task("a").defer_async()
         assert await m.cancel_job_by_id_async(a, delete_job=True) is True
         with pytest.raises(exceptions.JobNotFound):
             await m.get_job_status_async(a)
 
+
+async def _failed_job(app: pc.App, queue: str = "q2") -> tuple[int, int]:
+    """A job that ran once and failed, and the worker that ran it."""
+    m = app.job_manager
+    c = await app.configure_task("c", queue=queue).defer_async()
+    w = await m.register_worker_async("w1", "host", 42)
+    assert await _claim(m, w) == [c]
+    assert await m.finish_jobs_async([JobOutcome(c, w, 1, "failed", error={"type": "E"})]) == {c}
+    return c, w
+
+
+async def test_retry_job_by_id_requeues_a_failed_job_with_a_new_priority(harness):
+    async with harness.app().open_async() as app:
+        m = app.job_manager
+        c, w = await _failed_job(app)
+        assert await m.retry_job_by_id_async(c, priority=9) is True
+        [running] = await m.fetch_jobs_async(w, None, 10)
+        assert running.id == c and running.priority == 9 and running.claims == 2
+
+
+async def test_a_running_job_is_aborted_not_cancelled_and_its_history_says_so(harness):
+    async with harness.app().open_async() as app:
+        m = app.job_manager
+        c, w = await _failed_job(app)
+        assert await m.retry_job_by_id_async(c, priority=9) is True
+        assert await _claim(m, w) == [c]
+        assert await m.cancel_job_by_id_async(c) is False
+        assert await m.list_jobs_to_abort_async(w) == []
+        assert await m.cancel_job_by_id_async(c, abort=True) is True
+        assert await m.list_jobs_to_abort_async(w) == [c]
         events = [(e["type"], e["attempt"], e["worker_id"]) for e in await m.list_job_events_async(c)]
         assert events == [
             ("deferred", 0, None), ("started", 1, w), ("failed", 1, w), ("retried", 1, w),
             ("started", 2, w), ("abort_requested", 2, w),
         ]
 
-        # Stalled recovery: a worker that stops beating loses its job, which aborts
-        # (it was asked to), and the worker row is pruned.
-        assert await m.recover_stalled_jobs_async(3600) == []
-        recovered = await m.recover_stalled_jobs_async(0)
-        assert recovered == [(c, pc.Status.ABORTED)]
+
+async def _aborted_job(app: pc.App, queue: str = "q2") -> tuple[int, int]:
+    """A running job asked to abort, whose worker then stopped beating: recovered as aborted."""
+    m = app.job_manager
+    c = await app.configure_task("c", queue=queue).defer_async()
+    w = await m.register_worker_async("w1", "host", 42)
+    assert await _claim(m, w) == [c]
+    assert await m.cancel_job_by_id_async(c, abort=True) is True
+    assert await m.recover_stalled_jobs_async(3600) == []  # the worker is not stalled yet
+    assert await m.recover_stalled_jobs_async(0) == [(c, pc.Status.ABORTED)]
+    return c, w
+
+
+async def test_stalled_recovery_aborts_a_job_asked_to_abort_and_prunes_the_worker(harness):
+    async with harness.app().open_async() as app:
+        m = app.job_manager
+        c, w = await _aborted_job(app)
+        assert await m.get_job_status_async(c) == pc.Status.ABORTED
         assert await m.update_heartbeat_async(w) is False
         assert await m.list_workers_async() == []
 
-        # Counting and cleaning.
+
+async def test_queues_are_counted_by_status_and_old_jobs_deleted(harness):
+    async with harness.app().open_async() as app:
+        m = app.job_manager
+        await _aborted_job(app, queue="q2")
+        b = await app.configure_task("b", queue="q1").defer_async()
+        w = await m.register_worker_async("w2", "host", 43)
+        assert await _claim(m, w) == [b]
+        assert await m.finish_jobs_async([JobOutcome(b, w, 1, "succeeded")]) == {b}
+        later = await app.configure_task("later", schedule_in={"hours": 1}).defer_async()
+        assert await m.cancel_job_by_id_async(later) is True
         queues = {row["name"]: row for row in await m.list_queues_async()}
         assert queues["q1"]["succeeded"] == 1 and queues["q2"]["aborted"] == 1
         assert queues["default"]["cancelled"] == 1 and queues["default"]["jobs_count"] == 1
         assert await m.delete_old_jobs_async(1) == 0
         assert await m.delete_old_jobs_async(0, include_aborted=True) == 2
+        assert [job.id for job in await m.list_jobs_async()] == [later]
 
-        # Periodic ticks are deferred once.
+
+async def test_a_periodic_tick_is_deferred_once_and_pruned(harness):
+    async with harness.app().open_async() as app:
+        m = app.job_manager
         job = pc.Job(queue="default", task_name="tick", task_kwargs={"timestamp": 100})
         tick = await m.defer_periodic_job_async(job, "", 100)
         assert tick is not None and await m.defer_periodic_job_async(job, "", 100) is None
@@ -559,7 +659,6 @@ async def test_migrations_apply_async_through_every_connector(real_case, pg_serv
         assert await app.schema_manager.apply_schema_async() == ALL_VERSIONS
         assert (await app.schema_manager.get_status_async()).is_current
         assert await app.connector.execute_query_one_async("job_get_status", {"job_id": 1}) is None
-
 
 # -- procrastinate's stalled-jobs recipe ------------------------------------------
 async def test_get_stalled_jobs_and_retry_job(harness):

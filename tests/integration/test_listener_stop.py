@@ -15,6 +15,7 @@ import pytest
 
 from procrastinate_core.connectors.listener import _bounded
 from procrastinate_core.connectors.psycopg import _PsycopgListenSession
+from tests.support.waiting import wait_until_async
 
 
 async def test_cancelled_call_finishes_cancelling_before_the_connection_closes(
@@ -31,20 +32,23 @@ async def test_cancelled_call_finishes_cancelling_before_the_connection_closes(
             await _bounded(session.close(), 1)  # as listen_forever closes it
 
     listener = asyncio.ensure_future(stopping_listener())
+    pid = conn.info.backend_pid
     async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as observer:
-        for _ in range(500):  # until the query runs server-side
-            cur = await observer.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE pid = %s AND state = 'active'",
-                (conn.info.backend_pid,),
-            )
-            if (await cur.fetchone())[0]:
-                break
-            await asyncio.sleep(0.01)
-        else:
-            pytest.fail("the query never started")
-    listener.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await listener
-    await asyncio.sleep(0.2)
+
+        async def backends(state: str | None = None) -> int:
+            query = "SELECT count(*) FROM pg_stat_activity WHERE pid = %s"
+            cur = await observer.execute(query + (" AND state = %s" if state else ""),
+                                         (pid, state) if state else (pid,))
+            return (await cur.fetchone())[0]
+
+        await wait_until_async(lambda: backends("active"), timeout=5, interval=0.01, what="the query running")
+        listener.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await listener
+        # The server has seen the connection close: whatever psycopg had to say, it said.
+        async def gone() -> bool:
+            return await backends() == 0
+
+        await wait_until_async(gone, timeout=5, interval=0.01, what="the backend gone")
     assert [r.getMessage() for r in caplog.records if r.name.startswith("psycopg")] == []
     assert conn.closed

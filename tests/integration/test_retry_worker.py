@@ -234,7 +234,7 @@ async def test_pruned_worker_registers_again(async_app, db_conn):
     async with running_worker(async_app, update_heartbeat_interval=0.3, stalled_worker_timeout=5) as worker:
         first = worker.worker_id
         db_conn.execute("DELETE FROM pcq_workers WHERE id = %s", [first])
-        await wait_until_async(lambda: asyncio.sleep(0, worker.worker_id != first), what="re-registered")
+        await wait_until_async(lambda: worker.worker_id != first, what="re-registered")
         workers = await async_app.job_manager.list_workers_async()
         assert [w["id"] for w in workers] == [worker.worker_id]
 
@@ -265,7 +265,7 @@ async def test_abort_notification_reaches_the_worker_without_polling(async_app):
 
     job_id = await long.defer_async()
     async with running_worker(async_app, abort_job_polling_interval=60) as worker:
-        await wait_until_async(lambda: asyncio.sleep(0, worker.listening), what="listening")
+        await wait_until_async(lambda: worker.listening, what="listening")
         await asyncio.wait_for(started.wait(), 5)
         assert await async_app.job_manager.cancel_job_by_id_async(job_id, abort=True)
         await wait_status(async_app, job_id, "aborted", timeout=3)

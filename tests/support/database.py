@@ -1,9 +1,16 @@
-"""Finding a PostgreSQL server for the tests, and making one fresh database per test.
+"""Finding a PostgreSQL server for the tests, and giving each test an empty database.
 
 Order: PROCRASTINATE_TEST_DSN (or DATABASE_URL), else the libpq environment
 (PGHOST...), else 127.0.0.1:5432, else an embedded server (pgserver) started
-once for the run. Each test gets a database cloned from a template that has
-the schema applied, and dropped after the test.
+once for the run; PROCRASTINATE_TEST_EMBEDDED=1 skips straight to the embedded
+one. The server found is exported as PROCRASTINATE_TEST_DSN, so the pytest-xdist
+workers and every subprocess a test starts (a worker, `manage.py`) use the same
+server instead of starting another one.
+
+Each test process (each xdist worker) owns one database with the schema
+applied (`WorkerDatabase`), emptied after every test: a TRUNCATE is far cheaper
+than creating and dropping a database. Tests that need a schema-less database
+still create their own (`TestServer.create_database`).
 """
 
 from __future__ import annotations
@@ -20,7 +27,10 @@ from psycopg import sql
 
 from procrastinate_core.connectors.params import parse_dsn
 
+#: Where the chosen server is handed to subprocesses.
+DSN_VARIABLE = "PROCRASTINATE_TEST_DSN"
 _counter = itertools.count()
+_found: TestServer | None = None
 
 
 class TestServer:
@@ -46,13 +56,15 @@ class TestServer:
 
     def create_database(self, template: str | None = None, schema: bool = True) -> str:
         name = f"{self.prefix}_{next(_counter)}"
-        template = template or (self.ensure_template() if schema else None)
+        self.create_named_database(name, template or (self.ensure_template() if schema else None))
+        return name
+
+    def create_named_database(self, name: str, template: str | None) -> None:
         with self.admin() as conn:
             query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
             if template:
                 query += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
             conn.execute(query)
-        return name
 
     def drop_database(self, name: str) -> None:
         with self.admin() as conn:
@@ -77,6 +89,160 @@ class TestServer:
         return self.template
 
 
+# What a database is made of, one text row per object, for comparing a used
+# database with the template it was cloned from. Rows of a table's parts carry
+# the table's name first (`owner`), so tables a test added can be told apart.
+_CATALOG = """
+WITH rel AS (
+    SELECT c.oid, c.relname, c.relkind, n.nspname,
+           coalesce(idx.indrelid, dep.refobjid, c.oid)::regclass::text AS owner
+    FROM pg_class AS c
+    JOIN pg_namespace AS n ON n.oid = c.relnamespace
+    LEFT JOIN pg_index AS idx ON idx.indexrelid = c.oid
+    LEFT JOIN pg_depend AS dep ON c.relkind = 'S' AND dep.objid = c.oid
+        AND dep.classid = 'pg_class'::regclass AND dep.deptype IN ('a', 'i')
+    WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+      AND n.nspname NOT LIKE 'pg_temp%' AND n.nspname NOT LIKE 'pg_toast_temp%'
+)
+SELECT owner, 'relation ' || nspname || '.' || relname || ' ' || relkind::text FROM rel
+UNION ALL
+SELECT rel.owner, 'column ' || rel.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+       || ' ' || a.attnotnull::text || ' ' || coalesce(pg_get_expr(d.adbin, d.adrelid), '')
+FROM rel JOIN pg_attribute AS a ON a.attrelid = rel.oid AND a.attnum > 0 AND NOT a.attisdropped
+LEFT JOIN pg_attrdef AS d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+UNION ALL
+SELECT rel.owner, 'index ' || pg_get_indexdef(rel.oid) FROM rel WHERE rel.relkind IN ('i', 'I')
+UNION ALL
+SELECT rel.owner, 'constraint ' || con.conname || ' ' || pg_get_constraintdef(con.oid)
+FROM rel JOIN pg_constraint AS con ON con.conrelid = rel.oid
+UNION ALL
+SELECT rel.owner, 'trigger ' || pg_get_triggerdef(t.oid) || ' ' || t.tgenabled::text
+FROM rel JOIN pg_trigger AS t ON t.tgrelid = rel.oid AND NOT t.tgisinternal
+UNION ALL
+SELECT rel.owner, 'rule ' || r.rulename || ' ' || md5(pg_get_ruledef(r.oid))
+FROM rel JOIN pg_rewrite AS r ON r.ev_class = rel.oid
+UNION ALL
+SELECT NULL, 'function ' || p.oid::regprocedure::text || ' ' || md5(coalesce(p.prosrc, ''))
+       || ' ' || array_to_string(coalesce(p.proconfig, '{}'), ',')
+FROM pg_proc AS p JOIN pg_namespace AS n ON n.oid = p.pronamespace
+WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+UNION ALL
+SELECT NULL, 'type ' || t.oid::regtype::text || ' ' || t.typtype::text
+FROM pg_type AS t JOIN pg_namespace AS n ON n.oid = t.typnamespace
+WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+  AND n.nspname NOT LIKE 'pg_temp%' AND n.nspname NOT LIKE 'pg_toast_temp%'
+  AND t.typtype IN ('e', 'd', 'r', 'm')
+UNION ALL
+SELECT NULL, 'schema ' || nspname FROM pg_namespace
+WHERE nspname NOT LIKE 'pg_%' AND nspname <> 'information_schema'
+UNION ALL
+SELECT NULL, 'extension ' || extname || ' ' || extversion FROM pg_extension
+UNION ALL
+SELECT NULL, 'event trigger ' || evtname || ' ' || evtenabled::text FROM pg_event_trigger
+UNION ALL
+SELECT NULL, 'setting ' || array_to_string(setconfig, ',') FROM pg_db_role_setting
+WHERE setdatabase = (SELECT oid FROM pg_database WHERE datname = current_database())
+UNION ALL
+SELECT NULL, 'prepared transaction ' || gid FROM pg_prepared_xacts WHERE database = current_database()
+UNION ALL
+SELECT NULL, 'publication ' || pubname FROM pg_publication
+"""
+
+#: Kept by the reset: the schema's own record of its migrations.
+_KEPT_TABLES = {"public.pcq_migrations"}
+
+
+def catalog(conn: psycopg.Connection[Any]) -> set[tuple[str | None, str]]:
+    """Every object of the connection's database (see _CATALOG), plus the migrations applied."""
+    rows = {(owner, text) for owner, text in conn.execute(_CATALOG).fetchall()}
+    if conn.execute("SELECT to_regclass('public.pcq_migrations')").fetchone() != (None,):
+        versions = conn.execute("SELECT version FROM pcq_migrations ORDER BY version").fetchall()
+        rows.add((None, f"migrations {[version for (version,) in versions]}"))
+    return rows
+
+
+class WorkerDatabase:
+    """This process's database with the schema applied, reset between tests.
+
+    The reset after a test ends the test's leftover connections, drops the
+    tables the test created (a ledger, say), and empties every other table but
+    pcq_migrations, restarting identities: the next test sees the template's
+    schema with no rows and ids starting at 1 again. When the test changed
+    anything else (dropped or altered a table, installed a trigger or a
+    function, applied a migration) or the reset fails, the database is dropped
+    and cloned from the template again.
+    """
+
+    def __init__(self, server: TestServer) -> None:
+        self.server = server
+        self.name = f"{server.prefix}_worker"
+        self.template = server.ensure_template()
+        self.server.drop_database(self.name)
+        self.server.create_named_database(self.name, self.template)
+        with psycopg.connect(server.conninfo(self.template), autocommit=True) as conn:
+            self.pristine = catalog(conn)
+        #: How many times the database was cloned again (see recreate), for the curious.
+        self.recreated = 0
+
+    def reset(self) -> None:
+        try:
+            if self._empty():
+                return
+        except psycopg.Error:
+            pass
+        self.recreate()
+
+    def recreate(self) -> None:
+        self.recreated += 1
+        self.server.drop_database(self.name)
+        self.server.create_named_database(self.name, self.template)
+
+    def drop(self) -> None:
+        self.server.drop_database(self.name)
+
+    def _empty(self) -> bool:
+        """Empties the database in place; False when only a fresh clone will do."""
+        with psycopg.connect(self.server.conninfo(self.name), autocommit=True) as conn:
+            conn.execute("SET lock_timeout = '5s'")
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            current = catalog(conn)
+            if current != self.pristine:
+                known = {owner for owner, _ in self.pristine if owner}
+                missing = self.pristine - current
+                added = current - self.pristine
+                if missing or any(owner is None or owner in known for owner, _ in added):
+                    return False  # the test changed the template's own objects
+                tables = sorted({owner for owner, _ in added if owner})
+                conn.execute(
+                    sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(
+                        sql.SQL(", ").join(sql.SQL(table) for table in tables)  # regclass text, quoted
+                    )
+                )
+                if catalog(conn) != self.pristine:
+                    return False
+            tables = [
+                table
+                for (table,) in conn.execute(
+                    "SELECT c.oid::regclass::text FROM pg_class AS c "
+                    "JOIN pg_namespace AS n ON n.oid = c.relnamespace "
+                    "WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+                    "AND n.nspname NOT LIKE 'pg_temp%%' AND n.nspname NOT LIKE 'pg_toast%%' "
+                    "AND format('%%s.%%s', n.nspname, c.relname) <> ALL(%s)",
+                    [sorted(_KEPT_TABLES)],
+                ).fetchall()
+            ]
+            if tables:
+                conn.execute(
+                    sql.SQL("TRUNCATE {} RESTART IDENTITY CASCADE").format(
+                        sql.SQL(", ").join(sql.SQL(table) for table in tables)
+                    )
+                )
+        return True
+
+
 def _reachable(params: dict[str, str]) -> bool:
     try:
         psycopg.connect(connect_timeout=3, **params).close()
@@ -85,34 +251,60 @@ def _reachable(params: dict[str, str]) -> bool:
     return True
 
 
+def _with_port(params: dict[str, str]) -> dict[str, str]:
+    """The parameters plus the server's port, which a socket-only server's URI leaves out.
+
+    A Unix socket has a port too (its file is .s.PGSQL.<port>): knowing it lets
+    tests hand out complete PG* variables (PGHOST=/socket/dir PGPORT=5432).
+    """
+    if params.get("port"):
+        return params
+    with psycopg.connect(connect_timeout=10, **params) as conn:
+        row = conn.execute("SELECT current_setting('port')").fetchone()
+    return {**params, "port": str(row[0])} if row else params
+
+
 def _start_embedded() -> TestServer:
     import pgserver
 
     folder = tempfile.mkdtemp(prefix="pcq-pgserver-")
     server = pgserver.get_server(folder, cleanup_mode="stop")
+    owner = os.getpid()
 
     def cleanup() -> None:
+        if os.getpid() != owner:  # a forked child exiting: the server is not its to stop
+            return
         try:
             server.cleanup()
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
     atexit.register(cleanup)
-    params = parse_dsn(server.get_uri())
-    return TestServer(params, embedded=server)
+    return TestServer(_with_port(parse_dsn(server.get_uri())), embedded=server)
 
 
-def find_server() -> TestServer:
-    dsn = os.environ.get("PROCRASTINATE_TEST_DSN") or os.environ.get("DATABASE_URL")
+def _locate() -> TestServer:
+    dsn = os.environ.get(DSN_VARIABLE) or os.environ.get("DATABASE_URL")
     if dsn:
         params = parse_dsn(dsn)
         if not _reachable(params):
-            raise RuntimeError(f"PROCRASTINATE_TEST_DSN/DATABASE_URL is set but unreachable: {dsn!r}")
-        return TestServer(params)
+            raise RuntimeError(f"{DSN_VARIABLE}/DATABASE_URL is set but unreachable: {dsn!r}")
+        return TestServer(_with_port(params))
     if os.environ.get("PROCRASTINATE_TEST_EMBEDDED") != "1":
         if os.environ.get("PGHOST") and _reachable({}):
-            return TestServer({"host": os.environ["PGHOST"], "dbname": os.environ.get("PGDATABASE", "postgres")})
+            return TestServer(
+                _with_port({"host": os.environ["PGHOST"], "dbname": os.environ.get("PGDATABASE", "postgres")})
+            )
         local = {"host": "127.0.0.1", "port": "5432", "dbname": "postgres"}
         if _reachable(local):
             return TestServer(local)
     return _start_embedded()
+
+
+def find_server() -> TestServer:
+    """The run's server, found (or started) once per process and exported to subprocesses."""
+    global _found
+    if _found is None:
+        _found = _locate()
+        os.environ[DSN_VARIABLE] = _found.conninfo()
+    return _found

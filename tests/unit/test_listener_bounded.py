@@ -15,9 +15,11 @@ async def test_cancelled_bounded_call_is_cancelled_and_its_failure_retrieved():
     reported: list[dict] = []
     loop.set_exception_handler(lambda _loop, context: reported.append(context))
     release = asyncio.Event()
+    entered = asyncio.Event()
     cancelled = []
 
     async def driver_call() -> None:
+        entered.set()
         try:
             await release.wait()
         except asyncio.CancelledError:
@@ -25,7 +27,7 @@ async def test_cancelled_bounded_call_is_cancelled_and_its_failure_retrieved():
         raise RuntimeError("consuming input failed: connection pointer is NULL")
 
     outer = asyncio.ensure_future(_bounded(driver_call(), timeout=30))
-    await asyncio.sleep(0.01)
+    await asyncio.wait_for(entered.wait(), 5)  # the call is in flight
     outer.cancel()
     try:
         await outer
