@@ -404,3 +404,14 @@ class JobManager(HasConnector):
         return Op("schema_is_installed", {}, "one", lambda row: bool(row and row["installed"]))
 
     check_connection, check_connection_async = paired(_check_connection)
+
+    # -- readiness (migration 0006) ------------------------------------------------
+    def _promote_due_jobs(self, limit: int = 1000) -> Op[int]:
+        """Make up to `limit` scheduled jobs whose time has come (database clock) claimable.
+
+        The stager (stager.py) calls this in every worker; claims never look at
+        scheduled jobs themselves. Returns how many were promoted.
+        """
+        return Op("job_promote_due", {"limit": int(limit)}, "one", _first("promoted"))
+
+    promote_due_jobs, promote_due_jobs_async = paired(_promote_due_jobs)

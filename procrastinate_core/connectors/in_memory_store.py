@@ -64,29 +64,34 @@ class InMemoryStore(InMemoryTables):
     def job_fetch_many(self, p: dict[str, Any]) -> list[dict[str, Any]]:
         now = self.clock()
         queues = p.get("queues")
-        todo = sorted(
-            (j for j in self.jobs.values() if self._ready(j, now)),
+        chosen = sorted(
+            (
+                j for j in self.jobs.values()
+                if j["status"] == "todo" and j["waiting_for"] is None
+                and (queues is None or j["queue_name"] in queues)
+            ),
             key=lambda j: (-j["priority"], j["id"]),
-        )
-
-        def blocked(job: Mapping[str, Any]) -> bool:
-            return job["lock"] is not None and any(
-                o["lock"] == job["lock"] and o["id"] != job["id"] and (
-                    o["status"] == "doing"
-                    or (self._ready(o, now) and (o["priority"], -o["id"]) > (job["priority"], -job["id"]))
-                )
-                for o in self.jobs.values()
-            )
-
-        chosen = [
-            j for j in todo if (queues is None or j["queue_name"] in queues) and not blocked(j)
-        ][: p["limit"]]
+        )[: p["limit"]]
         for job in chosen:
             self._update(
                 job, status="doing", worker_id=p["worker_id"], attempts=job["attempts"] + 1,
                 started_at=now,
             )
         return [self.job_row(job) for job in chosen]
+
+    def job_promote_due(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        now = self.clock()
+        due = sorted(
+            (
+                j for j in self.jobs.values()
+                if j["status"] == "todo" and j["waiting_for"] == "schedule"
+                and j["scheduled_at"] is not None and j["scheduled_at"] <= now
+            ),
+            key=lambda j: j["scheduled_at"],
+        )[: p["limit"]]
+        for job in due:
+            self._update(job, waiting_for=None if job["lock"] is None else "lock")
+        return [{"promoted": len(due)}]
 
     def job_finish_many(self, p: dict[str, Any]) -> list[dict[str, Any]]:
         now = self.clock()

@@ -19,24 +19,18 @@ RETURNING id;
 
 -- name: job_fetch_many
 -- Claims up to %(limit)s ready jobs for worker %(worker_id)s; returns the claimed jobs.
--- A job with a lock is ready only if no job with that lock is running and no
--- ready job with that lock comes before it (priority desc, then defer order).
+-- Ready (waiting_for IS NULL, migration 0006) already means due and, for a
+-- job with a lock, being that lock's head; nothing else is looked at.
+-- Plan (1,000,000 future-scheduled, 100,000 behind 10 running lock heads,
+-- 3,000,000 finished rows): Limit -> LockRows -> Index Scan on
+-- pcq_jobs_ready_idx (pcq_jobs_ready_queue_idx with queues), reading only
+-- the rows it claims (plus rows other claimers hold, skipped).
 WITH candidate AS (
     SELECT j.id
     FROM pcq_jobs AS j
     WHERE j.status = 'todo'
+      AND j.waiting_for IS NULL
       AND (%(queues)s::text[] IS NULL OR j.queue_name = ANY (%(queues)s::text[]))
-      AND (j.scheduled_at IS NULL OR j.scheduled_at <= now())
-      AND (j.lock IS NULL OR NOT EXISTS (
-          SELECT 1
-          FROM pcq_jobs AS o
-          WHERE o.lock = j.lock
-            AND o.id <> j.id
-            AND (o.status = 'doing'
-                 OR (o.status = 'todo'
-                     AND (o.scheduled_at IS NULL OR o.scheduled_at <= now())
-                     AND (o.priority > j.priority OR (o.priority = j.priority AND o.id < j.id))))
-      ))
     ORDER BY j.priority DESC, j.id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -326,3 +320,29 @@ SELECT to_regclass('pcq_migrations') IS NOT NULL AS installed;
 -- name: schema_versions_applied
 -- Returns the versions of the applied migrations.
 SELECT version FROM pcq_migrations ORDER BY version;
+
+-- name: job_promote_due
+-- The stager: moves up to %(limit)s scheduled jobs whose time has come (on the
+-- database clock) out of waiting; returns how many. A job without a lock
+-- becomes ready at once (its workers are notified); a job with one waits for
+-- its lock, which the trigger then settles. Safe to run from several workers.
+-- Plan: an Index Scan on pcq_jobs_schedule_idx (scheduled_at <= now()): it
+-- reads the due jobs only, never the future ones.
+WITH due AS (
+    SELECT j.id
+    FROM pcq_jobs AS j
+    WHERE j.status = 'todo'
+      AND j.waiting_for = 'schedule'
+      AND j.scheduled_at <= now()
+    ORDER BY j.scheduled_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+),
+promoted AS (
+    UPDATE pcq_jobs AS j
+    SET waiting_for = CASE WHEN j.lock IS NULL THEN NULL ELSE 'lock' END
+    FROM due
+    WHERE j.id = due.id
+    RETURNING j.id
+)
+SELECT count(*) AS promoted FROM promoted;

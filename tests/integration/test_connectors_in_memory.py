@@ -159,7 +159,11 @@ def test_scheduled_jobs_follow_the_injected_clock():
     app.configure_task("t", schedule_at=now + datetime.timedelta(minutes=5)).defer()
     worker = app.job_manager.register_worker()
     assert app.job_manager.fetch_jobs(worker, None, 1) == []
+    assert app.job_manager.promote_due_jobs() == 0  # not due yet on the injected clock
     clock[0] = now + datetime.timedelta(minutes=5)
+    # claims read ready jobs only: the stager (a worker service) promotes due ones
+    assert app.job_manager.fetch_jobs(worker, None, 1) == []
+    assert app.job_manager.promote_due_jobs() == 1
     assert [job.task_name for job in app.job_manager.fetch_jobs(worker, None, 1)] == ["t"]
 
 
