@@ -84,10 +84,10 @@ class InMemoryTables:
         job["waiting_for"] = self._wait_reason(job)
         self.jobs[job["id"]] = job
         self._event(job, "deferred" if job["scheduled_at"] is None else "scheduled")
-        if job["status"] == "todo" and job["waiting_for"] == "lock":
-            self._settle(job["lock"])
         if _is_ready(job):
             self._wake(job["queue_name"])
+        if job["status"] == "todo" and job["waiting_for"] == "lock":
+            self._settle(job["lock"])  # a head it makes ready wakes workers itself
 
     def _update(self, job: dict[str, Any], **changes: Any) -> None:
         old = dict(job)
