@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -19,16 +20,29 @@ import procrastinate_core as pc
 from procrastinate_core import sql
 from procrastinate_core.manager import JobManager, JobOutcome
 from procrastinate_core.testing import InMemoryConnector
-
-# The contract suite's fixtures (one connector per case, a view of the database).
-from tests.integration.test_connector_contract import (  # noqa: F401 - fixtures
-    _forget_django_aliases,
-    async_harness,
-    harness,
-)
+from tests.django import contract as django_contract
+from tests.integration import test_connector_contract as contract
 from tests.support.waiting import wait_until, wait_until_async
 
 UTC = datetime.timezone.utc
+
+
+# The contract suite's cases: one connector per case, with a view of its database.
+@pytest.fixture(params=contract.CASES, ids=[case.name for case in contract.CASES])
+def every_connector(request: pytest.FixtureRequest) -> contract.Harness:
+    return contract._make_harness(request)
+
+
+@pytest.fixture(params=contract.ASYNC, ids=[case.name for case in contract.ASYNC])
+def async_connector(request: pytest.FixtureRequest) -> contract.Harness:
+    return contract._make_harness(request)
+
+
+@pytest.fixture(autouse=True)
+def _forget_django_aliases() -> Iterator[None]:
+    """Django aliases point at this test's database, which is dropped after it."""
+    yield
+    django_contract.forget_all()
 
 
 async def claim(m: JobManager, worker: int, limit: int = 10, queues: list[str] | None = None) -> list[int]:
@@ -40,8 +54,8 @@ async def finish(m: JobManager, worker: int, job_id: int, status: str, **fields:
     assert await m.finish_jobs_async([JobOutcome(job_id, worker, job.attempts, status, **fields)]) == {job_id}
 
 
-async def test_every_path_that_frees_a_lock_promotes_the_next_job(harness):
-    app = harness.app()
+async def test_every_path_that_frees_a_lock_promotes_the_next_job(every_connector):
+    app = every_connector.app()
     async with app.open_async():
         m = app.job_manager
         w = await m.register_worker_async("w")
@@ -89,8 +103,8 @@ async def test_every_path_that_frees_a_lock_promotes_the_next_job(harness):
         assert types == ["deferred", "started", "failed"]
 
 
-async def test_lock_order_priority_then_defer_order_and_overtaking(async_harness):
-    app = async_harness.app()
+async def test_lock_order_priority_then_defer_order_and_overtaking(async_connector):
+    app = async_connector.app()
     async with app.open_async():
         m = app.job_manager
         w = await m.register_worker_async()
@@ -107,8 +121,8 @@ async def test_lock_order_priority_then_defer_order_and_overtaking(async_harness
         assert order == [high, mid, low, low2]
 
 
-async def test_schedule_reaching_its_time_is_promoted_by_the_stager(async_harness):
-    app = async_harness.app()
+async def test_schedule_reaching_its_time_is_promoted_by_the_stager(async_connector):
+    app = async_connector.app()
     async with app.open_async():
         m = app.job_manager
         w = await m.register_worker_async()
@@ -138,8 +152,8 @@ async def test_schedule_reaching_its_time_is_promoted_by_the_stager(async_harnes
         assert await m.get_job_status_async(far) == pc.Status.TODO
 
 
-async def test_queueing_lock_and_periodic_defers_with_a_lock(async_harness):
-    app = async_harness.app()
+async def test_queueing_lock_and_periodic_defers_with_a_lock(async_connector):
+    app = async_connector.app()
     async with app.open_async():
         m = app.job_manager
         w = await m.register_worker_async()

@@ -100,17 +100,19 @@ CREATE TRIGGER pcq_jobs_wait_reason_updated BEFORE UPDATE OF status, lock, sched
 -- then defer order); a better waiting job takes the head's place.
 --
 -- Serialized per lock by pg_advisory_xact_lock(5276, hashtext(lock)), taken in
--- key order. Deadlock-free because, holding it, this function never waits on
--- a row: rows are taken with SKIP LOCKED, and a ready head locked by someone
+-- key order: while it is held, only this function makes a job of that lock
+-- ready. Deadlock-free because, holding it, the function never waits on a
+-- row: rows are taken with SKIP LOCKED, and a ready head locked by someone
 -- else (a claim making it run, a cancel or delete) means that someone decides
 -- the lock: a claim holds it, and a cancel settles it after this transaction.
--- Its statements run in read committed with fresh snapshots, so after waiting
--- for the advisory lock they see what the previous holder committed.
+-- Each statement runs with a fresh snapshot (read committed), in this order:
+-- lock our ready head first, then count ready rows (one we could not lock is
+-- someone else's), then look for a running job. A claim that commits between
+-- two steps is seen by the later one.
 CREATE FUNCTION pcq_settle_locks(locks text[]) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     one_lock text;
-    ready_count integer;
     head record;
     best record;
 BEGIN
@@ -119,17 +121,19 @@ BEGIN
         ORDER BY hashtext(l), l
     LOOP
         PERFORM pg_advisory_xact_lock(5276, hashtext(one_lock));
-        CONTINUE WHEN EXISTS (
-            SELECT 1 FROM pcq_jobs WHERE lock = one_lock AND status = 'doing'
-        );
-        SELECT count(*) INTO ready_count
-        FROM pcq_jobs WHERE lock = one_lock AND status = 'todo' AND waiting_for IS NULL;
         head := NULL;
         SELECT id, priority INTO head
         FROM pcq_jobs WHERE lock = one_lock AND status = 'todo' AND waiting_for IS NULL
         FOR UPDATE SKIP LOCKED;
-        -- being claimed (or cancelled) right now: its owner decides
-        CONTINUE WHEN ready_count > 0 AND head.id IS NULL;
+        -- a ready head we could not lock: being claimed (or cancelled) right now
+        CONTINUE WHEN EXISTS (
+            SELECT 1 FROM pcq_jobs
+            WHERE lock = one_lock AND status = 'todo' AND waiting_for IS NULL
+              AND id IS DISTINCT FROM head.id
+        );
+        CONTINUE WHEN EXISTS (
+            SELECT 1 FROM pcq_jobs WHERE lock = one_lock AND status = 'doing'
+        );
         best := NULL;
         SELECT id, priority INTO best
         FROM pcq_jobs WHERE lock = one_lock AND status = 'todo' AND waiting_for = 'lock'
