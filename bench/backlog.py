@@ -4,7 +4,7 @@ to a clean table in the same run.
 Shapes, each in a fresh database, each next to the same number of ready no-op jobs
 drained by one worker process at concurrency 10:
 
-- clean: nothing else (measured first and last; the ratios use the mean of both);
+- clean: nothing else (one database, drained between the rounds of every shape);
 - future: jobs scheduled for tomorrow, at a higher priority than the ready ones;
 - locked: jobs waiting in 10 lock chains whose heads run (a live worker row that
   never goes stale holds them), also at a higher priority;
@@ -13,7 +13,8 @@ drained by one worker process at concurrency 10:
 
 The backlog is written with plain SQL and triggers off (no events, readiness
 columns set as migration 0006 would), so 10,000,000 rows load in minutes; the
-ready jobs too, so every shape starts from the same kind of rows. Sizes follow
+ready jobs of each round too (the previous round's are deleted first), so
+every round starts from the same kind of rows. Sizes follow
 `--scale`; at full size the finished shape needs about 3 GB of disk and
 several minutes to load and vacuum.
 """
@@ -21,6 +22,7 @@ several minutes to load and vacuum.
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
 from typing import Any
 
@@ -40,6 +42,8 @@ MINIMUM = {"ready": 50, "future": 100, "locked": 20, "finished": 100, "queues": 
 SHAPES = ("future", "locked", "finished", "queues")
 LOCK_HEADS = 10
 CONCURRENCY = 10
+#: drains per shape, alternating with as many on the clean database
+ROUNDS = 3
 
 _SETUP = {
     "future": [
@@ -85,58 +89,83 @@ def sizes(scale: float) -> dict[str, int]:
 
 
 def load(dsn: str, shape: str, size: dict[str, int]) -> None:
-    """The backlog of one shape (nothing for clean) and the ready jobs, then VACUUM ANALYZE."""
+    """The backlog of one shape (nothing for clean), then VACUUM ANALYZE."""
     params: dict[str, Any] = {"n": size.get(shape, 0), "heads": LOCK_HEADS, "task": TASK_NAME}
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("SET session_replication_role = replica")  # bulk load: no triggers
         for statement in _SETUP.get(shape, []):
             conn.execute(statement, params)
-        queues = size["queues"] if shape == "queues" else 1
+        conn.execute("SET session_replication_role = DEFAULT")
+        conn.execute("VACUUM ANALYZE pcq_jobs")
+
+
+def add_ready(dsn: str, shape: str, size: dict[str, int]) -> None:
+    """The ready jobs of one round (spread over many queues for that shape)."""
+    queues = size["queues"] if shape == "queues" else 1
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SET session_replication_role = replica")
+        conn.execute("DELETE FROM pcq_jobs WHERE task_name = %s", (TASK_NAME,))  # the last round's
         conn.execute(_READY, {"queues": queues, "task": TASK_NAME, "n": size["ready"]})
         conn.execute("SET session_replication_role = DEFAULT")
         conn.execute("VACUUM ANALYZE pcq_jobs")
 
 
-async def drain(server: Server, system: System, shape: str, size: dict[str, int]) -> float:
-    """Jobs/s of one worker draining the ready jobs next to one shape's backlog."""
+async def drain(system: System, dsn: str, shape: str, size: dict[str, int]) -> float:
+    """Jobs/s of one worker (concurrency 10) draining one round of ready jobs."""
     from bench.scenarios import Workers  # the scenarios module imports this one
 
-    dbname = await asyncio.to_thread(server.scratch, system)
-    dsn = server.dsn(dbname)
+    await asyncio.to_thread(add_ready, dsn, shape, size)
+    workers = Workers(system, dsn, 1, CONCURRENCY)
     try:
-        await asyncio.to_thread(load, dsn, shape, size)
-        workers = Workers(system, dsn, 1, CONCURRENCY)
-        try:
-            await workers.ready()
-            with psycopg.connect(dsn, autocommit=True) as poll:
-                start = time.perf_counter()
-                workers.go()
-                deadline = start + 60 + size["ready"] / 20
-                while scalar(poll, _PENDING, {"task": TASK_NAME}):
-                    workers.check_alive()
-                    if time.perf_counter() > deadline:
-                        raise RuntimeError(f"backlog/{shape}: ready jobs not drained in time")
-                    await asyncio.sleep(0.02)
-                seconds = time.perf_counter() - start
-                done = scalar(poll, _DONE, (TASK_NAME,))
-            if done != size["ready"]:
-                raise RuntimeError(f"backlog/{shape}: {done} of {size['ready']} ready jobs succeeded")
-        finally:
-            workers.kill()
+        await workers.ready()
+        with psycopg.connect(dsn, autocommit=True) as poll:
+            start = time.perf_counter()
+            workers.go()
+            deadline = start + 60 + size["ready"] / 20
+            while scalar(poll, _PENDING, {"task": TASK_NAME}):
+                workers.check_alive()
+                if time.perf_counter() > deadline:
+                    raise RuntimeError(f"backlog/{shape}: ready jobs not drained in time")
+                await asyncio.sleep(0.02)
+            seconds = time.perf_counter() - start
+            done = scalar(poll, _DONE, (TASK_NAME,))
+        if done != size["ready"]:
+            raise RuntimeError(f"backlog/{shape}: {done} of {size['ready']} ready jobs succeeded")
     finally:
-        server.drop(dbname)
+        workers.kill()
     return size["ready"] / seconds
 
 
+async def _database(server: Server, system: System, shape: str, size: dict[str, int]) -> str:
+    dbname = await asyncio.to_thread(server.scratch, system)
+    await asyncio.to_thread(load, server.dsn(dbname), shape, size)
+    return dbname
+
+
 async def run(server: Server, system: System, scale: float) -> tuple[float, int, dict[str, float]]:
-    """(worst ratio, ready jobs per shape, per-shape jobs/s and ratios)."""
+    """(worst ratio, ready jobs per round, per-shape medians and ratios).
+
+    Each shape's rounds alternate with rounds on a clean database that lives for
+    the whole scenario, so a noisy minute on the machine hits both sides alike;
+    a ratio is the shape's median rate over the clean median of the same rounds.
+    """
     size = sizes(scale)
-    rates = {"clean_first": await drain(server, system, "clean", size)}
-    for shape in SHAPES:
-        rates[shape] = await drain(server, system, shape, size)
-    rates["clean_last"] = await drain(server, system, "clean", size)
-    clean = (rates["clean_first"] + rates["clean_last"]) / 2
-    extra = {f"{name}_jobs_per_s": rate for name, rate in rates.items()}
-    extra.update({f"{shape}_ratio": rates[shape] / clean for shape in SHAPES})
-    extra.update({f"{shape}_size": float(size[shape]) for shape in SHAPES})
+    extra: dict[str, float] = {}
+    clean = await _database(server, system, "clean", size)
+    try:
+        for shape in SHAPES:
+            dbname = await _database(server, system, shape, size)
+            try:
+                clean_rates, shape_rates = [], []
+                for _ in range(ROUNDS):
+                    clean_rates.append(await drain(system, server.dsn(clean), "clean", size))
+                    shape_rates.append(await drain(system, server.dsn(dbname), shape, size))
+            finally:
+                server.drop(dbname)
+            extra[f"{shape}_clean_jobs_per_s"] = statistics.median(clean_rates)
+            extra[f"{shape}_jobs_per_s"] = statistics.median(shape_rates)
+            extra[f"{shape}_ratio"] = extra[f"{shape}_jobs_per_s"] / extra[f"{shape}_clean_jobs_per_s"]
+            extra[f"{shape}_size"] = float(size[shape])
+    finally:
+        server.drop(clean)
     return min(extra[f"{shape}_ratio"] for shape in SHAPES), size["ready"], extra

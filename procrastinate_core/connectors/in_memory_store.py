@@ -240,11 +240,11 @@ class InMemoryStore(InMemoryTables):
     def job_delete_old(self, p: dict[str, Any]) -> list[dict[str, Any]]:
         limit = self.clock() - datetime.timedelta(hours=float(p["nb_hours"]))
         doomed = [
-            job["id"] for job in self.jobs.values()
+            job["id"] for job in sorted(self.jobs.values(), key=lambda j: j["finished_at"] or limit)
             if job["status"] in p["statuses"]
             and job["finished_at"] is not None and job["finished_at"] < limit
             and (p.get("queue") is None or job["queue_name"] == p["queue"])
-        ]
+        ][: p["batch_size"]]
         for job_id in doomed:
             self._delete(job_id)
         return [{"deleted": len(doomed)}]

@@ -250,13 +250,25 @@ ORDER BY 1, 2;
 SELECT job_id, type, attempt, at, worker_id FROM pcq_events WHERE job_id = %(job_id)s ORDER BY id;
 
 -- name: job_delete_old
--- Deletes jobs finished more than %(nb_hours)s hours ago with one of
--- %(statuses)s; returns how many were deleted.
-WITH deleted AS (
-    DELETE FROM pcq_jobs
-    WHERE status = ANY (%(statuses)s::text[])
+-- Deletes up to %(batch_size)s jobs finished more than %(nb_hours)s hours ago
+-- with one of %(statuses)s (oldest first); returns how many were deleted. The
+-- caller repeats it until fewer than %(batch_size)s go, so each transaction
+-- stays short. Plan: an Index Scan on pcq_jobs_finished_idx (finished_at < ...).
+WITH doomed AS (
+    SELECT id
+    FROM pcq_jobs
+    WHERE status IN ('succeeded', 'failed', 'cancelled', 'aborted')
+      AND status = ANY (%(statuses)s::text[])
       AND finished_at < now() - %(nb_hours)s::float8 * interval '1 hour'
       AND (%(queue)s::text IS NULL OR queue_name = %(queue)s::text)
+    ORDER BY finished_at
+    LIMIT %(batch_size)s
+    FOR UPDATE SKIP LOCKED
+),
+deleted AS (
+    DELETE FROM pcq_jobs AS j
+    USING doomed
+    WHERE j.id = doomed.id
     RETURNING 1
 )
 SELECT count(*) AS deleted FROM deleted;
