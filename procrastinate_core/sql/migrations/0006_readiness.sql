@@ -82,8 +82,12 @@ BEGIN
 END;
 $$;
 
+-- A plain job (no lock, no schedule) is ready as inserted: no function call.
 CREATE TRIGGER pcq_jobs_wait_reason_inserted BEFORE INSERT ON pcq_jobs
-    FOR EACH ROW EXECUTE FUNCTION pcq_job_wait_reason();
+    FOR EACH ROW
+    WHEN (NEW.lock IS NOT NULL OR NEW.scheduled_at IS NOT NULL
+          OR NEW.waiting_for IS NOT NULL OR NEW.status <> 'todo')
+    EXECUTE FUNCTION pcq_job_wait_reason();
 
 -- Claims (todo -> doing of a ready row) do not call the function.
 CREATE TRIGGER pcq_jobs_wait_reason_updated BEFORE UPDATE OF status, lock, scheduled_at ON pcq_jobs
