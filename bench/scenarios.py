@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 
+from bench import backlog
 from bench.floor import Floor
 from bench.server import Server, Snapshot, proc_cpu_seconds, proc_rss_mib, scalar
 from bench.systems import System
@@ -43,9 +44,11 @@ SCENARIOS = [
     "drain_batched",
     "latency",
 ]
-EXTRA_SCENARIOS = ["memory"]
+EXTRA_SCENARIOS = ["memory", "backlog"]
 FLOOR_ONLY = {"drain_batched"}
 NOT_FOR_FLOOR = {"memory"}
+#: scenarios of one system only (they read its tables)
+ONLY_FOR = {"backlog": "ours"}
 
 
 @dataclass
@@ -67,6 +70,8 @@ class Outcome:
 
 
 def applies(system: System, scenario: str) -> bool:
+    if scenario in ONLY_FOR:
+        return system.name == ONLY_FOR[scenario]
     if isinstance(system, Floor):
         return scenario not in NOT_FOR_FLOOR
     return scenario not in FLOOR_ONLY
@@ -87,6 +92,9 @@ async def _settled(server: Server, dbname: str) -> Snapshot:
 
 
 async def run(server: Server, system: System, scenario: str, sizes: Sizes) -> Outcome:
+    if scenario == "backlog":  # one fresh database per shape
+        worst, jobs, extra = await backlog.run(server, system, sizes.scale)
+        return Outcome(worst, jobs, extra)
     dbname = await asyncio.to_thread(server.scratch, system)
     dsn = server.dsn(dbname)
     try:

@@ -16,9 +16,11 @@ from typing import Any, Literal
 from procrastinate_core import exceptions, serialization
 from procrastinate_core.connectors.base import BaseConnector
 from procrastinate_core.jobs import Job, Status
-from procrastinate_core.plans import HasConnector, Op, either_colour, paired
+from procrastinate_core.plans import HasConnector, Op, Plan, either_colour, paired
 
 QUEUEING_LOCK_CONSTRAINT = "pcq_jobs_queueing_lock_uniq"
+#: Finished jobs deleted per transaction by delete_old_jobs (and remove_old_jobs).
+DELETE_OLD_JOBS_BATCH_SIZE = 10_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -371,14 +373,34 @@ class JobManager(HasConnector):
         include_failed: bool = False,
         include_cancelled: bool = False,
         include_aborted: bool = False,
-    ) -> Op[int]:
-        """Delete succeeded (and optionally failed/cancelled/aborted) jobs older than nb_hours."""
+        batch_size: int = DELETE_OLD_JOBS_BATCH_SIZE,
+    ) -> Plan[int]:
+        """Delete succeeded (and optionally failed/cancelled/aborted) jobs older than nb_hours.
+
+        In batches of `batch_size` jobs, one short transaction each, until none
+        is left: a table of millions of finished jobs is never locked or
+        rewritten in one go. Returns how many were deleted in total.
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(
+                f"batch_size must be a positive integer (jobs deleted per transaction), "
+                f"got {batch_size!r}; the default is {DELETE_OLD_JOBS_BATCH_SIZE}"
+            )
         statuses = ["succeeded"]
         statuses += ["failed"] if include_failed else []
         statuses += ["cancelled"] if include_cancelled else []
         statuses += ["aborted"] if include_aborted else []
-        params = {"nb_hours": float(nb_hours), "queue": queue, "statuses": statuses}
-        return Op("job_delete_old", params, "one", _first("deleted"))
+        params = {"nb_hours": float(nb_hours), "queue": queue, "statuses": statuses, "batch_size": batch_size}
+        return self._delete_old_batches(params)
+
+    @staticmethod
+    def _delete_old_batches(params: dict[str, Any]) -> Plan[int]:
+        total = 0
+        while True:
+            deleted: int = yield Op("job_delete_old", params, "one", _first("deleted"))
+            total += deleted
+            if deleted < params["batch_size"]:
+                return total
 
     delete_old_jobs, delete_old_jobs_async = paired(_delete_old_jobs)
 
@@ -502,3 +524,14 @@ class JobManager(HasConnector):
 
     _retry_job_sync, retry_job_async = paired(_retry_job)
     retry_job = either_colour(_retry_job_sync, retry_job_async)
+
+    # -- readiness (migration 0006) ------------------------------------------------
+    def _promote_due_jobs(self, limit: int = 1000) -> Op[int]:
+        """Make up to `limit` scheduled jobs whose time has come (database clock) claimable.
+
+        The stager (stager.py) calls this in every worker; claims never look at
+        scheduled jobs themselves. Returns how many were promoted.
+        """
+        return Op("job_promote_due", {"limit": int(limit)}, "one", _first("promoted"))
+
+    promote_due_jobs, promote_due_jobs_async = paired(_promote_due_jobs)

@@ -34,6 +34,7 @@ from procrastinate_core.manager import JobOutcome
 from procrastinate_core.options import WorkerOptions
 from procrastinate_core.outcome_recorder import OutcomeRecorder
 from procrastinate_core.periodic_deferrer import PeriodicDeferrer
+from procrastinate_core.stager import Stager  # w12 (#12 readiness)
 from procrastinate_core.worker_stop import (  # noqa: F401 - re-exported
     FORCED_EXIT_CODE_BASE,
     FORCED_STOP_TIMEOUT,
@@ -160,6 +161,8 @@ class Worker(WorkerStopMixin):
             ("heartbeat", HeartbeatService(self).run),
             ("stalled-job sweeper", StalledJobSweeper(self).run),
             ("abort watcher", self.abort_watcher.run),
+            # w12 (#12 readiness): due scheduled jobs become claimable through the stager
+            ("stager", Stager(self.app.job_manager, on_promoted=lambda _: self.wake()).run),
         ]
         if self.options.listen_notify:
             services.append(("listener", self._listen))
@@ -294,6 +297,7 @@ class Worker(WorkerStopMixin):
         """wait=False: once outcomes are written (retries may requeue), is the queue empty?"""
         assert self.recorder is not None
         await self.recorder.wait_idle()
+        await Stager(self.app.job_manager).stage()  # w12 (#12 readiness): due jobs count too
         return not await self._fetch(self.options.concurrency)
 
     async def _sleep(self, timeout: float) -> None:

@@ -64,29 +64,34 @@ class InMemoryStore(InMemoryTables):
     def job_fetch_many(self, p: dict[str, Any]) -> list[dict[str, Any]]:
         now = self.clock()
         queues = p.get("queues")
-        todo = sorted(
-            (j for j in self.jobs.values() if self._ready(j, now)),
+        chosen = sorted(
+            (
+                j for j in self.jobs.values()
+                if j["status"] == "todo" and j["waiting_for"] is None
+                and (queues is None or j["queue_name"] in queues)
+            ),
             key=lambda j: (-j["priority"], j["id"]),
-        )
-
-        def blocked(job: Mapping[str, Any]) -> bool:
-            return job["lock"] is not None and any(
-                o["lock"] == job["lock"] and o["id"] != job["id"] and (
-                    o["status"] == "doing"
-                    or (self._ready(o, now) and (o["priority"], -o["id"]) > (job["priority"], -job["id"]))
-                )
-                for o in self.jobs.values()
-            )
-
-        chosen = [
-            j for j in todo if (queues is None or j["queue_name"] in queues) and not blocked(j)
-        ][: p["limit"]]
+        )[: p["limit"]]
         for job in chosen:
             self._update(
                 job, status="doing", worker_id=p["worker_id"], attempts=job["attempts"] + 1,
                 started_at=now,
             )
         return [self.job_row(job) for job in chosen]
+
+    def job_promote_due(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        now = self.clock()
+        due = sorted(
+            (
+                j for j in self.jobs.values()
+                if j["status"] == "todo" and j["waiting_for"] == "schedule"
+                and j["scheduled_at"] is not None and j["scheduled_at"] <= now
+            ),
+            key=lambda j: j["scheduled_at"],
+        )[: p["limit"]]
+        for job in due:
+            self._update(job, waiting_for=None if job["lock"] is None else "lock")
+        return [{"promoted": len(due)}]
 
     def job_finish_many(self, p: dict[str, Any]) -> list[dict[str, Any]]:
         now = self.clock()
@@ -235,11 +240,11 @@ class InMemoryStore(InMemoryTables):
     def job_delete_old(self, p: dict[str, Any]) -> list[dict[str, Any]]:
         limit = self.clock() - datetime.timedelta(hours=float(p["nb_hours"]))
         doomed = [
-            job["id"] for job in self.jobs.values()
+            job["id"] for job in sorted(self.jobs.values(), key=lambda j: j["finished_at"] or limit)
             if job["status"] in p["statuses"]
             and job["finished_at"] is not None and job["finished_at"] < limit
             and (p.get("queue") is None or job["queue_name"] == p["queue"])
-        ]
+        ][: p["batch_size"]]
         for job_id in doomed:
             self._delete(job_id)
         return [{"deleted": len(doomed)}]
@@ -292,9 +297,12 @@ class InMemoryStore(InMemoryTables):
             )
             row[job["status"]] += 1
             if job["status"] == "todo":
-                due = job["scheduled_at"] or job["created_at"]
-                if job["scheduled_at"] is None or job["scheduled_at"] <= now:
-                    age = (now - due).total_seconds()
+                due = job["waiting_for"] is None or (
+                    job["waiting_for"] == "schedule" and job["scheduled_at"] <= now
+                )
+                if due:
+                    due_at = job["scheduled_at"] or job["created_at"]
+                    age = (now - due_at).total_seconds()
                     row["oldest_ready_age"] = max(row["oldest_ready_age"] or age, age)
             elif job["started_at"] is not None:
                 age = (now - job["started_at"]).total_seconds()

@@ -81,16 +81,25 @@ class InMemoryTables:
 
     def _inserted(self, job: dict[str, Any]) -> None:
         self._check_queueing_lock(job)
+        job["waiting_for"] = self._wait_reason(job)
         self.jobs[job["id"]] = job
         self._event(job, "deferred" if job["scheduled_at"] is None else "scheduled")
-        if job["status"] == "todo":
+        if _is_ready(job):
             self._wake(job["queue_name"])
+        if job["status"] == "todo" and job["waiting_for"] == "lock":
+            self._settle(job["lock"])  # a head it makes ready wakes workers itself
 
     def _update(self, job: dict[str, Any], **changes: Any) -> None:
         old = dict(job)
         new = {**job, **changes}
         if new["status"] == "todo" and old["status"] != "todo":
             self._check_queueing_lock(new)
+        # the row trigger pcq_jobs_wait_reason_updated
+        if (new["status"] == "todo" and (
+                old["status"] != "todo" or new["lock"] != old["lock"]
+                or new["scheduled_at"] != old["scheduled_at"])) \
+                or (new["status"] != "todo" and old["waiting_for"] is not None):
+            new["waiting_for"] = changes["waiting_for"] = self._wait_reason(new)
         job.update(changes)
         if new["status"] != old["status"]:
             if new["status"] == "doing":
@@ -106,12 +115,60 @@ class InMemoryTables:
             self._event(job, "abort_requested", new["worker_id"])
             if new["status"] == "doing":
                 self.notify("pcq_abort", str(job["id"]))
-        if new["status"] == "todo" and old["status"] != "todo":
+        for lock in self._locks_to_settle(old, new):
+            self._settle(lock)
+        if _is_ready(new) and not _is_ready(old):
             self._wake(new["queue_name"])
 
     def _delete(self, job_id: int) -> None:
-        del self.jobs[job_id]
+        old = self.jobs.pop(job_id)
         self.events = [e for e in self.events if e["job_id"] != job_id]
+        if old["lock"] is not None and _holds_or_heads(old):
+            self._settle(old["lock"])
+
+    # -- readiness (migration 0006) ------------------------------------------
+    def _wait_reason(self, job: Mapping[str, Any]) -> str | None:
+        """pcq_job_wait_reason: what a job entering `todo` waits for."""
+        if job["status"] != "todo":
+            return None
+        if job["scheduled_at"] is not None and job["scheduled_at"] > self.clock():
+            return "schedule"
+        return "lock" if job["lock"] is not None else None
+
+    @staticmethod
+    def _locks_to_settle(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+        """The locks pcq_record_updated_jobs settles for one changed row."""
+        locks = []
+        if old["lock"] is not None and _holds_or_heads(old) and (
+            new["status"] not in ("todo", "doing")
+            or (old["status"] == "doing" and new["status"] == "todo")
+            or new["lock"] != old["lock"]
+            or new["waiting_for"] == "schedule"
+        ):
+            locks.append(old["lock"])
+        if new["lock"] is not None and new["status"] == "todo" and new["waiting_for"] != "schedule" and (
+            old["status"] != "todo" or old["waiting_for"] == "schedule"
+            or old["lock"] != new["lock"] or old["priority"] != new["priority"]
+        ):
+            locks.append(new["lock"])
+        return sorted(set(locks))
+
+    def _settle(self, lock: str) -> None:
+        """pcq_settle_locks for one lock: give it to its best job if nobody holds it."""
+        jobs = [j for j in self.jobs.values() if j["lock"] == lock]
+        if any(j["status"] == "doing" for j in jobs):
+            return
+        heads = [j for j in jobs if _is_ready(j)]
+        waiting = [j for j in jobs if j["status"] == "todo" and j["waiting_for"] == "lock"]
+        if not waiting:
+            return
+        best = min(waiting, key=lambda j: (-j["priority"], j["id"]))
+        if heads:
+            head = heads[0]
+            if (-head["priority"], head["id"]) < (-best["priority"], best["id"]):
+                return
+            self._update(head, waiting_for="lock")
+        self._update(best, waiting_for=None)
 
     def _queueing_lock_taken(self, queueing_lock: str | None, but: int | None = None) -> bool:
         return queueing_lock is not None and any(
@@ -150,7 +207,7 @@ class InMemoryTables:
             "status": "todo", "scheduled_at": timestamp(record.get("scheduled_at")),
             "attempts": 0, "worker_id": None, "abort_requested": False,
             "created_at": self.clock(), "started_at": None, "finished_at": None,
-            "result": None, "error": None,
+            "result": None, "error": None, "waiting_for": None,
         }
 
     @staticmethod
@@ -162,5 +219,13 @@ class InMemoryTables:
         row["error"] = _as_text(job["error"])
         return row
 
-    def _ready(self, job: Mapping[str, Any], now: datetime.datetime) -> bool:
-        return job["status"] == "todo" and (job["scheduled_at"] is None or job["scheduled_at"] <= now)
+
+
+def _is_ready(job: Mapping[str, Any]) -> bool:
+    """A claim candidate: `todo` and waiting for nothing."""
+    return job["status"] == "todo" and job.get("waiting_for") is None
+
+
+def _holds_or_heads(job: Mapping[str, Any]) -> bool:
+    """Runs a job of its lock, or is the lock's ready head."""
+    return job["status"] == "doing" or _is_ready(job)

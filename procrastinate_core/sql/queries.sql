@@ -19,24 +19,18 @@ RETURNING id;
 
 -- name: job_fetch_many
 -- Claims up to %(limit)s ready jobs for worker %(worker_id)s; returns the claimed jobs.
--- A job with a lock is ready only if no job with that lock is running and no
--- ready job with that lock comes before it (priority desc, then defer order).
+-- Ready (waiting_for IS NULL, migration 0006) already means due and, for a
+-- job with a lock, being that lock's head; nothing else is looked at.
+-- Plan (1,000,000 future-scheduled, 100,000 behind 10 running lock heads,
+-- 3,000,000 finished rows): Limit -> LockRows -> Index Scan on
+-- pcq_jobs_ready_idx (pcq_jobs_ready_queue_idx with queues), reading only
+-- the rows it claims (plus rows other claimers hold, skipped).
 WITH candidate AS (
     SELECT j.id
     FROM pcq_jobs AS j
     WHERE j.status = 'todo'
+      AND j.waiting_for IS NULL
       AND (%(queues)s::text[] IS NULL OR j.queue_name = ANY (%(queues)s::text[]))
-      AND (j.scheduled_at IS NULL OR j.scheduled_at <= now())
-      AND (j.lock IS NULL OR NOT EXISTS (
-          SELECT 1
-          FROM pcq_jobs AS o
-          WHERE o.lock = j.lock
-            AND o.id <> j.id
-            AND (o.status = 'doing'
-                 OR (o.status = 'todo'
-                     AND (o.scheduled_at IS NULL OR o.scheduled_at <= now())
-                     AND (o.priority > j.priority OR (o.priority = j.priority AND o.id < j.id))))
-      ))
     ORDER BY j.priority DESC, j.id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -256,13 +250,25 @@ ORDER BY 1, 2;
 SELECT job_id, type, attempt, at, worker_id FROM pcq_events WHERE job_id = %(job_id)s ORDER BY id;
 
 -- name: job_delete_old
--- Deletes jobs finished more than %(nb_hours)s hours ago with one of
--- %(statuses)s; returns how many were deleted.
-WITH deleted AS (
-    DELETE FROM pcq_jobs
-    WHERE status = ANY (%(statuses)s::text[])
+-- Deletes up to %(batch_size)s jobs finished more than %(nb_hours)s hours ago
+-- with one of %(statuses)s (oldest first); returns how many were deleted. The
+-- caller repeats it until fewer than %(batch_size)s go, so each transaction
+-- stays short. Plan: an Index Scan on pcq_jobs_finished_idx (finished_at < ...).
+WITH doomed AS (
+    SELECT id
+    FROM pcq_jobs
+    WHERE status IN ('succeeded', 'failed', 'cancelled', 'aborted')
+      AND status = ANY (%(statuses)s::text[])
       AND finished_at < now() - %(nb_hours)s::float8 * interval '1 hour'
       AND (%(queue)s::text IS NULL OR queue_name = %(queue)s::text)
+    ORDER BY finished_at
+    LIMIT %(batch_size)s
+    FOR UPDATE SKIP LOCKED
+),
+deleted AS (
+    DELETE FROM pcq_jobs AS j
+    USING doomed
+    WHERE j.id = doomed.id
     RETURNING 1
 )
 SELECT count(*) AS deleted FROM deleted;
@@ -329,15 +335,18 @@ SELECT version FROM pcq_migrations ORDER BY version;
 
 -- name: queue_stats
 -- Returns one row per queue that has waiting or running jobs: how many wait
--- (todo) and run (doing), the age in seconds of the oldest job that could run
--- now (queue latency) and of the longest-running one. Reads the todo and doing
+-- (todo: ready, scheduled or behind a lock) and run (doing), the age in seconds
+-- of the oldest job that could run now (queue latency) and of the longest-running one. Reads the todo and doing
 -- rows only (their partial indexes), never the finished ones, so its cost does
 -- not grow with history.
 WITH waiting AS (
     SELECT queue_name,
            count(*) AS todo,
+           -- ready, or due and not yet promoted by the stager; not behind a lock
            extract(epoch FROM now() - min(coalesce(scheduled_at, created_at))
-               FILTER (WHERE scheduled_at IS NULL OR scheduled_at <= now()))::float8 AS oldest_ready_age
+               FILTER (WHERE waiting_for IS NULL
+                          OR (waiting_for = 'schedule' AND scheduled_at <= now())))::float8
+               AS oldest_ready_age
     FROM pcq_jobs
     WHERE status = 'todo'
     GROUP BY queue_name
@@ -378,3 +387,29 @@ WHERE j.status = 'doing'
         AND w.last_heartbeat >= now() - make_interval(secs => %(stalled_seconds)s)
   )
 ORDER BY j.id;
+
+-- name: job_promote_due
+-- The stager: moves up to %(limit)s scheduled jobs whose time has come (on the
+-- database clock) out of waiting; returns how many. A job without a lock
+-- becomes ready at once (its workers are notified); a job with one waits for
+-- its lock, which the trigger then settles. Safe to run from several workers.
+-- Plan: an Index Scan on pcq_jobs_schedule_idx (scheduled_at <= now()): it
+-- reads the due jobs only, never the future ones.
+WITH due AS (
+    SELECT j.id
+    FROM pcq_jobs AS j
+    WHERE j.status = 'todo'
+      AND j.waiting_for = 'schedule'
+      AND j.scheduled_at <= now()
+    ORDER BY j.scheduled_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+),
+promoted AS (
+    UPDATE pcq_jobs AS j
+    SET waiting_for = CASE WHEN j.lock IS NULL THEN NULL ELSE 'lock' END
+    FROM due
+    WHERE j.id = due.id
+    RETURNING j.id
+)
+SELECT count(*) AS promoted FROM promoted;

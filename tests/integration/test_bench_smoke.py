@@ -60,6 +60,8 @@ def check_rows(rows: list[dict[str, Any]], systems: list[str]) -> None:
                 assert extra["worker_cpu_ms_per_job"] >= 0, row
             if scenario == "latency":
                 assert 0 < extra["p50"] <= extra["p95"] <= extra["p99"], row
+            if scenario == "backlog":  # every shape drained, with its clean rounds
+                assert all(extra[f"{shape}_ratio"] > 0 for shape in scenarios.backlog.SHAPES), row
             if scenario == "memory":
                 assert extra["rss_first_mib"] > 0 and extra["rss_last_mib"] > 0, row
 

@@ -35,6 +35,8 @@ async def _scenario(app: pc.App, seed: int) -> list[Any]:
                 "priority": rng.choice([0, 1, 2]),
                 "lock": rng.choice([None, None, "L1", "L2"]),
                 "queueing_lock": rng.choice([None, None, None, "Q1"]),
+                # readiness (#12): a job scheduled for later waits, even in a lock's line
+                "schedule_in": rng.choice([None, None, None, {"hours": 1}]),
             }
             deferrer = app.configure_task(rng.choice(["t1", "t2"]), **options)
             try:
@@ -55,7 +57,9 @@ async def _scenario(app: pc.App, seed: int) -> list[Any]:
             job_id = rng.choice(sorted(running))
             worker, attempt = running.pop(job_id)
             status = rng.choice(["succeeded", "failed", "todo", "aborted"])
-            outcome = JobOutcome(job_id, worker, attempt, status, delete_job=rng.random() < 0.1)
+            later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
+            retry_at = later if status == "todo" and rng.random() < 0.3 else None
+            outcome = JobOutcome(job_id, worker, attempt, status, delete_job=rng.random() < 0.1, retry_at=retry_at)
             answers.append(("finish", sorted(await m.finish_jobs_async([outcome]))))
         elif op == "cancel":
             job_id = rng.randint(1, 40)
@@ -66,6 +70,7 @@ async def _scenario(app: pc.App, seed: int) -> list[Any]:
                 answers.append(("retry", await m.retry_job_by_id_async(job_id, priority=rng.choice([None, 3]))))
             except exceptions.AlreadyEnqueued:
                 answers.append(("retry", "AlreadyEnqueued"))
+    answers.append(("promote", await m.promote_due_jobs_async()))  # nothing is due yet
     known = sorted(job_id for job_id, (worker, _) in running.items() if worker == workers[1])[:1]
     answers.append(("release", sorted(await m.release_unknown_jobs_async(workers[1], known))))
     await m.unregister_worker_async(workers[0])
@@ -83,7 +88,7 @@ async def _scenario(app: pc.App, seed: int) -> list[Any]:
     return answers
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
 async def test_same_answers_as_postgresql(seed, connector):
     real = pc.App(connector=connector)
     async with real.open_async():
@@ -159,7 +164,11 @@ def test_scheduled_jobs_follow_the_injected_clock():
     app.configure_task("t", schedule_at=now + datetime.timedelta(minutes=5)).defer()
     worker = app.job_manager.register_worker()
     assert app.job_manager.fetch_jobs(worker, None, 1) == []
+    assert app.job_manager.promote_due_jobs() == 0  # not due yet on the injected clock
     clock[0] = now + datetime.timedelta(minutes=5)
+    # claims read ready jobs only: the stager (a worker service) promotes due ones
+    assert app.job_manager.fetch_jobs(worker, None, 1) == []
+    assert app.job_manager.promote_due_jobs() == 1
     assert [job.task_name for job in app.job_manager.fetch_jobs(worker, None, 1)] == ["t"]
 
 
