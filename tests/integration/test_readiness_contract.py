@@ -51,7 +51,7 @@ async def claim(m: JobManager, worker: int, limit: int = 10, queues: list[str] |
 
 async def finish(m: JobManager, worker: int, job_id: int, status: str, **fields: Any) -> None:
     [job] = await m.list_jobs_async(id=job_id)
-    assert await m.finish_jobs_async([JobOutcome(job_id, worker, job.attempts, status, **fields)]) == {job_id}
+    assert await m.finish_jobs_async([JobOutcome(job_id, worker, job.claims, status, **fields)]) == {job_id}
 
 
 async def test_every_path_that_frees_a_lock_promotes_the_next_job(every_connector):
@@ -227,7 +227,7 @@ def test_concurrent_defers_claims_and_finishes_on_one_lock(app, db_dsn):
             w = m.register_worker()
             while not stop.is_set():
                 for job in m.fetch_jobs(w, None, 5):
-                    m.finish_jobs([JobOutcome(job.id, w, job.attempts, pc.Status.SUCCEEDED)])  # type: ignore[arg-type]
+                    m.finish_jobs([JobOutcome(job.id, w, job.claims, pc.Status.SUCCEEDED)])  # type: ignore[arg-type]
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
