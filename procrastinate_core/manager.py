@@ -13,12 +13,16 @@ import datetime
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
-from procrastinate_core import exceptions, serialization
+from procrastinate_core import exceptions, serialization, validation
 from procrastinate_core.connectors.base import BaseConnector
 from procrastinate_core.jobs import Job, Status
-from procrastinate_core.plans import HasConnector, Op, paired
+from procrastinate_core.plans import HasConnector, Op, Plan, paired
 
 QUEUEING_LOCK_CONSTRAINT = "pcq_jobs_queueing_lock_uniq"
+#: A batch whose arguments' JSON text is larger is sent in several statements, so that
+#: no jsonb array nears PostgreSQL's 255 MiB limit (each job alone may be up to
+#: max_payload_bytes). Small batches, the common case, stay one statement.
+DEFER_CHUNK_BYTES = 32 * 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,8 +83,12 @@ def _pivot_counts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 class JobManager(HasConnector):
     """Reads and changes jobs; the only code that knows which query does what."""
 
-    def __init__(self, connector: BaseConnector) -> None:
+    def __init__(
+        self, connector: BaseConnector, max_payload_bytes: int = validation.DEFAULT_MAX_PAYLOAD_BYTES
+    ) -> None:
         self.connector = connector
+        #: the largest JSON text of one job's arguments that defer sends (App(max_payload_bytes=))
+        self.max_payload_bytes = max_payload_bytes
 
     def wrap_error(self, exc: Exception) -> Exception:
         if (
@@ -123,14 +131,31 @@ class JobManager(HasConnector):
 
     def _defer_from_template(
         self, template: Job, args_json: Sequence[str], connection: Any = None
-    ) -> Op[list[int]]:
+    ) -> Op[list[int]] | Plan[list[int]]:
         """Insert one job per argument text, all from one template; their ids in order.
 
         What task.defer and batch_defer need: no Job object per row is built on the
         way in or out, which is most of a large batch's client CPU.
         """
-        payload = serialization.template_payload(template, args_json)
-        return Op("job_defer_many", {"jobs": payload}, "all", _sorted_ids, connection)
+        chunks = serialization.chunked(args_json, DEFER_CHUNK_BYTES)
+        if len(chunks) == 1:
+            payload = serialization.template_payload(template, args_json)
+            return Op("job_defer_many", {"jobs": payload}, "all", _sorted_ids, connection)
+        return self._defer_chunks(template, chunks, connection)
+
+    def _defer_chunks(
+        self, template: Job, chunks: list[Sequence[str]], connection: Any
+    ) -> Plan[list[int]]:
+        """A batch too large for one jsonb array: one statement per chunk.
+
+        All or nothing when the chunks run in one transaction: the caller's
+        (`connection=`, or Django's connection inside `atomic()`); see docs/tasks.md.
+        """
+        ids: list[int] = []
+        for chunk in chunks:
+            payload = serialization.template_payload(template, chunk)
+            ids += yield Op("job_defer_many", {"jobs": payload}, "all", _sorted_ids, connection)
+        return ids
 
     defer_from_template, defer_from_template_async = paired(_defer_from_template)
 
@@ -268,11 +293,11 @@ class JobManager(HasConnector):
         """Jobs matching every given filter, oldest first."""
         params = {
             "id": id,
-            "queue": queue,
-            "task": task,
+            "queue": validation.check_filter("queue", queue),
+            "task": validation.check_filter("task", task),
             "status": Status(status).value if status is not None else None,
-            "lock": lock,
-            "queueing_lock": queueing_lock,
+            "lock": validation.check_filter("lock", lock),
+            "queueing_lock": validation.check_filter("queueing_lock", queueing_lock),
             "worker_id": worker_id,
             "limit": limit,
         }
@@ -333,9 +358,9 @@ class JobManager(HasConnector):
         params = {
             "job_id": job_id,
             "retry_at": retry_at,
-            "priority": priority,
-            "queue_name": queue,
-            "lock": lock,
+            "priority": None if priority is None else validation.check_priority(priority),
+            "queue_name": None if queue is None else validation.check_name("queue", queue),
+            "lock": validation.check_optional_name("lock", lock),
         }
         return Op("job_retry", params, "one", lambda row: row is not None)
 
@@ -354,7 +379,7 @@ class JobManager(HasConnector):
         statuses += ["failed"] if include_failed else []
         statuses += ["cancelled"] if include_cancelled else []
         statuses += ["aborted"] if include_aborted else []
-        params = {"nb_hours": float(nb_hours), "queue": queue, "statuses": statuses}
+        params = {"nb_hours": float(nb_hours), "queue": validation.check_filter("queue", queue), "statuses": statuses}
         return Op("job_delete_old", params, "one", _first("deleted"))
 
     delete_old_jobs, delete_old_jobs_async = paired(_delete_old_jobs)
@@ -369,10 +394,10 @@ class JobManager(HasConnector):
     ) -> Op[list[dict[str, Any]]]:
         params = {
             "group_by": group_by,
-            "queue": queue,
-            "task": task,
+            "queue": validation.check_filter("queue", queue),
+            "task": validation.check_filter("task", task),
             "status": Status(status).value if status is not None else None,
-            "lock": lock,
+            "lock": validation.check_filter("lock", lock),
         }
         return Op("job_count_by", params, "all", _pivot_counts)
 

@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from procrastinate_core import exceptions
+from procrastinate_core import exceptions, validation
 from procrastinate_core.jobs import DeleteJobCondition
 
 
@@ -48,12 +48,7 @@ class WorkerOptions:
     worker_middleware: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.queues is not None:
-            if isinstance(self.queues, str):
-                raise exceptions.ConfigurationError(
-                    f"queues={self.queues!r}: expected a list of queue names, not a string"
-                )
-            object.__setattr__(self, "queues", tuple(self.queues) or None)
+        object.__setattr__(self, "queues", validation.check_queues(self.queues, where="worker"))
         if isinstance(self.concurrency, bool) or not isinstance(self.concurrency, int) or self.concurrency < 1:
             raise exceptions.ConfigurationError(
                 f"concurrency={self.concurrency!r}: expected an int >= 1"

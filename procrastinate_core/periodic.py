@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 
-from procrastinate_core import exceptions
+from procrastinate_core import exceptions, validation
 
 if TYPE_CHECKING:
     from procrastinate_core.tasks import Task
@@ -65,10 +65,8 @@ class PeriodicTask:
         periodic_id: str,
         configure_kwargs: dict[str, Any],
     ) -> PeriodicTask:
-        if not isinstance(periodic_id, str):
-            raise exceptions.ConfigurationError(
-                f"periodic task {task.name!r}: periodic_id={periodic_id!r} must be a string"
-            )
+        where = f"periodic task {task.name!r}"
+        validation.check_name("periodic_id", periodic_id, where=where)
         allowed = {"lock", "queueing_lock", "task_kwargs", "queue", "priority"}
         unknown = set(configure_kwargs) - allowed
         if unknown:
@@ -81,6 +79,13 @@ class PeriodicTask:
                 f"periodic task {task.name!r}: task_kwargs may not contain 'timestamp', "
                 "which the periodic deferrer sets to the tick's time"
             )
+        # The options a tick is deferred with, checked now rather than at each tick.
+        if "queue" in configure_kwargs:
+            validation.check_name("queue", configure_kwargs["queue"], where=where)
+        if "priority" in configure_kwargs:
+            validation.check_priority(configure_kwargs["priority"], where=where)
+        for field in ("lock", "queueing_lock"):
+            validation.check_optional_name(field, configure_kwargs.get(field), where=where)
         return cls(
             task=task,
             cron=parse_cron(cron, task_name=task.name),

@@ -8,7 +8,7 @@ import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, TypeVar
 
-from procrastinate_core import exceptions, middleware, serialization
+from procrastinate_core import exceptions, middleware, serialization, validation
 from procrastinate_core import retry as retry_module
 from procrastinate_core.jobs import Job
 
@@ -21,7 +21,7 @@ R = TypeVar("R")
 Args = ParamSpec("Args")
 
 #: NOTIFY channels are identifiers (63 bytes); ours are "pcq_q_" + queue name.
-MAX_QUEUE_NAME_BYTES = 50
+MAX_QUEUE_NAME_BYTES = validation.LIMITS["queue"].max_bytes
 DEFAULT_QUEUE = "default"
 
 
@@ -38,29 +38,8 @@ class ConfigureTaskOptions(TypedDict, total=False):
 
 
 def check_queue_name(queue: Any) -> str:
-    """A valid queue name, or a ConfigurationError that says why not."""
-    if not isinstance(queue, str) or not queue:
-        raise exceptions.ConfigurationError(f"queue={queue!r}: a queue name is a non-empty string")
-    if len(queue.encode()) > MAX_QUEUE_NAME_BYTES:
-        raise exceptions.ConfigurationError(
-            f"queue={queue!r} is {len(queue.encode())} bytes long; queue names are limited "
-            f"to {MAX_QUEUE_NAME_BYTES} bytes (they name PostgreSQL notification channels)."
-        )
-    return queue
-
-
-def _check_optional_str(option: str, value: Any) -> str | None:
-    if value is not None and not isinstance(value, str):
-        raise exceptions.ConfigurationError(f"{option}={value!r}: expected a string or None")
-    return value
-
-
-def _check_priority(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise exceptions.ConfigurationError(f"priority={value!r}: expected an int")
-    if not -(2**31) <= value < 2**31:
-        raise exceptions.ConfigurationError(f"priority={value}: must fit in 32 bits")
-    return value
+    """A valid queue name, or a ConfigurationError that says why not (see validation.LIMITS)."""
+    return validation.check_name("queue", queue)
 
 
 def _scheduled_at(
@@ -115,6 +94,7 @@ class JobDeferrer:
             kwargs,
             self.job_manager.connector.json_dumps,
             what=f"cannot defer task {self.job.task_name!r}",
+            max_bytes=self.job_manager.max_payload_bytes,
         )
 
     def defer(self, **task_kwargs: Any) -> int:
@@ -148,14 +128,12 @@ def make_job(
     schedule_in: dict[str, float] | None = None,
 ) -> Job:
     """A validated job template; every defer path (task, configure_task, CLI, periodic) uses it."""
-    if not isinstance(task_name, str) or not task_name:
-        raise exceptions.ConfigurationError(f"task name {task_name!r}: expected a non-empty string")
     return Job(
-        task_name=task_name,
-        queue=check_queue_name(queue),
-        priority=_check_priority(priority),
-        lock=_check_optional_str("lock", lock),
-        queueing_lock=_check_optional_str("queueing_lock", queueing_lock),
+        task_name=validation.check_name("task", task_name),
+        queue=validation.check_name("queue", queue),
+        priority=validation.check_priority(priority),
+        lock=validation.check_optional_name("lock", lock),
+        queueing_lock=validation.check_optional_name("queueing_lock", queueing_lock),
         task_kwargs=dict(task_kwargs or {}),
         scheduled_at=_scheduled_at(schedule_at, schedule_in),
     )
@@ -182,14 +160,15 @@ class Task(Generic[P, R, Args]):
     ) -> None:
         self.func = func
         self.blueprint = blueprint
-        self.name = name or f"{func.__module__}.{func.__qualname__}"
-        self.aliases = list(aliases or [])
+        self.name = validation.check_name("task", name or f"{func.__module__}.{func.__qualname__}")
+        self.aliases = [validation.check_name("task", alias, where=f"task {self.name!r} aliases") for alias in aliases or []]
         self.retry_strategy = retry_module.get_retry_strategy(retry)
         self.pass_context = pass_context
-        self.queue = check_queue_name(queue)
-        self.priority = _check_priority(priority)
-        self.lock = _check_optional_str("lock", lock)
-        self.queueing_lock = _check_optional_str("queueing_lock", queueing_lock)
+        where = f"task {self.name!r}"
+        self.queue = validation.check_name("queue", queue, where=where)
+        self.priority = validation.check_priority(priority, where=where)
+        self.lock = validation.check_optional_name("lock", lock, where=where)
+        self.queueing_lock = validation.check_optional_name("queueing_lock", queueing_lock, where=where)
         if timeout is not None and (isinstance(timeout, bool) or not timeout > 0):
             raise exceptions.ConfigurationError(
                 f"task {self.name!r}: timeout={timeout!r} must be a positive number of seconds"

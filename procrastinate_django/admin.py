@@ -11,15 +11,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Q, QuerySet, TextField
 from django.db.models.functions import Cast
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
 
+from procrastinate_core import validation
 from procrastinate_core.jobs import Status
 from procrastinate_django import admin_actions
 from procrastinate_django import models as models_module
@@ -214,6 +215,17 @@ class ProcrastinateJobAdmin(admin.ModelAdmin):
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
+        changelist_url = reverse("admin:procrastinate_django_procrastinatejob_changelist")
+        for key, value in request.GET.items():
+            problem = validation.text_problem(value)
+            if problem is not None:
+                # Such text cannot be sent to PostgreSQL (a NUL would raise in the driver):
+                # refuse the search or filter here instead of failing with a server error.
+                messages.error(
+                    request,
+                    f"The {key!r} search or filter was ignored: {problem}. Remove that character.",
+                )
+                return HttpResponseRedirect(changelist_url)
         extra = {
             **(extra_context or {}),
             "summary_url": reverse("admin:procrastinate_django_procrastinatejob_summary"),
