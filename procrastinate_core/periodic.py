@@ -86,6 +86,15 @@ class PeriodicTask:
             validation.check_priority(configure_kwargs["priority"], where=where)
         for field in ("lock", "queueing_lock"):
             validation.check_optional_name(field, configure_kwargs.get(field), where=where)
+        check = task._argument_check()
+        if check is not None:
+            try:
+                check({**(configure_kwargs.get("task_kwargs") or {}), "timestamp": 0})
+            except exceptions.TaskArgumentsError as exc:
+                raise exceptions.ConfigurationError(
+                    f"{where}: each tick is deferred with timestamp= (the tick, Unix time) and "
+                    f"its task_kwargs, which the task does not take: {exc}"
+                ) from None
         return cls(
             task=task,
             cron=parse_cron(cron, task_name=task.name),

@@ -74,9 +74,16 @@ def _scheduled_at(
 class JobDeferrer:
     """A job template (task, queue, lock, schedule...) ready to be deferred once or many times."""
 
-    def __init__(self, job_manager: JobManager, job: Job) -> None:
+    def __init__(
+        self,
+        job_manager: JobManager,
+        job: Job,
+        check: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         self.job_manager = job_manager
         self.job = job
+        #: checks the arguments against the task's signature (None: deferred by name)
+        self.check = check
 
     def make_new_job(self, **task_kwargs: Any) -> Job:
         """The job to insert for these arguments; raises if they cannot be stored."""
@@ -85,7 +92,10 @@ class JobDeferrer:
         return self.job.evolve(task_kwargs=kwargs)
 
     def _merged(self, task_kwargs: dict[str, Any]) -> dict[str, Any]:
-        return {**self.job.task_kwargs, **task_kwargs} if self.job.task_kwargs else task_kwargs
+        kwargs = {**self.job.task_kwargs, **task_kwargs} if self.job.task_kwargs else task_kwargs
+        if self.check is not None:
+            self.check(kwargs)
+        return kwargs
 
     def _encoded(self, kwargs: dict[str, Any]) -> str:
         """Arguments as checked JSON text, which the insert sends as is (encoded once,
@@ -114,6 +124,56 @@ class JobDeferrer:
     async def batch_defer_async(self, *task_kwargs: dict[str, Any]) -> list[int]:
         texts = [self._encoded(self._merged(kwargs)) for kwargs in task_kwargs]
         return await self.job_manager.defer_from_template_async(self.job, texts)
+
+
+class ArgumentCheck:
+    """Checks a job's keyword arguments against its task's signature, at defer.
+
+    A misspelled or missing argument would otherwise be stored, then fail with a
+    TypeError on every attempt. Opt out with `@app.task(check_kwargs=False)`, or
+    defer by name (`app.configure_task(name)`), which is never checked.
+    """
+
+    def __init__(self, func: Callable[..., Any], *, task_name: str, pass_context: bool) -> None:
+        self.task_name = task_name
+        try:
+            parameters = list(inspect.signature(func).parameters.values())
+        except (TypeError, ValueError):  # no signature (some builtins): nothing to check
+            parameters = []
+            self.any_keyword = True
+        else:
+            self.any_keyword = any(p.kind is p.VAR_KEYWORD for p in parameters)
+        if pass_context and parameters and parameters[0].kind in (
+            inspect.Parameter.POSITIONAL_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        ):
+            parameters = parameters[1:]  # the JobContext
+        keyword_kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        self.names = frozenset(p.name for p in parameters if p.kind in keyword_kinds)
+        self.required = frozenset(
+            p.name
+            for p in parameters
+            if p.default is inspect.Parameter.empty
+            and p.kind in (*keyword_kinds, inspect.Parameter.POSITIONAL_ONLY)
+        )
+
+    def __call__(self, kwargs: dict[str, Any]) -> None:
+        keys = kwargs.keys()
+        unknown = [] if self.any_keyword else sorted(keys - self.names)
+        missing = sorted(self.required - keys)
+        if not unknown and not missing:
+            return
+        problems = []
+        if unknown:
+            problems.append(f"unknown argument(s) {unknown}")
+        if missing:
+            problems.append(f"missing argument(s) {missing}")
+        raise exceptions.TaskArgumentsError(
+            f"cannot defer task {self.task_name!r}: {' and '.join(problems)}; it takes "
+            f"{sorted(self.names) or 'no arguments'}. Fix the call, or, if the worker runs "
+            "another version of the task, defer it by name (app.configure_task(name)) or "
+            "declare it with @app.task(check_kwargs=False)."
+        )
 
 
 def make_job(
@@ -157,6 +217,7 @@ class Task(Generic[P, R, Args]):
         queueing_lock: str | None = None,
         timeout: float | None = None,
         task_middleware: list[Any] | None = None,
+        check_kwargs: bool = True,
     ) -> None:
         self.func = func
         self.blueprint = blueprint
@@ -175,6 +236,9 @@ class Task(Generic[P, R, Args]):
             )
         self.timeout = timeout
         self.task_middleware = list(task_middleware or [])
+        #: defer checks keyword arguments against func's signature (False: anything goes)
+        self.check_kwargs = bool(check_kwargs)
+        self._signature: ArgumentCheck | None = None
         self.is_async = inspect.iscoroutinefunction(func)
         self._default_job: tuple[tuple[Any, ...], Job] | None = None
         for item in self.task_middleware:
@@ -226,7 +290,14 @@ class Task(Generic[P, R, Args]):
             schedule_at=schedule_at,
             schedule_in=schedule_in,
         )
-        return JobDeferrer(self.app.job_manager, job)
+        return JobDeferrer(self.app.job_manager, job, self._argument_check())
+
+    def _argument_check(self) -> Callable[[dict[str, Any]], None] | None:
+        if not self.check_kwargs:
+            return None
+        if self._signature is None:
+            self._signature = ArgumentCheck(self.func, task_name=self.name, pass_context=self.pass_context)
+        return self._signature
 
     def _default_deferrer(self) -> JobDeferrer:
         """configure() with no overrides, its validated template built once: defer() is a hot path."""
@@ -234,7 +305,7 @@ class Task(Generic[P, R, Args]):
         cached = self._default_job
         if cached is None or cached[0] != key:
             cached = self._default_job = (key, self.configure().job)
-        return JobDeferrer(self.app.job_manager, cached[1])
+        return JobDeferrer(self.app.job_manager, cached[1], self._argument_check())
 
     def _no_positional(self, args: tuple[Any, ...]) -> None:
         if args:

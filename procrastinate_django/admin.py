@@ -13,6 +13,7 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.db import DatabaseError, router, transaction
 from django.db.models import Count, Q, QuerySet, TextField
 from django.db.models.functions import Cast
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
@@ -20,7 +21,8 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
 
-from procrastinate_core import validation
+from procrastinate_core import exceptions, validation
+from procrastinate_core.connectors import errors
 from procrastinate_core.jobs import Status
 from procrastinate_django import admin_actions
 from procrastinate_django import models as models_module
@@ -38,6 +40,14 @@ _STATUS_COLOURS = {
 
 def _pretty_json(value: Any) -> str:
     return format_html("<pre>{}</pre>", json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def _missing_schema_response(exc: DatabaseError) -> HttpResponse:
+    """A page naming the fix when the queue's tables are missing; other errors propagate."""
+    translated = errors.translate(exc)
+    if not isinstance(translated, exceptions.SchemaNotInstalled):
+        raise exc
+    return HttpResponse(str(translated), status=503, content_type="text/plain; charset=utf-8")
 
 
 @admin.register(ProcrastinateJob)
@@ -230,7 +240,13 @@ class ProcrastinateJobAdmin(admin.ModelAdmin):
             **(extra_context or {}),
             "summary_url": reverse("admin:procrastinate_django_procrastinatejob_summary"),
         }
-        return super().changelist_view(request, extra)
+        try:
+            # A savepoint: after a missing-table error the request's transaction (a test's,
+            # ATOMIC_REQUESTS) stays usable for the session and messages middleware.
+            with transaction.atomic(using=router.db_for_read(ProcrastinateJob)):
+                return super().changelist_view(request, extra)
+        except DatabaseError as exc:
+            return _missing_schema_response(exc)
 
 
 @admin.register(models_module.ProcrastinateWorker)

@@ -152,3 +152,33 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 )
             )
     return messages
+
+
+@checks.register()
+def check_schema_applied(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """A warning while the queue's migrations are not applied (defer would fail on missing tables).
+
+    It reads the database, so it says nothing when the database cannot be reached
+    (connection problems are reported by whatever uses it first).
+    """
+    from django.db import connections
+
+    from procrastinate_core.schema import SchemaManager
+    from procrastinate_django.connector import DjangoConnector
+
+    alias = settings.DATABASE_ALIAS
+    if alias not in django_settings.DATABASES or connections[alias].vendor != "postgresql":
+        return []  # reported by check_settings
+    try:
+        status = SchemaManager(DjangoConnector(alias)).get_status()
+    except Exception:  # noqa: BLE001 - unreachable database, or database access not allowed here
+        return []
+    if status.is_current:
+        return []
+    return [
+        checks.Warning(
+            f"The task queue's schema on DATABASES[{alias!r}] is not up to date: {status.describe()}.",
+            hint="Run `python manage.py migrate` (it applies procrastinate_django's migrations).",
+            id="procrastinate_django.W002",
+        )
+    ]

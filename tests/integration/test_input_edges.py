@@ -188,3 +188,83 @@ def test_chunking_is_by_size() -> None:
     texts = ["a" * 10, "b" * 10, "c" * 25, "d" * 5, "e" * 5]
     assert serialization.chunked(texts, 20) == [texts[0:2], texts[2:3], texts[3:5]]
     assert serialization.chunked([], 20) == [[]]
+
+
+# -- keyword arguments against the task's signature ---------------------------------
+def _tasks(app: pc.App) -> tuple[Any, Any, Any]:
+    @app.task(name="send")
+    def send(to: str, subject: str = "hi", *, cc: list[str] | None = None) -> None:
+        return None
+
+    @app.task(name="loose", check_kwargs=False)
+    def loose(to: str) -> None:
+        return None
+
+    @app.task(name="ctx", pass_context=True)
+    def ctx(context: Any, n: int) -> None:
+        return None
+
+    return send, loose, ctx
+
+
+def test_defer_checks_keyword_arguments_against_the_signature(harness) -> None:
+    app = harness.app()
+    send, loose, ctx = _tasks(app)
+    with app.open():
+        with pytest.raises(exceptions.TaskArgumentsError) as error:
+            send.defer(to="a", subjet="typo")
+        message = str(error.value)
+        assert "unknown argument(s) ['subjet']" in message and "check_kwargs=False" in message
+        with pytest.raises(exceptions.TaskArgumentsError, match=r"missing argument\(s\) \['to'\]"):
+            send.defer(subject="x")
+        with pytest.raises(exceptions.TaskArgumentsError, match="missing"):
+            send.batch_defer({"to": "a"}, {"cc": []})  # the whole batch is refused
+        with pytest.raises(exceptions.TaskArgumentsError, match="unknown"):
+            send.configure(task_kwargs={"bcc": 1}).defer(to="a")
+        with pytest.raises(exceptions.TaskArgumentsError, match="missing"):
+            ctx.defer()
+        send.defer(to="a", cc=["b"])
+        ctx.defer(n=1)
+        loose.defer(anything=1)  # opted out
+        app.configure_task("send").defer(whatever=2)  # by name: never checked
+    assert [name for name, _ in harness.jobs()] == ["send", "ctx", "loose", "send"]
+
+
+async def test_defer_async_checks_keyword_arguments(harness) -> None:
+    app = harness.app()
+    send, _, _ = _tasks(app)
+    async with app.open_async():
+        with pytest.raises(exceptions.TaskArgumentsError):
+            await send.defer_async(to="a", nope=1)
+        with pytest.raises(exceptions.TaskArgumentsError):
+            await send.batch_defer_async({"to": "a"}, {"nope": 1})
+        await send.defer_async(to="a")
+    assert [name for name, _ in harness.jobs()] == ["send"]
+
+
+def test_a_refused_call_leaves_the_callers_transaction_usable(transactional_harness) -> None:
+    harness = transactional_harness
+    app = harness.app()
+    send, _, _ = _tasks(app)
+    with app.open():
+        with harness.case.transaction(harness.url, True) as conn:
+            with pytest.raises(exceptions.TaskArgumentsError):
+                app.job_manager.defer_job(send.configure().make_new_job(too="typo"), connection=conn)
+            app.job_manager.defer_job(send.configure().make_new_job(to="a"), connection=conn)
+    assert harness.jobs() == [("send", {"to": "a"})]
+
+
+def test_periodic_tasks_must_take_timestamp() -> None:
+    app = pc.App(connector=pc.testing.InMemoryConnector())
+
+    with pytest.raises(exceptions.ConfigurationError, match="timestamp"):
+
+        @app.periodic(cron="* * * * *")
+        @app.task(name="no_timestamp")
+        def no_timestamp() -> None:
+            return None
+
+    @app.periodic(cron="* * * * *", task_kwargs={"x": 1})
+    @app.task(name="fine")
+    def fine(timestamp: int, x: int) -> None:
+        return None
