@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import datetime
 import importlib
 import logging
 import time
@@ -263,7 +262,8 @@ class JobRunner:
         return self._outcome(
             running,
             Status.TODO,
-            retry_at=decision.when(datetime.datetime.now(datetime.timezone.utc)),
+            retry_at=decision.retry_at,
+            retry_in=decision.retry_in_seconds(),
             priority=decision.priority,
             queue=decision.queue,
             lock=decision.lock,

@@ -62,6 +62,9 @@ class Job:
     finished_at: datetime.datetime | None = None
     result: Any = None
     error: JSONDict | None = None
+    #: `configure(schedule_in=...)` in seconds: the database sets scheduled_at to its
+    #: now() plus this at insert (one clock), so it is None once the job is read back.
+    schedule_in_seconds: float | None = None
 
     def evolve(self, **changes: Any) -> Job:
         """A copy with `changes` applied, like dataclasses.replace but several times
@@ -122,6 +125,7 @@ class Job:
             finished_at=row.get("finished_at"),
             result=json_loads(result) if isinstance(result, str) else result,
             error=json.loads(error) if isinstance(error, str) else error,
+            schedule_in_seconds=None,
         )
         return job
 

@@ -29,7 +29,8 @@ DEFER_CHUNK_BYTES = 32 * 1024 * 1024
 class JobOutcome:
     """How one attempt ended, as the worker records it (in batches).
 
-    `status` is the final status, or "todo" for a retry at `retry_at`.
+    `status` is the final status, or "todo" for a retry at `retry_at`, or
+    `retry_in` seconds after the database's now() (one clock).
     """
 
     job_id: int
@@ -38,6 +39,8 @@ class JobOutcome:
     status: Status
     delete_job: bool = False
     retry_at: datetime.datetime | None = None
+    #: a retry's wait in seconds; job_finish_many adds it to the database's now()
+    retry_in: float | None = None
     priority: int | None = None
     queue: str | None = None
     lock: str | None = None
@@ -52,6 +55,7 @@ class JobOutcome:
             "status": Status(self.status).value,
             "delete_job": self.delete_job,
             "retry_at": self.retry_at.isoformat() if self.retry_at else None,
+            "retry_in": self.retry_in,
             "priority": self.priority,
             "queue_name": self.queue,
             "lock": self.lock,
@@ -429,3 +433,9 @@ class JobManager(HasConnector):
         return Op("schema_is_installed", {}, "one", lambda row: bool(row and row["installed"]))
 
     check_connection, check_connection_async = paired(_check_connection)
+
+    def _database_now(self) -> Op[float]:
+        """The database's clock, as Unix time: the one clock of every time decision."""
+        return Op("database_now", {}, "one", lambda row: float(row["now"]))
+
+    database_now, database_now_async = paired(_database_now)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from croniter import CroniterBadCronError, CroniterBadDateError, croniter
@@ -119,3 +120,38 @@ class PeriodicTask:
         """The first tick strictly after `after` (Unix time)."""
         iterator = croniter(self.cron, datetime.datetime.fromtimestamp(after, datetime.timezone.utc))
         return float(iterator.get_next(float))
+
+
+class DatabaseClock:
+    """The database's clock, for the periodic deferrer: which ticks are due, max_delay.
+
+    Each `refresh_async()` (once per deferrer loop) reads the database's time and
+    keeps its offset from this host's clock; calling the clock returns the host's
+    time plus that offset. A worker whose clock is minutes off thus defers the same
+    ticks as every other worker; between refreshes, only the host clock's *rate*
+    matters. Before the first refresh, the offset is 0.
+    """
+
+    def __init__(self, job_manager: Any, host_clock: Callable[[], float] = time.time) -> None:
+        self.job_manager = job_manager
+        self.host_clock = host_clock
+        self.offset = 0.0
+
+    async def refresh_async(self) -> float:
+        """Measure the offset again; the database's time now."""
+        before = self.host_clock()
+        database = await self.job_manager.database_now_async()
+        after = self.host_clock()
+        self.offset = database - (before + after) / 2
+        return database
+
+    def __call__(self) -> float:
+        return self.host_clock() + self.offset
+
+
+async def read_clock(clock: Callable[[], float]) -> float:
+    """Now, on `clock`, refreshing it first if it can be (a DatabaseClock); tests pass plain callables."""
+    refresh = getattr(clock, "refresh_async", None)
+    if refresh is not None:
+        await refresh()
+    return clock()

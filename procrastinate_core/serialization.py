@@ -155,6 +155,7 @@ def _job_fields(job: Job) -> dict[str, Any]:
         "lock": job.lock,
         "queueing_lock": job.queueing_lock,
         "scheduled_at": job.scheduled_at.isoformat() if job.scheduled_at else None,
+        "schedule_in_seconds": job.schedule_in_seconds,
     }
 
 
@@ -176,7 +177,7 @@ def defer_payload(
     fields_text: dict[tuple[Any, ...], str] = {}
     parts = []
     for job, args in zip(jobs, args_json, strict=True):
-        key = (job.queue, job.task_name, job.priority, job.lock, job.queueing_lock, job.scheduled_at)
+        key = (job.queue, job.task_name, job.priority, job.lock, job.queueing_lock, job.scheduled_at, job.schedule_in_seconds)
         text = fields_text.get(key)
         if text is None:
             text = fields_text[key] = _fields_text(job)

@@ -44,7 +44,9 @@ def check_queue_name(queue: Any) -> str:
 
 def _scheduled_at(
     schedule_at: datetime.datetime | None, schedule_in: dict[str, float] | None
-) -> datetime.datetime | None:
+) -> tuple[datetime.datetime | None, float | None]:
+    """(scheduled_at, schedule_in_seconds): a delay goes to the database as is, and
+    PostgreSQL adds it to its own now(), so a client clock that is off changes nothing."""
     if schedule_at is not None and schedule_in is not None:
         raise exceptions.ConfigurationError(
             "configure() takes schedule_at or schedule_in, not both"
@@ -57,7 +59,7 @@ def _scheduled_at(
                 f"schedule_in={schedule_in!r}: {exc}; use timedelta keywords such as "
                 '{"seconds": 30} or {"hours": 1}'
             ) from None
-        return datetime.datetime.now(datetime.timezone.utc) + delta
+        return None, delta.total_seconds()
     if schedule_at is not None:
         if not isinstance(schedule_at, datetime.datetime):
             raise exceptions.ConfigurationError(
@@ -68,7 +70,7 @@ def _scheduled_at(
                 f"schedule_at={schedule_at!r} has no time zone; pass an aware datetime "
                 "(for example datetime.now(timezone.utc) + timedelta(hours=1))"
             )
-    return schedule_at
+    return schedule_at, None
 
 
 class JobDeferrer:
@@ -188,6 +190,7 @@ def make_job(
     schedule_in: dict[str, float] | None = None,
 ) -> Job:
     """A validated job template; every defer path (task, configure_task, CLI, periodic) uses it."""
+    scheduled_at, schedule_in_seconds = _scheduled_at(schedule_at, schedule_in)
     return Job(
         task_name=validation.check_name("task", task_name),
         queue=validation.check_name("queue", queue),
@@ -195,7 +198,8 @@ def make_job(
         lock=validation.check_optional_name("lock", lock),
         queueing_lock=validation.check_optional_name("queueing_lock", queueing_lock),
         task_kwargs=dict(task_kwargs or {}),
-        scheduled_at=_scheduled_at(schedule_at, schedule_in),
+        scheduled_at=scheduled_at,
+        schedule_in_seconds=schedule_in_seconds,
     )
 
 

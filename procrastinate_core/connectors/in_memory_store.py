@@ -20,6 +20,7 @@ from procrastinate_core.connectors.in_memory_tables import (
     Clock,
     InMemoryTables,
     Notify,
+    after,
     timestamp,
     utc_now,
 )
@@ -108,7 +109,8 @@ class InMemoryStore(InMemoryTables):
                 job,
                 status=status,
                 finished_at=None if retry else now,
-                scheduled_at=timestamp(o.get("retry_at")) if retry else job["scheduled_at"],
+                scheduled_at=(timestamp(o.get("retry_at")) or after(now, o.get("retry_in")))
+                if retry else job["scheduled_at"],
                 priority=o["priority"] if o.get("priority") is not None else job["priority"],
                 queue_name=o.get("queue_name") or job["queue_name"],
                 lock=o["lock"] if o.get("lock") is not None else job["lock"],
@@ -305,3 +307,7 @@ class InMemoryStore(InMemoryTables):
 
     def schema_versions_applied(self, p: dict[str, Any]) -> list[dict[str, Any]]:
         return [{"version": m.version} for m in sql.migrations()]
+
+    # -- the clock ------------------------------------------------------------------
+    def database_now(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{"now": self.clock().timestamp()}]
