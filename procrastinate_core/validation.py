@@ -241,7 +241,10 @@ class PeriodicOptions:
 
     def __post_init__(self) -> None:
         object.__setattr__(
-            self, "max_delay", check_seconds("max_delay", self.max_delay, where="periodic_defaults")
+            self,
+            "max_delay",
+            # 0 would make every tick late (the deferrer wakes just after it): refused.
+            check_seconds("max_delay", self.max_delay, where="periodic_defaults", allow_zero=False),
         )
 
     @classmethod

@@ -71,12 +71,12 @@ def test_default_settings_pass() -> None:
         (
             "PERIODIC_DEFAULTS",
             {"max_delay": "soon"},
-            "PROCRASTINATE_PERIODIC_DEFAULTS: max_delay='soon': expected a number of seconds >= 0",
+            "PROCRASTINATE_PERIODIC_DEFAULTS: max_delay='soon': expected a number of seconds > 0",
         ),
         (
             "PERIODIC_DEFAULTS",
             {"max_delay": -5},
-            "PROCRASTINATE_PERIODIC_DEFAULTS: max_delay=-5: expected a number of seconds >= 0",
+            "PROCRASTINATE_PERIODIC_DEFAULTS: max_delay=-5: expected a number of seconds > 0",
         ),
         (
             "IMPORT_PATHS",

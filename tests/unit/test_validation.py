@@ -96,7 +96,7 @@ def test_periodic_declarations_check_id_and_options() -> None:
     app.periodic(cron="* * * * *", periodic_id="")(app.task(name="d")(task))  # the default id
 
 
-@pytest.mark.parametrize("max_delay", ["soon", -5, float("nan"), float("inf"), True, None])
+@pytest.mark.parametrize("max_delay", ["soon", -5, 0, float("nan"), float("inf"), True, None])
 def test_max_delay_is_refused_at_construction(max_delay: Any) -> None:
     with pytest.raises(exceptions.ConfigurationError, match="max_delay="):
         _app(periodic_defaults={"max_delay": max_delay})
