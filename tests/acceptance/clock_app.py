@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import time
 
 import procrastinate_core as pc
 
@@ -33,6 +34,11 @@ def noop() -> None:
 @app.task(name="fails", retry=pc.RetryStrategy(max_attempts=2, wait=RETRY_WAIT))
 def fails() -> None:
     raise RuntimeError("fails on purpose, to be retried")
+
+
+@app.task(name="sleep")
+def sleep(seconds: float) -> None:
+    time.sleep(seconds)
 
 
 @app.periodic(cron="* * * * * */2", periodic_id="every-2s")  # 6th field: seconds

@@ -187,3 +187,24 @@ def test_a_skewed_worker_alone_defers_ticks_on_time(run: Any, db_conn: Any, skew
     for tick, created in rows:
         assert tick - 0.5 <= created <= tick + SLACK, (tick, created)
     assert worker.poll() is None
+
+
+@pytest.mark.parametrize("skew", SKEWS)
+def test_heartbeats_and_stalled_recovery_ignore_a_skewed_worker_clock(
+    run: Any, app: Any, db_conn: Any, skew: str
+) -> None:
+    """A job longer than stalled_worker_timeout on a skewed worker, with a correct worker
+    sweeping beside it: heartbeat ages are the database's, so it is never taken for dead."""
+    job_id = app.configure_task("sleep", queue="long").defer(seconds=FAST["stalled_worker_timeout"] + 3)
+    skewed = run(skew, "worker", json.dumps({**FAST, "queues": ["long"]}))
+    sweeper = run("+0s", "worker", json.dumps({**FAST, "queues": ["other"]}))
+
+    def finished() -> Any:
+        row = db_conn.execute("SELECT status, attempts FROM pcq_jobs WHERE id = %s", [job_id]).fetchone()
+        ages = db_conn.execute("SELECT extract(epoch FROM now() - last_heartbeat) FROM pcq_workers").fetchall()
+        assert all(age < FAST["stalled_worker_timeout"] for (age,) in ages), ages
+        return row if row[0] != "todo" and row[0] != "doing" else None
+
+    status, attempts = wait_until(finished, timeout=40, interval=0.2, what="the long job finished")
+    assert (status, attempts) == ("succeeded", 1)
+    assert skewed.poll() is None and sweeper.poll() is None
