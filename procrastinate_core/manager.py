@@ -64,6 +64,16 @@ class JobOutcome:
         }
 
 
+def _is_large(args_json: Sequence[str]) -> bool:
+    """Whether a batch's arguments exceed one statement's budget (DEFER_CHUNK_BYTES)."""
+    total = 0
+    for text in args_json:
+        total += serialization.text_bytes(text)
+        if total > DEFER_CHUNK_BYTES:
+            return True
+    return False
+
+
 def _first(column: str) -> Callable[[Any], Any]:
     return lambda row: None if row is None else row[column]
 
@@ -152,8 +162,9 @@ class JobManager(HasConnector):
     ) -> Plan[list[int]]:
         """A batch too large for one jsonb array: one statement per chunk.
 
-        All or nothing when the chunks run in one transaction: the caller's
-        (`connection=`, or Django's connection inside `atomic()`); see docs/tasks.md.
+        All or nothing: the chunks run in one transaction, the caller's
+        (`connection=`, or Django's connection inside `atomic()`) or else the
+        connector's `transaction()` (see defer_from_template).
         """
         ids: list[int] = []
         for chunk in chunks:
@@ -161,7 +172,29 @@ class JobManager(HasConnector):
             ids += yield Op("job_defer_many", {"jobs": payload}, "all", _sorted_ids, connection)
         return ids
 
-    defer_from_template, defer_from_template_async = paired(_defer_from_template)
+    _defer_template, _defer_template_async = paired(_defer_from_template)
+
+    def defer_from_template(
+        self, template: Job, args_json: Sequence[str], connection: Any = None
+    ) -> list[int]:
+        """Insert one job per argument text, all from one template; their ids in order.
+
+        A batch larger than DEFER_CHUNK_BYTES goes in several statements; without
+        the caller's connection they share one transaction of the connector, so
+        the batch stays all or nothing.
+        """
+        if connection is None and _is_large(args_json):
+            with self.connector.get_sync_connector().transaction() as own:
+                return self._defer_template(template, args_json, own)
+        return self._defer_template(template, args_json, connection)
+
+    async def defer_from_template_async(
+        self, template: Job, args_json: Sequence[str], connection: Any = None
+    ) -> list[int]:
+        if connection is None and _is_large(args_json):
+            async with self.connector.transaction_async() as own:
+                return await self._defer_template_async(template, args_json, own)
+        return await self._defer_template_async(template, args_json, connection)
 
     def defer_job(self, job: Job, connection: Any = None, args_json: str | None = None) -> Job:
         texts = None if args_json is None else [args_json]

@@ -119,7 +119,7 @@ class JobDeferrer:
         return job_id
 
     def batch_defer(self, *task_kwargs: dict[str, Any]) -> list[int]:
-        """Insert one job per kwargs dict, in one statement (all or none); their ids."""
+        """Insert one job per kwargs dict, all or none (a huge batch in several statements of one transaction); their ids."""
         texts = [self._encoded(self._merged(kwargs)) for kwargs in task_kwargs]
         return self.job_manager.defer_from_template(self.job, texts)
 
@@ -328,7 +328,7 @@ class Task(Generic[P, R, Args]):
         return await self._default_deferrer().defer_async(**task_kwargs)
 
     def batch_defer(self, *task_kwargs: dict[str, Any]) -> list[int]:
-        """Queue one job per kwargs dict in a single round trip; their ids."""
+        """Queue one job per kwargs dict, all or none; their ids (one statement unless very large)."""
         return self._default_deferrer().batch_defer(*task_kwargs)
 
     async def batch_defer_async(self, *task_kwargs: dict[str, Any]) -> list[int]:

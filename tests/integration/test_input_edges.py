@@ -268,3 +268,32 @@ def test_periodic_tasks_must_take_timestamp() -> None:
     @app.task(name="fine")
     def fine(timestamp: int, x: int) -> None:
         return None
+
+
+def test_a_split_batch_is_all_or_nothing_without_a_callers_transaction(
+    harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No connection= given: the chunks share one transaction of the connector."""
+    monkeypatch.setattr(manager, "DEFER_CHUNK_BYTES", 500)
+    texts = [json.dumps({"i": i, "pad": "p" * 400}) for i in range(2)]
+    with harness.app().open() as app:
+        app.configure_task("before").defer()
+        template = app.configure_task("bulk", queueing_lock="Q").job
+        with pytest.raises(exceptions.AlreadyEnqueued):
+            app.job_manager.defer_from_template(template, texts)  # chunk 2 clashes with chunk 1
+        assert app.configure_task("after").defer() > 0  # the connector is usable afterwards
+        ok = app.configure_task("bulk").job
+        ids = app.job_manager.defer_from_template(ok, texts)
+    assert len(ids) == 2 and ids == sorted(ids)
+    assert [name for name, _ in harness.jobs()] == ["before", "after", "bulk", "bulk"]
+
+
+async def test_a_split_batch_is_all_or_nothing_async(harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(manager, "DEFER_CHUNK_BYTES", 500)
+    batch = [{"i": i, "pad": "p" * 400} for i in range(3)]
+    async with harness.app().open_async() as app:
+        with pytest.raises(exceptions.AlreadyEnqueued):
+            await app.configure_task("bulk", queueing_lock="Q").batch_defer_async(*batch)
+        ids = await app.configure_task("bulk").batch_defer_async(*batch)
+    assert len(ids) == 3
+    assert harness.jobs() == [("bulk", kwargs) for kwargs in batch]
