@@ -10,7 +10,7 @@ from collections.abc import Generator, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
-from procrastinate_core import builtin_tasks, exceptions
+from procrastinate_core import builtin_tasks, exceptions, validation
 from procrastinate_core.blueprints import Blueprint
 from procrastinate_core.connectors.base import BaseConnector
 from procrastinate_core.manager import JobManager
@@ -26,7 +26,8 @@ class App(Blueprint):
 
     `worker_defaults` are WorkerOptions applied to every worker of this app;
     `periodic_defaults` tune the periodic deferrer (`max_delay`: how far back
-    missed ticks are caught up, in seconds).
+    missed ticks are caught up, in seconds). `max_payload_bytes` bounds the JSON
+    text of one job's arguments, checked before anything is sent (docs/tasks.md).
     """
 
     def __init__(
@@ -36,24 +37,20 @@ class App(Blueprint):
         import_paths: Iterable[str] | None = None,
         worker_defaults: dict[str, Any] | None = None,
         periodic_defaults: dict[str, Any] | None = None,
+        max_payload_bytes: int = validation.DEFAULT_MAX_PAYLOAD_BYTES,
     ) -> None:
         super().__init__()
         _check_connector(connector, "App(connector=...)")
-        if isinstance(import_paths, str):
-            raise exceptions.ConfigurationError(
-                f"import_paths={import_paths!r}: expected a list of module paths, not a string"
-            )
         self.connector = connector
-        self.import_paths = list(import_paths or [])
+        # Checked once, here: a bad option fails at construction, not at a worker's start.
+        self.import_paths = list(validation.check_import_paths(import_paths))
         self.worker_defaults = dict(worker_defaults or {})
         WorkerOptions.build(self.worker_defaults)  # fail now on a bad default
-        self.periodic_defaults = dict(periodic_defaults or {})
-        unknown = set(self.periodic_defaults) - {"max_delay"}
-        if unknown:
-            raise exceptions.ConfigurationError(
-                f"unknown periodic_defaults {sorted(unknown)}; known: ['max_delay']"
-            )
-        self.job_manager = JobManager(connector)
+        #: frozen, validated; `periodic_defaults` stays readable as a dict
+        self.periodic_options = validation.PeriodicOptions.build(periodic_defaults)
+        self.periodic_defaults = self.periodic_options.as_dict()
+        self.max_payload_bytes = validation.check_max_payload_bytes(max_payload_bytes)
+        self.job_manager = JobManager(connector, max_payload_bytes=self.max_payload_bytes)
         self.schema_manager = SchemaManager(connector)
         self.derived_from: App | None = None
         builtin_tasks.register(self)
@@ -88,6 +85,7 @@ class App(Blueprint):
             import_paths=self.import_paths,
             worker_defaults=self.worker_defaults,
             periodic_defaults=self.periodic_defaults,
+            max_payload_bytes=self.max_payload_bytes,
         )
         app.tasks = self.tasks
         app.periodic_tasks = self.periodic_tasks
@@ -108,7 +106,7 @@ class App(Blueprint):
         _check_connector(connector, "replace_connector(...)")
         saved = (self.connector, self.job_manager, self.schema_manager)
         self.connector = connector
-        self.job_manager = JobManager(connector)
+        self.job_manager = JobManager(connector, max_payload_bytes=self.max_payload_bytes)
         self.schema_manager = SchemaManager(connector)
         try:
             yield self
@@ -141,13 +139,13 @@ class App(Blueprint):
         if task is not None:
             # Through *this* app's connector, even for a task registered on the app
             # this one was made from with with_connector().
-            return JobDeferrer(self.job_manager, task.configure(**options).job, connection)
+            return JobDeferrer(self.job_manager, task.configure(**options).job, connection=connection)
         if not allow_unknown:
             raise exceptions.TaskNotFound(
                 f"task {name!r} is not registered; known tasks: {sorted(self.tasks)}. "
                 f"Import paths: {self.import_paths}."
             )
-        return JobDeferrer(self.job_manager, make_job(name, **options), connection)
+        return JobDeferrer(self.job_manager, make_job(name, **options), connection=connection)
 
     # -- opening and closing -------------------------------------------------
     def open(self, pool_or_engine: Any = None) -> App:

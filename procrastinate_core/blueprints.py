@@ -59,6 +59,7 @@ class Blueprint:
         queueing_lock: str | None = None,
         timeout: float | None = None,
         task_middleware: list[Any] | None = None,
+        check_kwargs: bool = True,
     ) -> Callable[[F], Task[Any, Any, Any]]: ...
 
     def task(
@@ -75,12 +76,14 @@ class Blueprint:
         queueing_lock: str | None = None,
         timeout: float | None = None,
         task_middleware: list[Any] | None = None,
+        check_kwargs: bool = True,
     ) -> Any:
         """Register a sync or async function as a task; usable with or without ().
 
         timeout: seconds after which an async task is cancelled and a sync one
         is told to stop through context.should_abort(); the job ends failed
-        (and is retried if its retry strategy says so).
+        (and is retried if its retry strategy says so). check_kwargs=False: defer
+        does not check keyword arguments against the function's signature.
         """
 
         def wrap(func: Callable[..., Any]) -> Task[Any, Any, Any]:
@@ -97,6 +100,7 @@ class Blueprint:
                 queueing_lock=queueing_lock,
                 timeout=timeout,
                 task_middleware=task_middleware,
+                check_kwargs=check_kwargs,
             )
             self._register_task(task)
             return task

@@ -7,6 +7,7 @@
     │   └── MiddlewareKindMismatch    a sync middleware on an async task (or the reverse)
     ├── MissingDriverError (also ImportError)  optional driver not installed: names the extra
     ├── ArgumentSerializationError (also TypeError)  job arguments that cannot be stored as JSON
+    ├── TaskArgumentsError (also TypeError)  defer's keyword arguments do not fit the task's signature
     ├── AppNotOpen                    the app (its connector) must be opened first
     ├── ConnectorException            anything the database or driver raised, translated
     │   ├── DatabaseConnectionError   cannot reach the server (never shows the password)
@@ -16,6 +17,7 @@
     ├── JobNotFound (also LookupError)  no job with that id
     ├── LoadFromPathError             a dotted path that does not import
     ├── SchemaError                   the database is not at the code's schema version
+    │   └── SchemaNotInstalled        our tables are missing: names the command that creates them
     ├── UnboundTaskError              a Blueprint task used before the blueprint joins an App
     ├── JobError                      a job's task raised (wraps the cause)
     └── JobAborted                    raised by a task (or for it) when its job is aborted
@@ -107,3 +109,11 @@ class JobError(ProcrastinateException):
 
 class JobAborted(ProcrastinateException):
     """The job was asked to abort; raised by a task, it ends the job `aborted`, not failed."""
+
+
+class TaskArgumentsError(ProcrastinateException, TypeError):
+    """defer() got keyword arguments the task does not take, or lacks required ones; nothing was written."""
+
+
+class SchemaNotInstalled(SchemaError):
+    """A query met a missing table of ours: the schema was never applied to this database."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import datetime
 import importlib
 import logging
 import time
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import SyncToAsync
 
-from procrastinate_core import exceptions, middleware, serialization
+from procrastinate_core import exceptions, middleware, serialization, validation
 from procrastinate_core.job_context import AbortReason, JobContext
 from procrastinate_core.jobs import DeleteJobCondition, Job, Status
 from procrastinate_core.manager import JobOutcome
@@ -69,16 +68,9 @@ def _check_decision(decision: RetryDecision) -> None:
     """A decision the database will accept, or a ConfigurationError naming what is wrong."""
     if decision.queue is not None:
         check_queue_name(decision.queue)
-    if decision.priority is not None and (
-        isinstance(decision.priority, bool)
-        or not isinstance(decision.priority, int)
-        or not -(2**31) <= decision.priority < 2**31
-    ):
-        raise exceptions.ConfigurationError(
-            f"RetryDecision(priority={decision.priority!r}): expected a 32-bit int"
-        )
-    if decision.lock is not None and not isinstance(decision.lock, str):
-        raise exceptions.ConfigurationError(f"RetryDecision(lock={decision.lock!r}): expected a string")
+    if decision.priority is not None:
+        validation.check_priority(decision.priority, where="RetryDecision")
+    validation.check_optional_name("lock", decision.lock, where="RetryDecision")
 
 
 _END_LEVELS = {
@@ -271,7 +263,8 @@ class JobRunner:
         return self._outcome(
             running,
             Status.TODO,
-            retry_at=decision.when(datetime.datetime.now(datetime.timezone.utc)),
+            retry_at=decision.retry_at,
+            retry_in=decision.retry_in_seconds(),
             priority=decision.priority,
             queue=decision.queue,
             lock=decision.lock,

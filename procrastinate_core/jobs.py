@@ -80,6 +80,9 @@ class Job:
     #: How many times a worker claimed the job (the stored counter): the number of the
     #: current run, and with worker_id the fence on its outcome. 1 during the first run.
     claims: int = 0
+    #: `configure(schedule_in=...)` in seconds: the database sets scheduled_at to its
+    #: now() plus this at insert (one clock), so it is None once the job is read back.
+    schedule_in_seconds: float | None = None
 
     def evolve(self, **changes: Any) -> Job:
         """A copy with `changes` applied, like dataclasses.replace but several times
@@ -143,6 +146,7 @@ class Job:
             finished_at=row.get("finished_at"),
             result=json_loads(result) if isinstance(result, str) else result,
             error=json.loads(error) if isinstance(error, str) else error,
+            schedule_in_seconds=None,
         )
         return job
 

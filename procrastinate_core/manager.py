@@ -13,7 +13,7 @@ import datetime
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
-from procrastinate_core import exceptions, serialization
+from procrastinate_core import exceptions, serialization, validation
 from procrastinate_core.connectors.base import BaseConnector
 from procrastinate_core.jobs import Job, Status
 from procrastinate_core.plans import HasConnector, Op, Plan, either_colour, paired
@@ -21,13 +21,18 @@ from procrastinate_core.plans import HasConnector, Op, Plan, either_colour, pair
 QUEUEING_LOCK_CONSTRAINT = "pcq_jobs_queueing_lock_uniq"
 #: Finished jobs deleted per transaction by delete_old_jobs (and remove_old_jobs).
 DELETE_OLD_JOBS_BATCH_SIZE = 10_000
+#: A batch whose arguments' JSON text is larger is sent in several statements, so that
+#: no jsonb array nears PostgreSQL's 255 MiB limit (each job alone may be up to
+#: max_payload_bytes). Small batches, the common case, stay one statement.
+DEFER_CHUNK_BYTES = 32 * 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
 class JobOutcome:
     """How one attempt ended, as the worker records it (in batches).
 
-    `status` is the final status, or "todo" for a retry at `retry_at`.
+    `status` is the final status, or "todo" for a retry at `retry_at`, or
+    `retry_in` seconds after the database's now() (one clock).
     """
 
     job_id: int
@@ -36,6 +41,8 @@ class JobOutcome:
     status: Status
     delete_job: bool = False
     retry_at: datetime.datetime | None = None
+    #: a retry's wait in seconds; job_finish_many adds it to the database's now()
+    retry_in: float | None = None
     priority: int | None = None
     queue: str | None = None
     lock: str | None = None
@@ -50,6 +57,7 @@ class JobOutcome:
             "status": Status(self.status).value,
             "delete_job": self.delete_job,
             "retry_at": self.retry_at.isoformat() if self.retry_at else None,
+            "retry_in": self.retry_in,
             "priority": self.priority,
             "queue_name": self.queue,
             "lock": self.lock,
@@ -71,6 +79,16 @@ class QueueStats:
     doing: int
     oldest_ready_age: float | None
     oldest_running_age: float | None
+
+
+def _is_large(args_json: Sequence[str]) -> bool:
+    """Whether a batch's arguments exceed one statement's budget (DEFER_CHUNK_BYTES)."""
+    total = 0
+    for text in args_json:
+        total += serialization.text_bytes(text)
+        if total > DEFER_CHUNK_BYTES:
+            return True
+    return False
 
 
 def _first(column: str) -> Callable[[Any], Any]:
@@ -96,8 +114,12 @@ def _pivot_counts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 class JobManager(HasConnector):
     """Reads and changes jobs; the only code that knows which query does what."""
 
-    def __init__(self, connector: BaseConnector) -> None:
+    def __init__(
+        self, connector: BaseConnector, max_payload_bytes: int = validation.DEFAULT_MAX_PAYLOAD_BYTES
+    ) -> None:
         self.connector = connector
+        #: the largest JSON text of one job's arguments that defer sends (App(max_payload_bytes=))
+        self.max_payload_bytes = max_payload_bytes
 
     def wrap_error(self, exc: Exception) -> Exception:
         if (
@@ -140,16 +162,56 @@ class JobManager(HasConnector):
 
     def _defer_from_template(
         self, template: Job, args_json: Sequence[str], connection: Any = None
-    ) -> Op[list[int]]:
+    ) -> Op[list[int]] | Plan[list[int]]:
         """Insert one job per argument text, all from one template; their ids in order.
 
         What task.defer and batch_defer need: no Job object per row is built on the
         way in or out, which is most of a large batch's client CPU.
         """
-        payload = serialization.template_payload(template, args_json)
-        return Op("job_defer_many", {"jobs": payload}, "all", _sorted_ids, connection)
+        chunks = serialization.chunked(args_json, DEFER_CHUNK_BYTES)
+        if len(chunks) == 1:
+            payload = serialization.template_payload(template, args_json)
+            return Op("job_defer_many", {"jobs": payload}, "all", _sorted_ids, connection)
+        return self._defer_chunks(template, chunks, connection)
 
-    defer_from_template, defer_from_template_async = paired(_defer_from_template)
+    def _defer_chunks(
+        self, template: Job, chunks: list[Sequence[str]], connection: Any
+    ) -> Plan[list[int]]:
+        """A batch too large for one jsonb array: one statement per chunk.
+
+        All or nothing: the chunks run in one transaction, the caller's
+        (`connection=`, or Django's connection inside `atomic()`) or else the
+        connector's `transaction()` (see defer_from_template).
+        """
+        ids: list[int] = []
+        for chunk in chunks:
+            payload = serialization.template_payload(template, chunk)
+            ids += yield Op("job_defer_many", {"jobs": payload}, "all", _sorted_ids, connection)
+        return ids
+
+    _defer_template, _defer_template_async = paired(_defer_from_template)
+
+    def defer_from_template(
+        self, template: Job, args_json: Sequence[str], connection: Any = None
+    ) -> list[int]:
+        """Insert one job per argument text, all from one template; their ids in order.
+
+        A batch larger than DEFER_CHUNK_BYTES goes in several statements; without
+        the caller's connection they share one transaction of the connector, so
+        the batch stays all or nothing.
+        """
+        if connection is None and _is_large(args_json):
+            with self.connector.get_sync_connector().transaction() as own:
+                return self._defer_template(template, args_json, own)
+        return self._defer_template(template, args_json, connection)
+
+    async def defer_from_template_async(
+        self, template: Job, args_json: Sequence[str], connection: Any = None
+    ) -> list[int]:
+        if connection is None and _is_large(args_json):
+            async with self.connector.transaction_async() as own:
+                return await self._defer_template_async(template, args_json, own)
+        return await self._defer_template_async(template, args_json, connection)
 
     def defer_job(self, job: Job, connection: Any = None, args_json: str | None = None) -> Job:
         texts = None if args_json is None else [args_json]
@@ -285,11 +347,11 @@ class JobManager(HasConnector):
         """Jobs matching every given filter, oldest first."""
         params = {
             "id": id,
-            "queue": queue,
-            "task": task,
+            "queue": validation.check_filter("queue", queue),
+            "task": validation.check_filter("task", task),
             "status": Status(status).value if status is not None else None,
-            "lock": lock,
-            "queueing_lock": queueing_lock,
+            "lock": validation.check_filter("lock", lock),
+            "queueing_lock": validation.check_filter("queueing_lock", queueing_lock),
             "worker_id": worker_id,
             "limit": limit,
         }
@@ -358,9 +420,9 @@ class JobManager(HasConnector):
         params = {
             "job_id": job_id,
             "retry_at": retry_at,
-            "priority": priority,
-            "queue_name": queue,
-            "lock": lock,
+            "priority": None if priority is None else validation.check_priority(priority),
+            "queue_name": None if queue is None else validation.check_name("queue", queue),
+            "lock": validation.check_optional_name("lock", lock),
         }
         return Op("job_retry", params, "one", lambda row: row is not None)
 
@@ -390,7 +452,7 @@ class JobManager(HasConnector):
         statuses += ["failed"] if include_failed else []
         statuses += ["cancelled"] if include_cancelled else []
         statuses += ["aborted"] if include_aborted else []
-        params = {"nb_hours": float(nb_hours), "queue": queue, "statuses": statuses, "batch_size": batch_size}
+        params = {"nb_hours": float(nb_hours), "queue": validation.check_filter("queue", queue), "statuses": statuses, "batch_size": batch_size}
         return self._delete_old_batches(params)
 
     @staticmethod
@@ -414,10 +476,10 @@ class JobManager(HasConnector):
     ) -> Op[list[dict[str, Any]]]:
         params = {
             "group_by": group_by,
-            "queue": queue,
-            "task": task,
+            "queue": validation.check_filter("queue", queue),
+            "task": validation.check_filter("task", task),
             "status": Status(status).value if status is not None else None,
-            "lock": lock,
+            "lock": validation.check_filter("lock", lock),
         }
         return Op("job_count_by", params, "all", _pivot_counts)
 
@@ -535,3 +597,9 @@ class JobManager(HasConnector):
         return Op("job_promote_due", {"limit": int(limit)}, "one", _first("promoted"))
 
     promote_due_jobs, promote_due_jobs_async = paired(_promote_due_jobs)
+
+    def _database_now(self) -> Op[float]:
+        """The database's clock, as Unix time: the one clock of every time decision."""
+        return Op("database_now", {}, "one", lambda row: float(row["now"]))
+
+    database_now, database_now_async = paired(_database_now)

@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from procrastinate_core import exceptions, middleware
+from procrastinate_core import exceptions, middleware, validation
 from procrastinate_core.jobs import DeleteJobCondition
 
 
@@ -51,12 +51,7 @@ class WorkerOptions:
     task_middleware: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.queues is not None:
-            if isinstance(self.queues, str):
-                raise exceptions.ConfigurationError(
-                    f"queues={self.queues!r}: expected a list of queue names, not a string"
-                )
-            object.__setattr__(self, "queues", tuple(self.queues) or None)
+        object.__setattr__(self, "queues", validation.check_queues(self.queues, where="worker"))
         if isinstance(self.concurrency, bool) or not isinstance(self.concurrency, int) or self.concurrency < 1:
             raise exceptions.ConfigurationError(
                 f"concurrency={self.concurrency!r}: expected an int >= 1"

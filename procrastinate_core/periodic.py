@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 
-from procrastinate_core import exceptions
+from procrastinate_core import exceptions, validation
 
 if TYPE_CHECKING:
     from procrastinate_core.tasks import Task
@@ -65,10 +66,8 @@ class PeriodicTask:
         periodic_id: str,
         configure_kwargs: dict[str, Any],
     ) -> PeriodicTask:
-        if not isinstance(periodic_id, str):
-            raise exceptions.ConfigurationError(
-                f"periodic task {task.name!r}: periodic_id={periodic_id!r} must be a string"
-            )
+        where = f"periodic task {task.name!r}"
+        validation.check_name("periodic_id", periodic_id, where=where)
         allowed = {"lock", "queueing_lock", "task_kwargs", "queue", "priority"}
         unknown = set(configure_kwargs) - allowed
         if unknown:
@@ -81,6 +80,22 @@ class PeriodicTask:
                 f"periodic task {task.name!r}: task_kwargs may not contain 'timestamp', "
                 "which the periodic deferrer sets to the tick's time"
             )
+        # The options a tick is deferred with, checked now rather than at each tick.
+        if "queue" in configure_kwargs:
+            validation.check_name("queue", configure_kwargs["queue"], where=where)
+        if "priority" in configure_kwargs:
+            validation.check_priority(configure_kwargs["priority"], where=where)
+        for field in ("lock", "queueing_lock"):
+            validation.check_optional_name(field, configure_kwargs.get(field), where=where)
+        check = task._argument_check()
+        if check is not None:
+            try:
+                check({**(configure_kwargs.get("task_kwargs") or {}), "timestamp": 0})
+            except exceptions.TaskArgumentsError as exc:
+                raise exceptions.ConfigurationError(
+                    f"{where}: each tick is deferred with timestamp= (the tick, Unix time) and "
+                    f"its task_kwargs, which the task does not take: {exc}"
+                ) from None
         return cls(
             task=task,
             cron=parse_cron(cron, task_name=task.name),
@@ -105,3 +120,38 @@ class PeriodicTask:
         """The first tick strictly after `after` (Unix time)."""
         iterator = croniter(self.cron, datetime.datetime.fromtimestamp(after, datetime.timezone.utc))
         return float(iterator.get_next(float))
+
+
+class DatabaseClock:
+    """The database's clock, for the periodic deferrer: which ticks are due, max_delay.
+
+    Each `refresh_async()` (once per deferrer loop) reads the database's time and
+    keeps its offset from this host's clock; calling the clock returns the host's
+    time plus that offset. A worker whose clock is minutes off thus defers the same
+    ticks as every other worker; between refreshes, only the host clock's *rate*
+    matters. Before the first refresh, the offset is 0.
+    """
+
+    def __init__(self, job_manager: Any, host_clock: Callable[[], float] = time.time) -> None:
+        self.job_manager = job_manager
+        self.host_clock = host_clock
+        self.offset = 0.0
+
+    async def refresh_async(self) -> float:
+        """Measure the offset again; the database's time now."""
+        before = self.host_clock()
+        database = await self.job_manager.database_now_async()
+        after = self.host_clock()
+        self.offset = database - (before + after) / 2
+        return database
+
+    def __call__(self) -> float:
+        return self.host_clock() + self.offset
+
+
+async def read_clock(clock: Callable[[], float]) -> float:
+    """Now, on `clock`, refreshing it first if it can be (a DatabaseClock); tests pass plain callables."""
+    refresh = getattr(clock, "refresh_async", None)
+    if refresh is not None:
+        await refresh()
+    return clock()

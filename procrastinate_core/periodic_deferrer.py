@@ -14,13 +14,12 @@ import asyncio
 import datetime
 import logging
 import math
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from croniter import croniter
 
-from procrastinate_core.periodic import PeriodicTask
+from procrastinate_core.periodic import DatabaseClock, PeriodicTask, read_clock
 
 if TYPE_CHECKING:
     from procrastinate_core.app import App
@@ -45,9 +44,9 @@ def _latest_tick(cron: str, now: float) -> int:
 class PeriodicDeferrer:
     """Defers periodic ticks on time; `clock` is injectable for tests."""
 
-    def __init__(self, app: App, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, app: App, clock: Callable[[], float] | None = None) -> None:
         self.app = app
-        self.clock = clock
+        self.clock = clock or DatabaseClock(app.job_manager)
         self.max_delay = float(app.periodic_defaults.get("max_delay", DEFAULT_MAX_DELAY))
         self.periodic_tasks: list[PeriodicTask] = list(app.periodic_tasks)
         #: per task: the tick up to which ticks were handled
@@ -65,7 +64,7 @@ class PeriodicDeferrer:
 
     async def defer_due(self) -> int:
         """Defer every due tick; how many jobs this worker deferred (others may win ties)."""
-        now = self.clock()
+        now = await read_clock(self.clock)
         deferred = 0
         for periodic_task in self.periodic_tasks:
             for tick in self.due_ticks(periodic_task, now):

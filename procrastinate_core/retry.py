@@ -40,6 +40,13 @@ class RetryDecision:
             return self.retry_at
         return now + datetime.timedelta(**(self.retry_in or {}))
 
+    def retry_in_seconds(self) -> float | None:
+        """The wait in seconds (None with retry_at): the database adds it to its own
+        now() when it records the retry, so a worker's clock that is off changes nothing."""
+        if self.retry_at is not None:
+            return None
+        return datetime.timedelta(**(self.retry_in or {})).total_seconds()
+
 
 class BaseRetryStrategy:
     """Subclass and implement get_retry_decision (or the simpler get_schedule_in)."""

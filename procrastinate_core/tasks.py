@@ -9,7 +9,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, TypeVar
 
-from procrastinate_core import exceptions, middleware, serialization
+from procrastinate_core import exceptions, middleware, serialization, validation
 from procrastinate_core import retry as retry_module
 from procrastinate_core.jobs import Job
 
@@ -22,7 +22,7 @@ R = TypeVar("R")
 Args = ParamSpec("Args")
 
 #: NOTIFY channels are identifiers (63 bytes); ours are "pcq_q_" + queue name.
-MAX_QUEUE_NAME_BYTES = 50
+MAX_QUEUE_NAME_BYTES = validation.LIMITS["queue"].max_bytes
 DEFAULT_QUEUE = "default"
 
 
@@ -40,34 +40,15 @@ class ConfigureTaskOptions(TypedDict, total=False):
 
 
 def check_queue_name(queue: Any) -> str:
-    """A valid queue name, or a ConfigurationError that says why not."""
-    if not isinstance(queue, str) or not queue:
-        raise exceptions.ConfigurationError(f"queue={queue!r}: a queue name is a non-empty string")
-    if len(queue.encode()) > MAX_QUEUE_NAME_BYTES:
-        raise exceptions.ConfigurationError(
-            f"queue={queue!r} is {len(queue.encode())} bytes long; queue names are limited "
-            f"to {MAX_QUEUE_NAME_BYTES} bytes (they name PostgreSQL notification channels)."
-        )
-    return queue
-
-
-def _check_optional_str(option: str, value: Any) -> str | None:
-    if value is not None and not isinstance(value, str):
-        raise exceptions.ConfigurationError(f"{option}={value!r}: expected a string or None")
-    return value
-
-
-def _check_priority(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise exceptions.ConfigurationError(f"priority={value!r}: expected an int")
-    if not -(2**31) <= value < 2**31:
-        raise exceptions.ConfigurationError(f"priority={value}: must fit in 32 bits")
-    return value
+    """A valid queue name, or a ConfigurationError that says why not (see validation.LIMITS)."""
+    return validation.check_name("queue", queue)
 
 
 def _scheduled_at(
     schedule_at: datetime.datetime | None, schedule_in: dict[str, float] | None
-) -> datetime.datetime | None:
+) -> tuple[datetime.datetime | None, float | None]:
+    """(scheduled_at, schedule_in_seconds): a delay goes to the database as is, and
+    PostgreSQL adds it to its own now(), so a client clock that is off changes nothing."""
     if schedule_at is not None and schedule_in is not None:
         raise exceptions.ConfigurationError(
             "configure() takes schedule_at or schedule_in, not both"
@@ -80,7 +61,7 @@ def _scheduled_at(
                 f"schedule_in={schedule_in!r}: {exc}; use timedelta keywords such as "
                 '{"seconds": 30} or {"hours": 1}'
             ) from None
-        return datetime.datetime.now(datetime.timezone.utc) + delta
+        return None, delta.total_seconds()
     if schedule_at is not None:
         if not isinstance(schedule_at, datetime.datetime):
             raise exceptions.ConfigurationError(
@@ -91,15 +72,23 @@ def _scheduled_at(
                 f"schedule_at={schedule_at!r} has no time zone; pass an aware datetime "
                 "(for example datetime.now(timezone.utc) + timedelta(hours=1))"
             )
-    return schedule_at
+    return schedule_at, None
 
 
 class JobDeferrer:
     """A job template (task, queue, lock, schedule...) ready to be deferred once or many times."""
 
-    def __init__(self, job_manager: JobManager, job: Job, connection: Any = None) -> None:
+    def __init__(
+        self,
+        job_manager: JobManager,
+        job: Job,
+        check: Callable[[dict[str, Any]], None] | None = None,
+        connection: Any = None,
+    ) -> None:
         self.job_manager = job_manager
         self.job = job
+        #: checks the arguments against the task's signature (None: deferred by name)
+        self.check = check
         #: The caller's connection (psycopg, psycopg2, SQLAlchemy...): the insert runs
         #: on it, inside its transaction, and commits or rolls back with it.
         self.connection = connection
@@ -111,7 +100,10 @@ class JobDeferrer:
         return self.job.evolve(task_kwargs=kwargs)
 
     def _merged(self, task_kwargs: dict[str, Any]) -> dict[str, Any]:
-        return {**self.job.task_kwargs, **task_kwargs} if self.job.task_kwargs else task_kwargs
+        kwargs = {**self.job.task_kwargs, **task_kwargs} if self.job.task_kwargs else task_kwargs
+        if self.check is not None:
+            self.check(kwargs)
+        return kwargs
 
     def _encoded(self, kwargs: dict[str, Any]) -> str:
         """Arguments as checked JSON text, which the insert sends as is (encoded once,
@@ -120,6 +112,7 @@ class JobDeferrer:
             kwargs,
             self.job_manager.connector.json_dumps,
             what=f"cannot defer task {self.job.task_name!r}",
+            max_bytes=self.job_manager.max_payload_bytes,
         )
 
     def defer(self, **task_kwargs: Any) -> int:
@@ -136,7 +129,7 @@ class JobDeferrer:
         return job_id
 
     def batch_defer(self, *task_kwargs: dict[str, Any]) -> list[int]:
-        """Insert one job per kwargs dict, in one statement (all or none); their ids."""
+        """Insert one job per kwargs dict, all or none (a huge batch in several statements of one transaction); their ids."""
         texts = [self._encoded(self._merged(kwargs)) for kwargs in task_kwargs]
         return self.job_manager.defer_from_template(self.job, texts, connection=self.connection)
 
@@ -144,6 +137,56 @@ class JobDeferrer:
         texts = [self._encoded(self._merged(kwargs)) for kwargs in task_kwargs]
         return await self.job_manager.defer_from_template_async(
             self.job, texts, connection=self.connection
+        )
+
+
+class ArgumentCheck:
+    """Checks a job's keyword arguments against its task's signature, at defer.
+
+    A misspelled or missing argument would otherwise be stored, then fail with a
+    TypeError on every attempt. Opt out with `@app.task(check_kwargs=False)`, or
+    defer by name (`app.configure_task(name)`), which is never checked.
+    """
+
+    def __init__(self, func: Callable[..., Any], *, task_name: str, pass_context: bool) -> None:
+        self.task_name = task_name
+        try:
+            parameters = list(inspect.signature(func).parameters.values())
+        except (TypeError, ValueError):  # no signature (some builtins): nothing to check
+            parameters = []
+            self.any_keyword = True
+        else:
+            self.any_keyword = any(p.kind is p.VAR_KEYWORD for p in parameters)
+        if pass_context and parameters and parameters[0].kind in (
+            inspect.Parameter.POSITIONAL_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        ):
+            parameters = parameters[1:]  # the JobContext
+        keyword_kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        self.names = frozenset(p.name for p in parameters if p.kind in keyword_kinds)
+        self.required = frozenset(
+            p.name
+            for p in parameters
+            if p.default is inspect.Parameter.empty
+            and p.kind in (*keyword_kinds, inspect.Parameter.POSITIONAL_ONLY)
+        )
+
+    def __call__(self, kwargs: dict[str, Any]) -> None:
+        keys = kwargs.keys()
+        unknown = [] if self.any_keyword else sorted(keys - self.names)
+        missing = sorted(self.required - keys)
+        if not unknown and not missing:
+            return
+        problems = []
+        if unknown:
+            problems.append(f"unknown argument(s) {unknown}")
+        if missing:
+            problems.append(f"missing argument(s) {missing}")
+        raise exceptions.TaskArgumentsError(
+            f"cannot defer task {self.task_name!r}: {' and '.join(problems)}; it takes "
+            f"{sorted(self.names) or 'no arguments'}. Fix the call, or, if the worker runs "
+            "another version of the task, defer it by name (app.configure_task(name)) or "
+            "declare it with @app.task(check_kwargs=False)."
         )
 
 
@@ -159,16 +202,16 @@ def make_job(
     schedule_in: dict[str, float] | None = None,
 ) -> Job:
     """A validated job template; every defer path (task, configure_task, CLI, periodic) uses it."""
-    if not isinstance(task_name, str) or not task_name:
-        raise exceptions.ConfigurationError(f"task name {task_name!r}: expected a non-empty string")
+    scheduled_at, schedule_in_seconds = _scheduled_at(schedule_at, schedule_in)
     return Job(
-        task_name=task_name,
-        queue=check_queue_name(queue),
-        priority=_check_priority(priority),
-        lock=_check_optional_str("lock", lock),
-        queueing_lock=_check_optional_str("queueing_lock", queueing_lock),
+        task_name=validation.check_name("task", task_name),
+        queue=validation.check_name("queue", queue),
+        priority=validation.check_priority(priority),
+        lock=validation.check_optional_name("lock", lock),
+        queueing_lock=validation.check_optional_name("queueing_lock", queueing_lock),
         task_kwargs=dict(task_kwargs or {}),
-        scheduled_at=_scheduled_at(schedule_at, schedule_in),
+        scheduled_at=scheduled_at,
+        schedule_in_seconds=schedule_in_seconds,
     )
 
 
@@ -211,25 +254,33 @@ class Task(Generic[P, R, Args]):
         queueing_lock: str | None = None,
         timeout: float | None = None,
         task_middleware: list[Any] | None = None,
+        check_kwargs: bool = True,
     ) -> None:
         self.func = func
         self.blueprint = blueprint
         # procrastinate's default name: module and __name__ (not __qualname__), so a
         # task defined inside a function is `module.task`, not `module.f.<locals>.task`.
-        self.name = name or _default_name(func)
-        self.aliases = list(aliases or [])
+        self.name = validation.check_name("task", name or _default_name(func))
+        self.aliases = [
+            validation.check_name("task", alias, where=f"task {self.name!r} aliases")
+            for alias in aliases or []
+        ]
         self.retry_strategy = retry_module.get_retry_strategy(retry)
         self.pass_context = pass_context
-        self.queue = check_queue_name(queue)
-        self.priority = _check_priority(priority)
-        self.lock = _check_optional_str("lock", lock)
-        self.queueing_lock = _check_optional_str("queueing_lock", queueing_lock)
+        where = f"task {self.name!r}"
+        self.queue = validation.check_name("queue", queue, where=where)
+        self.priority = validation.check_priority(priority, where=where)
+        self.lock = validation.check_optional_name("lock", lock, where=where)
+        self.queueing_lock = validation.check_optional_name("queueing_lock", queueing_lock, where=where)
         if timeout is not None and (isinstance(timeout, bool) or not timeout > 0):
             raise exceptions.ConfigurationError(
                 f"task {self.name!r}: timeout={timeout!r} must be a positive number of seconds"
             )
         self.timeout = timeout
         self.task_middleware = list(task_middleware or [])
+        #: defer checks keyword arguments against func's signature (False: anything goes)
+        self.check_kwargs = bool(check_kwargs)
+        self._signature: ArgumentCheck | None = None
         self.is_async = inspect.iscoroutinefunction(func)
         self._default_job: tuple[tuple[Any, ...], Job] | None = None
         middleware.check_task_middleware(
@@ -284,7 +335,14 @@ class Task(Generic[P, R, Args]):
             schedule_at=schedule_at,
             schedule_in=schedule_in,
         )
-        return JobDeferrer(self.app.job_manager, job, connection=connection)
+        return JobDeferrer(self.app.job_manager, job, self._argument_check(), connection=connection)
+
+    def _argument_check(self) -> Callable[[dict[str, Any]], None] | None:
+        if not self.check_kwargs:
+            return None
+        if self._signature is None:
+            self._signature = ArgumentCheck(self.func, task_name=self.name, pass_context=self.pass_context)
+        return self._signature
 
     def _default_deferrer(self) -> JobDeferrer:
         """configure() with no overrides, its validated template built once: defer() is a hot path."""
@@ -292,7 +350,7 @@ class Task(Generic[P, R, Args]):
         cached = self._default_job
         if cached is None or cached[0] != key:
             cached = self._default_job = (key, self.configure().job)
-        return JobDeferrer(self.app.job_manager, cached[1])
+        return JobDeferrer(self.app.job_manager, cached[1], self._argument_check())
 
     def _no_positional(self, args: tuple[Any, ...]) -> None:
         if args:
@@ -311,7 +369,7 @@ class Task(Generic[P, R, Args]):
         return await self._default_deferrer().defer_async(**task_kwargs)
 
     def batch_defer(self, *task_kwargs: dict[str, Any]) -> list[int]:
-        """Queue one job per kwargs dict in a single round trip; their ids."""
+        """Queue one job per kwargs dict, all or none; their ids (one statement unless very large)."""
         return self._default_deferrer().batch_defer(*task_kwargs)
 
     async def batch_defer_async(self, *task_kwargs: dict[str, Any]) -> list[int]:

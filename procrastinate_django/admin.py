@@ -14,11 +14,12 @@ import re
 from typing import Any
 
 import django
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.db import DatabaseError, router, transaction
 from django.db.models import Count, Q, QuerySet, TextField
 from django.db.models.functions import Cast
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
@@ -26,6 +27,8 @@ from django.utils.dateformat import format as date_format
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
+from procrastinate_core import exceptions, validation
+from procrastinate_core.connectors import errors
 from procrastinate_core.jobs import Status
 from procrastinate_django import admin_actions
 from procrastinate_django import models as models_module
@@ -58,6 +61,14 @@ def _breakable(name: str) -> str:
 
 def _pretty_json(value: Any) -> str:
     return format_html("<pre>{}</pre>", json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def _missing_schema_response(exc: DatabaseError) -> HttpResponse:
+    """A page naming the fix when the queue's tables are missing; other errors propagate."""
+    translated = errors.translate(exc)
+    if not isinstance(translated, exceptions.SchemaNotInstalled):
+        raise exc
+    return HttpResponse(str(translated), status=503, content_type="text/plain; charset=utf-8")
 
 
 @admin.register(ProcrastinateJob)
@@ -288,11 +299,28 @@ class ProcrastinateJobAdmin(admin.ModelAdmin):
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
+        changelist_url = reverse("admin:procrastinate_django_procrastinatejob_changelist")
+        for key, value in request.GET.items():
+            problem = validation.text_problem(value)
+            if problem is not None:
+                # Such text cannot be sent to PostgreSQL (a NUL would raise in the driver):
+                # refuse the search or filter here instead of failing with a server error.
+                messages.error(
+                    request,
+                    f"The {key!r} search or filter was ignored: {problem}. Remove that character.",
+                )
+                return HttpResponseRedirect(changelist_url)
         extra = {
             **(extra_context or {}),
             "summary_url": reverse("admin:procrastinate_django_procrastinatejob_summary"),
         }
-        return super().changelist_view(request, extra)
+        try:
+            # A savepoint: after a missing-table error the request's transaction (a test's,
+            # ATOMIC_REQUESTS) stays usable for the session and messages middleware.
+            with transaction.atomic(using=router.db_for_read(ProcrastinateJob)):
+                return super().changelist_view(request, extra)
+        except DatabaseError as exc:
+            return _missing_schema_response(exc)
 
 
 @admin.register(models_module.ProcrastinateWorker)

@@ -12,7 +12,7 @@ from typing import Any
 from django.conf import settings as django_settings
 from django.core import checks
 
-from procrastinate_core import exceptions
+from procrastinate_core import exceptions, validation
 from procrastinate_core.options import WorkerOptions
 from procrastinate_django.settings import CONNECTOR_BACKENDS, NAMES, settings
 
@@ -87,10 +87,17 @@ def _module_name(value: Any) -> str | None:
 
 
 def _import_paths(value: Any) -> str | None:
-    if isinstance(value, str) or not isinstance(value, list | tuple):
-        return f"expected a list of module paths, got {value!r}."
-    bad = [path for path in value if not isinstance(path, str)]
-    return f"every entry must be a dotted module path; not {bad!r}." if bad else None
+    return _problem_of(lambda: validation.check_import_paths(value, where="import_paths"))
+
+
+def _problem_of(validate: Callable[[], Any]) -> str | None:
+    """The message of the core validator's ConfigurationError, or None: one rule, stated once."""
+    try:
+        validate()
+    except exceptions.ConfigurationError as exc:
+        # The setting's name replaces the App argument's ("import_paths: ...").
+        return str(exc).split(": ", 1)[-1].rstrip(".") + "."
+    return None
 
 
 def _worker_defaults(value: Any) -> str | None:
@@ -105,18 +112,7 @@ def _worker_defaults(value: Any) -> str | None:
 
 
 def _periodic_defaults(value: Any) -> str | None:
-    problem = _optional_dict(value)
-    if problem:
-        return problem
-    unknown = sorted(set(value or {}) - {"max_delay"})
-    if unknown:
-        return f"unknown option(s) {unknown}; known: ['max_delay']."
-    max_delay = (value or {}).get("max_delay")
-    if max_delay is not None and (
-        isinstance(max_delay, bool) or not isinstance(max_delay, int | float) or max_delay < 0
-    ):
-        return f"max_delay={max_delay!r}: expected a number of seconds >= 0."
-    return None
+    return _problem_of(lambda: validation.PeriodicOptions.build(value))  # "periodic_defaults: ..."
 
 
 def _bool(value: Any) -> str | None:
@@ -156,3 +152,33 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 )
             )
     return messages
+
+
+@checks.register()
+def check_schema_applied(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """A warning while the queue's migrations are not applied (defer would fail on missing tables).
+
+    It reads the database, so it says nothing when the database cannot be reached
+    (connection problems are reported by whatever uses it first).
+    """
+    from django.db import connections
+
+    from procrastinate_core.schema import SchemaManager
+    from procrastinate_django.connector import DjangoConnector
+
+    alias = settings.DATABASE_ALIAS
+    if alias not in django_settings.DATABASES or connections[alias].vendor != "postgresql":
+        return []  # reported by check_settings
+    try:
+        status = SchemaManager(DjangoConnector(alias)).get_status()
+    except Exception:  # noqa: BLE001 - unreachable database, or database access not allowed here
+        return []
+    if status.is_current:
+        return []
+    return [
+        checks.Warning(
+            f"The task queue's schema on DATABASES[{alias!r}] is not up to date: {status.describe()}.",
+            hint="Run `python manage.py migrate` (it applies procrastinate_django's migrations).",
+            id="procrastinate_django.W002",
+        )
+    ]

@@ -234,6 +234,19 @@ class DjangoConnector(BaseSyncConnector):
                 cursor.execute(text, dict(query_params or {}))
                 return _fetch(cursor, fetch)
 
+    def transaction(self) -> contextlib.AbstractContextManager[Any]:
+        """`transaction.atomic()` on this alias (a savepoint inside the caller's); yields the connection."""
+        if _loop_running():  # queries go to a helper thread: no shared transaction there
+            return contextlib.nullcontext(None)
+        return self._atomic()
+
+    @contextlib.contextmanager
+    def _atomic(self) -> Iterator[Any]:
+        from django.db import transaction
+
+        with errors.translated(self._target), transaction.atomic(using=self.alias):
+            yield self.connection
+
     def execute_script(self, script: str) -> None:
         """Run a migration script in one transaction (a savepoint inside Django's migrate)."""
         from django.db import transaction

@@ -16,7 +16,7 @@ from typing import Any
 
 from django.utils.functional import SimpleLazyObject
 
-from procrastinate_core import exceptions
+from procrastinate_core import exceptions, validation
 from procrastinate_core.app import App
 from procrastinate_core.connectors.base import BaseConnector
 from procrastinate_core.options import WorkerOptions
@@ -133,14 +133,11 @@ def _worker_defaults(value: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def _import_paths(value: Any) -> list[str]:
-    if isinstance(value, str) or not all(isinstance(p, str) for p in value):
-        raise TypeError("expected a list of module paths")
-    return list(value)
+    return list(validation.check_import_paths(value, where="PROCRASTINATE_IMPORT_PATHS"))
 
 
 def _periodic_defaults(value: dict[str, Any] | None) -> dict[str, Any]:
-    App(connector=DjangoConnector(), periodic_defaults=value)  # validates
-    return dict(value or {})
+    return validation.PeriodicOptions.build(value).as_dict()
 
 
 def build_app() -> DjangoApp:

@@ -88,7 +88,7 @@ def main(
             return run_command(app, args, sys.stdout)
         except exceptions.ProcrastinateException as exc:
             logger.debug("Command failed", exc_info=True, extra={"action": "cli_error"})
-            print(f"Error: {exc}", file=sys.stderr)
+            print(f"Error: {environment.explain(exc, args)}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
             print("Interrupted.", file=sys.stderr)

@@ -25,6 +25,10 @@ FALSE = ("0", "false", "no", "off")
 Problems = dict[str | None, list[str]]
 
 
+#: Namespace attribute (suffixed by the command) mapping each option's dest to the
+#: (variable, raw value) it came from.
+SOURCES = "environment_sources:"
+
 _NO_VARIABLE = (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)
 
 
@@ -77,6 +81,7 @@ def _apply_to(
 ) -> list[str]:
     problems: list[str] = []
     defaults: dict[str, Any] = {}
+    sources: dict[str, tuple[str, str, Any]] = {}
     for action in parser._actions:
         name = variable_name(command, action)
         if name is None:
@@ -89,8 +94,31 @@ def _apply_to(
             defaults[action.dest] = _converted(action, raw)
         except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
             problems.append(f"environment variable {name}={raw!r}: {exc}")
-    parser.set_defaults(**defaults)
+        else:
+            sources[action.dest] = (name, raw, defaults[action.dest])
+    parser.set_defaults(**defaults, **{SOURCES + (command or ""): sources})
     return problems
+
+
+def explain(exc: BaseException, args: argparse.Namespace) -> str:
+    """The message of an error about an option, naming its variable when the value came from one.
+
+    A value can pass its flag's type (`PROCRASTINATE_WORKER_CONCURRENCY=0` is an
+    int) and be refused later by the option itself ("concurrency=0: expected an
+    int >= 1"); the user must learn which variable to fix.
+    """
+    message = str(exc)
+    command = getattr(args, "command", None) or ""
+    for key in (SOURCES + command, SOURCES):
+        for dest, (name, raw, value) in (getattr(args, key, None) or {}).items():
+            option = dest.split(":", 1)[-1]
+            from_variable = getattr(args, dest, None) == value  # else a flag overrode it
+            if from_variable and message.startswith((f"{option}=", f"worker: {option}=")):
+                return (
+                    f"environment variable {name}={raw!r}: {message.rstrip('.')}. "
+                    f"Fix or unset {name} (a command-line flag also overrides it)."
+                )
+    return message
 
 
 def apply(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> Problems:

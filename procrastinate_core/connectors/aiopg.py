@@ -10,6 +10,7 @@ asynchronously, is a Psycopg2Connector with the same connection parameters.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
@@ -141,6 +142,23 @@ class AiopgConnector(PooledConnector, BaseAsyncConnector):
             async with self.pool.acquire() as conn:
                 async with conn.cursor() as cursor:
                     await cursor.execute(script)
+
+    @contextlib.asynccontextmanager
+    async def transaction_async(self) -> AsyncIterator[Any]:
+        """A pooled connection inside one transaction (aiopg is autocommit: explicit BEGIN)."""
+        with errors.translated(self._settings.target):
+            async with self.pool.acquire() as conn:
+                async with conn.cursor() as cursor:
+                    await cursor.execute("BEGIN")
+                try:
+                    yield conn
+                except BaseException:
+                    if not conn.closed:
+                        async with conn.cursor() as cursor:
+                            await cursor.execute("ROLLBACK")
+                    raise
+                async with conn.cursor() as cursor:
+                    await cursor.execute("COMMIT")
 
     async def listen_notify(
         self,

@@ -14,8 +14,9 @@ asgiref's sync_to_async); async connectors hand out a sync counterpart through
 from __future__ import annotations
 
 import abc
+import contextlib
 import json
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any, Literal
 
 from asgiref.sync import sync_to_async
@@ -77,6 +78,19 @@ class BaseConnector(abc.ABC):
 
     @abc.abstractmethod
     async def execute_script_async(self, script: str) -> None: ...
+
+    # -- several statements, one transaction ----------------------------------------
+    def transaction(self) -> contextlib.AbstractContextManager[Any]:
+        """A transaction for several statements that stand or fall together; yields what
+        to pass as their `connection=` (a batch_defer sent in chunks uses it).
+
+        Commits when the block ends, rolls back if it raises. This default yields
+        None and gives no atomicity: each statement then commits on its own.
+        """
+        return contextlib.nullcontext(None)
+
+    def transaction_async(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        return contextlib.nullcontext(None)
 
     def execute_query(self, name: str, params: Params | None = None, *, connection: Any = None) -> None:
         self.run_query(name, params, connection, "none")
@@ -161,6 +175,23 @@ class BaseSyncConnector(BaseConnector):
 
     async def execute_script_async(self, script: str) -> None:
         await sync_to_async(self.execute_script, thread_sensitive=self.thread_sensitive)(script)
+
+    @contextlib.asynccontextmanager
+    async def transaction_async(self) -> AsyncIterator[Any]:
+        """transaction(), entered and left in a worker thread (the connection's, for Django)."""
+        manager = self.transaction()
+
+        def call(function: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+            return sync_to_async(function, thread_sensitive=self.thread_sensitive)
+
+        connection = await call(manager.__enter__)()
+        try:
+            yield connection
+        except BaseException as exc:
+            if not await call(manager.__exit__)(type(exc), exc, exc.__traceback__):
+                raise
+        else:
+            await call(manager.__exit__)(None, None, None)
 
 
 class BaseAsyncConnector(BaseConnector):

@@ -9,12 +9,19 @@ see procrastinate_core.exceptions.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from procrastinate_core import exceptions
 
 UNIQUE_VIOLATION = "23505"
+UNDEFINED_TABLE = "42P01"
+#: What the missing-schema error tells users to run.
+SCHEMA_FIX = (
+    "Apply the schema: `python manage.py migrate` with Django, otherwise "
+    "`procrastinate-core --app=<your app> schema --apply` (or app.schema_manager.apply_schema())."
+)
 # Class 08: connection exceptions; 57P01-57P03: admin shutdown, crash, cannot connect now.
 _CONNECTION_STATES = ("08", "57P01", "57P02", "57P03")
 
@@ -65,7 +72,13 @@ def describe_target(params: Mapping[str, Any]) -> str:
     return " ".join(parts) or "the libpq defaults (PGHOST, PGPORT, ... or the local socket)"
 
 
-def translate(exc: BaseException, *, target: str | None = None) -> exceptions.ConnectorException:
+#: Our tables are named pcq_*; the name is quoted in the server's message whatever its language.
+_OUR_TABLE = re.compile(r'"(pcq_\w+)"')
+
+
+def translate(
+    exc: BaseException, *, target: str | None = None
+) -> exceptions.ConnectorException | exceptions.SchemaNotInstalled:
     """Our exception for a driver exception (the driver's stays as __cause__)."""
     if isinstance(exc, exceptions.ConnectorException):
         return exc
@@ -73,6 +86,13 @@ def translate(exc: BaseException, *, target: str | None = None) -> exceptions.Co
     if state == UNIQUE_VIOLATION:
         constraint = constraint_of(exc)
         return exceptions.UniqueViolation(str(exc).strip(), constraint_name=constraint)
+    if state == UNDEFINED_TABLE and _OUR_TABLE.search(str(exc)):
+        found = _OUR_TABLE.search(str(exc))
+        table = found.group(1) if found else "pcq_jobs"
+        return exceptions.SchemaNotInstalled(
+            f"the table {table} does not exist in this database{' (' + target + ')' if target else ''}: "
+            f"the queue's schema was never applied to it. {SCHEMA_FIX}"
+        )
     if is_connection_error(exc):
         where = f" ({target})" if target else ""
         return exceptions.DatabaseConnectionError(

@@ -14,9 +14,11 @@ works without being opened, as `procrastinate`'s in-memory connector does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import copy
 import inspect
 import threading
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
 from procrastinate_core.connectors.base import (
@@ -102,6 +104,24 @@ class InMemoryConnector(BaseConnector):
         self, name: str, params: Params | None, connection: Any, fetch: Fetch
     ) -> Any:
         return self.run_query(name, params, connection, fetch)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All or nothing, as a transaction: the rows are put back if the block raises
+        (ids are not reused, as with PostgreSQL's sequences; notifications already sent stay)."""
+        store = self.store
+        with store.lock:
+            saved = copy.deepcopy((store.jobs, store.events, store.workers, store.periodic_defers))
+            try:
+                yield None
+            except BaseException:
+                store.jobs, store.events, store.workers, store.periodic_defers = saved
+                raise
+
+    @contextlib.asynccontextmanager
+    async def transaction_async(self) -> AsyncIterator[None]:
+        with self.transaction():
+            yield None
 
     def execute_script(self, script: str) -> None:
         """Recorded, not run: the in-memory schema is always current."""

@@ -20,6 +20,7 @@ from procrastinate_core.connectors.in_memory_tables import (
     Clock,
     InMemoryTables,
     Notify,
+    after,
     timestamp,
     utc_now,
 )
@@ -113,7 +114,8 @@ class InMemoryStore(InMemoryTables):
                 job,
                 status=status,
                 finished_at=None if retry else now,
-                scheduled_at=timestamp(o.get("retry_at")) if retry else job["scheduled_at"],
+                scheduled_at=(timestamp(o.get("retry_at")) or after(now, o.get("retry_in")))
+                if retry else job["scheduled_at"],
                 priority=o["priority"] if o.get("priority") is not None else job["priority"],
                 queue_name=o.get("queue_name") or job["queue_name"],
                 lock=o["lock"] if o.get("lock") is not None else job["lock"],
@@ -348,3 +350,7 @@ class InMemoryStore(InMemoryTables):
             and p.get("queue") in (None, job["queue_name"])
             and p.get("task_name") in (None, job["task_name"])
         ]
+
+    # -- the clock ------------------------------------------------------------------
+    def database_now(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{"now": self.clock().timestamp()}]

@@ -43,6 +43,11 @@ def timestamp(value: Any) -> datetime.datetime | None:
     return value
 
 
+def after(now: datetime.datetime, seconds: float | None) -> datetime.datetime | None:
+    """`now() + make_interval(secs => seconds)`: None when seconds is None (as NULL in SQL)."""
+    return None if seconds is None else now + datetime.timedelta(seconds=seconds)
+
+
 def _as_text(value: Any) -> str | None:
     return None if value is None else json.dumps(value)
 
@@ -204,7 +209,8 @@ class InMemoryTables:
             "priority": record.get("priority") or 0, "lock": record.get("lock"),
             "queueing_lock": record.get("queueing_lock"),
             "args": record.get("args") if record.get("args") is not None else {},
-            "status": "todo", "scheduled_at": timestamp(record.get("scheduled_at")),
+            "status": "todo", "scheduled_at": timestamp(record.get("scheduled_at")) or after(
+                self.clock(), record.get("schedule_in_seconds")),
             "attempts": 0, "worker_id": None, "abort_requested": False,
             "created_at": self.clock(), "started_at": None, "finished_at": None,
             "result": None, "error": None, "waiting_for": None,

@@ -7,9 +7,10 @@ the PG* environment variables.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
 from procrastinate_core import exceptions, sql
@@ -209,6 +210,13 @@ class PsycopgConnector(PooledConnector, BaseAsyncConnector):
             async with self.pool.connection() as conn:
                 await conn.execute(script)
 
+    @contextlib.asynccontextmanager
+    async def transaction_async(self) -> AsyncIterator[Any]:
+        """A pooled connection inside one transaction (see BaseConnector.transaction)."""
+        with errors.translated(self._settings.target):
+            async with self.pool.connection() as conn, conn.transaction():
+                yield conn
+
     async def listen_notify(
         self,
         channels: Iterable[str],
@@ -312,6 +320,13 @@ class SyncPsycopgConnector(PooledConnector, BaseSyncConnector):
         with errors.translated(self._settings.target):
             with self.pool.connection() as conn:
                 conn.execute(script)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """A pooled connection inside one transaction (see BaseConnector.transaction)."""
+        with errors.translated(self._settings.target):
+            with self.pool.connection() as conn, conn.transaction():
+                yield conn
 
 
 async def _execute_async(conn: Any, text: str, query_params: Params | None, fetch: str) -> Any:

@@ -150,3 +150,19 @@ class Psycopg2Connector(PooledConnector, BaseSyncConnector):
             with self._connection() as conn:
                 with conn.cursor() as cursor:
                     cursor.execute(script)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """A pooled connection inside one transaction (see BaseConnector.transaction)."""
+        with errors.translated(self._settings.target), self._connection() as conn:
+            with conn.cursor() as cursor:
+                cursor.execute("BEGIN")
+            try:
+                yield conn
+            except BaseException:
+                if not conn.closed:
+                    with conn.cursor() as cursor:
+                        cursor.execute("ROLLBACK")
+                raise
+            with conn.cursor() as cursor:
+                cursor.execute("COMMIT")

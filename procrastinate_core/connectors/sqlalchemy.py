@@ -9,8 +9,10 @@ libpq keywords given at the top level go to the driver (`connect_args`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from procrastinate_core import exceptions, sql
@@ -165,6 +167,13 @@ class SQLAlchemyPsycopg2Connector(BaseSyncConnector):
         with errors.translated(self._target):
             with engine.begin() as conn:
                 conn.exec_driver_sql(script)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """An engine connection inside one transaction (see BaseConnector.transaction)."""
+        engine = self.engine
+        with errors.translated(self._target), engine.begin() as conn:
+            yield conn
 
 
 def _execute(conn: Any, text: str, query_params: Params | None, fetch: str) -> Any:

@@ -5,15 +5,17 @@
 
 -- name: job_defer_many
 -- Inserts the jobs of a JSON array in one statement; returns their ids
--- (ids grow in array order).
+-- (ids grow in array order). A job's schedule_in_seconds (configure's schedule_in)
+-- is added to the database's now(): one clock, whatever the client's says.
 INSERT INTO pcq_jobs (queue_name, task_name, priority, lock, queueing_lock, args, scheduled_at)
-SELECT j.queue_name, j.task_name, j.priority, j.lock, j.queueing_lock, j.args, j.scheduled_at
+SELECT j.queue_name, j.task_name, j.priority, j.lock, j.queueing_lock, j.args,
+       coalesce(j.scheduled_at, now() + make_interval(secs => j.schedule_in_seconds))
 FROM ROWS FROM (
     jsonb_to_recordset(%(jobs)s::jsonb) AS (
         queue_name text, task_name text, priority integer, lock text, queueing_lock text,
-        args jsonb, scheduled_at timestamptz
+        args jsonb, scheduled_at timestamptz, schedule_in_seconds float8
     )
-) WITH ORDINALITY AS j(queue_name, task_name, priority, lock, queueing_lock, args, scheduled_at, ord)
+) WITH ORDINALITY AS j(queue_name, task_name, priority, lock, queueing_lock, args, scheduled_at, schedule_in_seconds, ord)
 ORDER BY j.ord
 RETURNING id;
 
@@ -57,7 +59,7 @@ WITH outcome AS (
     FROM jsonb_to_recordset(%(outcomes)s::jsonb) AS o(
         id bigint, worker_id bigint, attempt integer, status text, delete_job boolean,
         retry_at timestamptz, priority integer, queue_name text, lock text,
-        result jsonb, error jsonb
+        result jsonb, error jsonb, retry_in float8
     )
 ),
 deleted AS (
@@ -78,7 +80,8 @@ updated AS (
             ELSE o.status
         END,
         finished_at = CASE WHEN o.status = 'todo' THEN NULL ELSE now() END,
-        scheduled_at = CASE WHEN o.status = 'todo' THEN o.retry_at ELSE j.scheduled_at END,
+        scheduled_at = CASE WHEN o.status = 'todo'
+            THEN coalesce(o.retry_at, now() + make_interval(secs => o.retry_in)) ELSE j.scheduled_at END,
         priority = coalesce(o.priority, j.priority),
         queue_name = coalesce(o.queue_name, j.queue_name),
         lock = coalesce(o.lock, j.lock),
@@ -413,3 +416,8 @@ promoted AS (
     RETURNING j.id
 )
 SELECT count(*) AS promoted FROM promoted;
+
+-- name: database_now
+-- Returns the database's clock as Unix time (seconds): time decisions made in
+-- Python (periodic ticks, max_delay) use it, never the host's clock.
+SELECT extract(epoch FROM clock_timestamp())::float8 AS now;

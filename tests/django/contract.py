@@ -89,6 +89,11 @@ def build(dsn: str, **hooks: Any) -> Any:
             with unblocked():
                 super().execute_script(script)
 
+        @contextlib.contextmanager
+        def transaction(self) -> Iterator[Any]:
+            with unblocked(), super().transaction() as connection:
+                yield connection
+
     return ContractDjangoConnector(alias_for(dsn), **hooks)
 
 

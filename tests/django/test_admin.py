@@ -325,3 +325,13 @@ def test_summary_counts_by_status_queue_and_task(operator: Client, jobs: dict[st
     by_task = {row["name"]: row["counts"]["failed"] for row in context["by_task"]}
     assert by_task["tests.django.testapp.tasks.fail"] == 2
     assert 'href="' + SUMMARY in operator.get(CHANGELIST).content.decode()
+
+
+@pytest.mark.parametrize("query", ["?q=a%00b", "?queue_name=a%00b", "?task_name=%00"])
+def test_unstorable_search_or_filter_is_refused_with_a_message(operator: Client, jobs: dict[str, int], query: str) -> None:
+    """A NUL cannot be sent to PostgreSQL: the admin says so instead of a 500."""
+    response = operator.get(CHANGELIST + query, follow=True)
+    assert response.status_code == 200
+    messages = [str(m) for m in response.context["messages"]]
+    assert any("was ignored" in m and "Remove that character" in m for m in messages), messages
+    assert operator.get(CHANGELIST + "?q=ok").status_code == 200

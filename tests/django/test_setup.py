@@ -69,6 +69,21 @@ def test_default_settings_pass() -> None:
             "PROCRASTINATE_PERIODIC_DEFAULTS: unknown option(s) ['max_dealy']",
         ),
         (
+            "PERIODIC_DEFAULTS",
+            {"max_delay": "soon"},
+            "PROCRASTINATE_PERIODIC_DEFAULTS: max_delay='soon': expected a number of seconds > 0",
+        ),
+        (
+            "PERIODIC_DEFAULTS",
+            {"max_delay": -5},
+            "PROCRASTINATE_PERIODIC_DEFAULTS: max_delay=-5: expected a number of seconds > 0",
+        ),
+        (
+            "IMPORT_PATHS",
+            ["my app.tasks"],
+            "PROCRASTINATE_IMPORT_PATHS: 'my app.tasks' is not a dotted module path",
+        ),
+        (
             "JSON_DUMPS",
             "nowhere.dumps",
             "PROCRASTINATE_JSON_DUMPS: 'nowhere.dumps' cannot be imported",

@@ -34,7 +34,7 @@ async def test_defer_async(async_app, db_conn):
 
 def test_configure_overrides_and_schedules(app, db_conn):
     @app.task(name="t", queue="a")
-    def t():
+    def t(k, j):
         pass
 
     at = datetime.datetime(2031, 5, 1, 12, tzinfo=datetime.timezone.utc)
