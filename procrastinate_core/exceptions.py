@@ -17,7 +17,9 @@
     ├── SchemaError                   the database is not at the code's schema version
     ├── UnboundTaskError              a Blueprint task used before the blueprint joins an App
     ├── JobError                      a job's task raised (wraps the cause)
-    └── JobAborted                    raised by a task (or for it) when its job is aborted
+    ├── JobAborted                    raised by a task (or for it) when its job is aborted
+    ├── JobTimeout (also TimeoutError)  a job ran past its task's timeout
+    └── OutcomeRefused                an attempt's outcome the database cannot store
 """
 
 from __future__ import annotations
@@ -101,3 +103,12 @@ class JobError(ProcrastinateException):
 
 class JobAborted(ProcrastinateException):
     """The job was asked to abort; raised by a task, it ends the job `aborted`, not failed."""
+
+
+class JobTimeout(ProcrastinateException, TimeoutError):
+    """A job ran longer than its task's `timeout`; recorded as the attempt's error."""
+
+
+class OutcomeRefused(ProcrastinateException):
+    """The database would not store an attempt's outcome (e.g. a result over jsonb's size
+    limit); recorded as that attempt's error, in place of the outcome."""

@@ -33,8 +33,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class JobTimeout(exceptions.ProcrastinateException, TimeoutError):
-    """A job ran longer than its task's `timeout`; recorded as the attempt's error."""
+#: Kept importable from here; the class lives with every public exception.
+JobTimeout = exceptions.JobTimeout
 
 
 @dataclasses.dataclass
@@ -168,6 +168,7 @@ class JobRunner:
                 extra={"action": "start_job", **_log_extra(running)},
             )
         timeout_handle: asyncio.TimerHandle | None = None
+        error: BaseException | None = None
         try:
             task = self.resolve_task(job.task_name)
             running.is_async = task.is_async
@@ -181,9 +182,15 @@ class JobRunner:
             outcome = self.interrupted(running, exc)
         except exceptions.JobAborted as exc:
             outcome = self.interrupted(running, exc)
-        except Exception as exc:
+        except BaseException as exc:  # noqa: BLE001 - SystemExit & co. are this job's failure
+            # A task's SystemExit or KeyboardInterrupt (sys.exit(), exit()) ends its job,
+            # never the worker: the worker's own signals arrive through its handlers.
+            error = exc
             if running.abort_reason is AbortReason.TIMEOUT:
                 outcome = self.interrupted(running, exc)
+            elif running.abort_reason is AbortReason.USER_REQUEST:
+                # Asked to abort, then raised: failed, and never retried.
+                outcome = self._outcome(running, Status.FAILED, error=error_record(exc))
             else:
                 outcome = self.failed(running, exc)
         else:
@@ -194,7 +201,7 @@ class JobRunner:
         finally:
             if timeout_handle is not None:
                 timeout_handle.cancel()
-        self._log_end(running, outcome)
+        self._log_end(running, outcome, error)
         return outcome
 
     async def _call(self, task: Task[Any, Any, Any], context: JobContext) -> Any:
@@ -297,7 +304,7 @@ class JobRunner:
             error=error_record(exc) if isinstance(exc, exceptions.JobAborted) else None,
         )
 
-    def _log_end(self, running: RunningJob, outcome: JobOutcome) -> None:
+    def _log_end(self, running: RunningJob, outcome: JobOutcome, exc: BaseException | None = None) -> None:
         if outcome.status is Status.TODO:
             label = "requeued" if outcome.error is None else "retry"
         else:
@@ -314,6 +321,8 @@ class JobRunner:
             label,
             duration,
             f" ({error.get('type')}: {error.get('message')})" if error else "",
+            # A failure carries its traceback, for handlers such as Sentry's.
+            exc_info=exc if exc is not None and level >= logging.ERROR else None,
             extra={
                 "action": "end_job",
                 "outcome": label,
