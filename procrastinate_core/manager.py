@@ -39,6 +39,8 @@ class JobOutcome:
     lock: str | None = None
     result: Any = None
     error: dict[str, Any] | None = None
+    #: size of `result` as JSON text, so the recorder can bound a batch without re-encoding
+    result_bytes: int = dataclasses.field(default=0, compare=False)
 
     def as_record(self) -> dict[str, Any]:
         return {

@@ -7,11 +7,21 @@ the docs all read WORKER_OPTIONS; nothing else spells out a default.
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from procrastinate_core import exceptions
 from procrastinate_core.jobs import DeleteJobCondition
+
+
+class ShutdownTimeoutAction(str, enum.Enum):
+    """What happens to jobs still running when `shutdown_graceful_timeout` is over."""
+
+    #: asked to stop, then put back in the queue (attempt counted): another worker runs them
+    REQUEUE = "requeue"
+    #: asked to stop, then ended `aborted` (procrastinate's behaviour): nobody runs them again
+    ABORT = "abort"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +56,10 @@ class WorkerOptions:
     stalled_worker_timeout: float = 30.0
     #: Functions wrapping each job's execution (see docs/worker.md#middleware).
     worker_middleware: tuple[Any, ...] = ()
+    #: Jobs still running past shutdown_graceful_timeout: requeue them, or abort them.
+    shutdown_timeout_action: ShutdownTimeoutAction = ShutdownTimeoutAction.REQUEUE
+    #: A job whose worker died while running it this many times ends failed (poison job).
+    max_stalled_recoveries: int = 3
 
     def __post_init__(self) -> None:
         if self.queues is not None:
@@ -85,6 +99,24 @@ class WorkerOptions:
                 f"{[c.value for c in DeleteJobCondition]}"
             ) from None
         object.__setattr__(self, "worker_middleware", tuple(self.worker_middleware or ()))
+        try:
+            object.__setattr__(
+                self, "shutdown_timeout_action", ShutdownTimeoutAction(self.shutdown_timeout_action)
+            )
+        except ValueError:
+            raise exceptions.ConfigurationError(
+                f"shutdown_timeout_action={self.shutdown_timeout_action!r}: expected one of "
+                f"{[a.value for a in ShutdownTimeoutAction]}"
+            ) from None
+        if (
+            isinstance(self.max_stalled_recoveries, bool)
+            or not isinstance(self.max_stalled_recoveries, int)
+            or self.max_stalled_recoveries < 1
+        ):
+            raise exceptions.ConfigurationError(
+                f"max_stalled_recoveries={self.max_stalled_recoveries!r}: expected an int >= 1 "
+                "(how many times a job may lose its worker before it ends failed)"
+            )
 
     @classmethod
     def build(cls, *layers: Mapping[str, Any] | None) -> WorkerOptions:
