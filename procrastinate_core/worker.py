@@ -44,6 +44,7 @@ from procrastinate_core.worker_stop import (  # noqa: F401 - re-exported
     FORCED_EXIT_CODE_BASE,
     FORCED_STOP_TIMEOUT,
     SHUTDOWN_DB_TIMEOUT,
+    STOP_BOUND,
     SignalHandlers,
     bounded,
     drain_running_jobs,

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from procrastinate_core.job_context import AbortReason
 from procrastinate_core.job_runner import RunningJob
+from procrastinate_core.service import SERVICE_STOP_TIMEOUT
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,12 @@ FORCED_EXIT_CODE_BASE = 128
 SHUTDOWN_DB_TIMEOUT = 5.0
 #: Bound on the whole cleanup after a second signal.
 FORCED_STOP_TIMEOUT = 0.8
+#: After abandoning a call, how long its driver may take to cancel it server-side.
+CANCEL_GRACE = 1.0
+#: Longest a stop takes once no job is running, wherever it lands (docs/worker.md,
+#: "Lifecycle"): a claim in flight, the feeder services, writing outcomes, the
+#: essential services and unregistering are each bounded; this is their sum.
+STOP_BOUND = 3 * (SHUTDOWN_DB_TIMEOUT + CANCEL_GRACE) + 2 * SERVICE_STOP_TIMEOUT + 1.0
 
 
 class SignalHandlers:
@@ -121,10 +128,6 @@ async def force_exit(signum: int, worker_id: int | None, release: Callable[[], A
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
-
-
-#: After abandoning a call, how long its driver may take to cancel it server-side.
-CANCEL_GRACE = 1.0
 
 
 async def bounded(awaitable: Awaitable[T], timeout: float) -> T:

@@ -111,3 +111,22 @@ def test_f08_table_lock_during_work_and_shutdown(harness: Harness) -> None:
     harness.stop_all()
     # A's bodies finished but their outcomes were never written: B runs them again.
     harness.check(expect_success=jobs, zombies=jobs)
+
+
+def test_f28_sigterm_at_start_up_and_at_once_after_each_phase(psycopg_harness: Harness) -> None:
+    """SIGTERM as soon as the worker row exists (listener coming up), then on a worker that
+    listens and runs a job: each exits 0 within STOP_BOUND, nothing left doing."""
+    from procrastinate_core.worker import STOP_BOUND
+
+    harness = psycopg_harness
+    for _ in range(3):
+        w = harness.start_worker("early")  # returns once the worker row exists
+        w.signal(signal.SIGTERM)
+        assert w.wait(STOP_BOUND) == 0, w.logs()[-3000:]
+    [job] = harness.defer("sleep_async", kwargs={"seconds": 0.5})
+    w = harness.start_worker("busy")
+    wait_until(lambda: harness.starts(job) == 1, what="the job started")
+    w.signal(signal.SIGTERM)
+    assert w.wait(STOP_BOUND + 0.5) == 0, w.logs()[-3000:]
+    assert harness.status(job) == "succeeded"
+    harness.check(expect_success=[job])
