@@ -19,7 +19,8 @@
     ├── JobError                      a job's task raised (wraps the cause)
     ├── JobAborted                    raised by a task (or for it) when its job is aborted
     ├── JobTimeout (also TimeoutError)  a job ran past its task's timeout
-    └── OutcomeRefused                an attempt's outcome the database cannot store
+    ├── OutcomeRefused                an attempt's outcome the database cannot store
+    └── PoisonJob                     (error type only) its worker died running it too often
 """
 
 from __future__ import annotations
@@ -112,3 +113,8 @@ class JobTimeout(ProcrastinateException, TimeoutError):
 class OutcomeRefused(ProcrastinateException):
     """The database would not store an attempt's outcome (e.g. a result over jsonb's size
     limit); recorded as that attempt's error, in place of the outcome."""
+
+
+class PoisonJob(ProcrastinateException):
+    """A job whose worker died while running it `max_stalled_recoveries` times; it ends
+    failed with this error type (written by the database, never raised)."""

@@ -12,6 +12,7 @@ import dataclasses
 import logging
 from collections.abc import Callable
 
+from procrastinate_core.jobs import Status
 from procrastinate_core.manager import JobManager
 from procrastinate_core.service import Backoff, Service
 
@@ -29,6 +30,8 @@ def sweep_interval(stalled_worker_timeout: float) -> float:
 @dataclasses.dataclass(frozen=True)
 class SweeperConfig:
     stalled_worker_timeout: float
+    #: a job whose worker died while running it this often ends failed (None: no bound)
+    max_recoveries: int | None = None
 
     @property
     def interval(self) -> float:
@@ -51,8 +54,19 @@ class StalledJobSweeper(Service):
         self.backoff = Backoff(initial=config.interval, cap=config.interval)
 
     async def sweep(self) -> int:
-        recovered = await self.job_manager.recover_stalled_jobs_async(self.config.stalled_worker_timeout)
+        recovered = await self.job_manager.recover_stalled_jobs_async(
+            self.config.stalled_worker_timeout, self.config.max_recoveries
+        )
         for job_id, status in recovered:
+            if status is Status.FAILED:
+                logger.error(
+                    "Job %d lost its worker too many times (max_stalled_recoveries=%s): failed "
+                    "as a poison job",
+                    job_id,
+                    self.config.max_recoveries,
+                    extra={"action": "poison_job", "job_id": job_id, "status": status.value},
+                )
+                continue
             logger.warning(
                 "Recovered job %d from a stalled worker: now %s",
                 job_id,

@@ -167,7 +167,7 @@ class Worker:
         )
         essentials: list[Service] = [self.recorder, heartbeat, self.abort_watcher]
         feeders: list[Service] = [
-            StalledJobSweeper(manager, SweeperConfig(options.stalled_worker_timeout), on_recovered=self.wake)
+            StalledJobSweeper(manager, SweeperConfig(options.stalled_worker_timeout, options.max_stalled_recoveries), on_recovered=self.wake)
         ]
         if options.listen_notify:
             self.listener = NotificationListener(

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from tests.faults.conftest import Harness
+from tests.faults.conftest import RECOVERY_WINDOW, Harness
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.serial
 
@@ -53,3 +54,41 @@ def test_f26_base_exceptions_fail_their_job_and_the_worker_goes_on(psycopg_harne
         expect_success=[*normal, *more_normal, *late],
         expected_tracebacks=("SystemExit", "KeyboardInterrupt", "GeneratorExit"),
     )
+
+
+def test_f26_a_job_that_kills_its_worker_fails_after_the_recovery_bound(psycopg_harness: Harness) -> None:
+    """os._exit(1) in the task, three times: each death is a recovery in the history, the
+    third ends the job failed (max_stalled_recoveries=3) and no worker dies a fourth time."""
+    harness = psycopg_harness
+    [poison] = harness.defer("kills_worker")
+    normal = harness.defer("sleep_async", 20)
+    # A sweeper that never claims (another queue) recovers the dead workers' jobs.
+    sweeper = harness.start_worker("sweeper", queues=["elsewhere"], max_stalled_recoveries=3)
+    deaths = 0
+    while harness.status(poison) != "failed":
+        assert deaths < 3, f"the job killed a worker a {deaths + 1}th time:\n{harness.describe()}"
+        # concurrency 1: the poison job (deferred first) is the victim's only job. Jobs
+        # running beside it would die with it and count a recovery too (docs/worker.md).
+        w = harness.start_worker(f"victim{deaths}", concurrency=1, max_stalled_recoveries=3)
+        w.expected_exit = 1
+        assert w.wait(30) == 1, w.logs()[-3000:]
+        deaths += 1
+        wait_until(
+            lambda: harness.status(poison) in ("todo", "failed"),
+            timeout=RECOVERY_WINDOW + 10,
+            what="the poison job recovered",
+        )
+    assert deaths == 3
+    error = _error(harness, poison)
+    assert error["type"] == "procrastinate_core.exceptions.PoisonJob"
+    assert "its worker died while running it 3 times" in error["message"]
+    assert harness.one("SELECT attempts FROM pcq_jobs WHERE id = %s", (poison,)) == 3
+    events = [row[0] for row in harness.all("SELECT type FROM pcq_events WHERE job_id = %s ORDER BY id", (poison,))]
+    assert events == ["deferred", "started", "recovered", "started", "recovered", "started", "failed"]
+    assert "failed as a poison job" in sweeper.logs()
+    # The normal jobs never lost a worker; a healthy worker runs each once.
+    harness.start_worker("healthy", concurrency=4)
+    harness.wait_status(normal, "succeeded")
+    assert all(harness.starts(job_id) == 1 for job_id in normal)
+    harness.stop_all()
+    harness.check(expect_success=normal)
