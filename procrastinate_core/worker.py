@@ -68,6 +68,8 @@ class WorkerSignals:
         self.registered = TestSignal()
         self.services_started = TestSignal()
         self.fetched = TestSignal()
+        #: one turn of the fetch loop (whether it claimed or found no free slot)
+        self.loop_turned = TestSignal()
         self.stopping = TestSignal()
         self.stopped = TestSignal()
 
@@ -284,6 +286,7 @@ class Worker:
     async def _fetch_loop(self) -> None:
         backoff = 0.1
         while not self._stopping:
+            self.signals.loop_turned.emit()
             free = self.free_slots()
             if free > 0:
                 self._wake.clear()
