@@ -24,22 +24,16 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from procrastinate_core import exceptions, middleware
-from procrastinate_core.abort_watcher import AbortWatcher, AbortWatcherConfig
-from procrastinate_core.heartbeat import HeartbeatConfig, HeartbeatService
+from procrastinate_core.abort_watcher import AbortWatcher
 from procrastinate_core.job_context import AbortReason
 from procrastinate_core.job_runner import JobRunner, RunningJob
 from procrastinate_core.jobs import Job
 from procrastinate_core.manager import JobOutcome
-from procrastinate_core.notification_listener import (
-    ListenerConfig,
-    NotificationListener,
-    listen_channels,
-)
+from procrastinate_core.notification_listener import NotificationListener
 from procrastinate_core.options import WorkerOptions
 from procrastinate_core.outcome_recorder import OutcomeRecorder
-from procrastinate_core.periodic_deferrer import PeriodicConfig, PeriodicDeferrer
-from procrastinate_core.service import SERVICE_STOP_TIMEOUT, Service, Supervisor, TestSignal
-from procrastinate_core.stalled_sweeper import StalledJobSweeper, SweeperConfig
+from procrastinate_core.service import SERVICE_STOP_TIMEOUT, Service, Supervisor
+from procrastinate_core.worker_services import WorkerCallbacks, WorkerSignals, build_services
 from procrastinate_core.worker_stop import (  # noqa: F401 - re-exported
     FORCED_EXIT_CODE_BASE,
     FORCED_STOP_TIMEOUT,
@@ -57,21 +51,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_FETCH_BACKOFF = 5.0
-
-
-class WorkerSignals:
-    """Test signals of the worker's own loop (each service has its own too)."""
-
-    __test__ = False
-
-    def __init__(self) -> None:
-        self.registered = TestSignal()
-        self.services_started = TestSignal()
-        self.fetched = TestSignal()
-        #: one turn of the fetch loop (whether it claimed or found no free slot)
-        self.loop_turned = TestSignal()
-        self.stopping = TestSignal()
-        self.stopped = TestSignal()
 
 
 class Worker:
@@ -150,39 +129,24 @@ class Worker:
 
     # -- building --------------------------------------------------------------
     def _build_services(self) -> tuple[Supervisor, Supervisor]:
-        """The services, each from what it needs; raises on a bad config before any I/O."""
-        manager = self.app.job_manager
-        options = self.options
-        self.recorder = OutcomeRecorder(manager, on_recorded=self.wake)
-        self.abort_watcher = AbortWatcher(
-            manager,
-            AbortWatcherConfig(interval=options.abort_job_polling_interval),
+        """The services (worker_services.py), given callbacks rather than this worker."""
+        callbacks = WorkerCallbacks(
             worker_id=lambda: self.worker_id,
             has_running=lambda: bool(self.running),
-            on_abort=self.request_abort,
-        )
-        heartbeat = HeartbeatService(
-            manager,
-            HeartbeatConfig(options.update_heartbeat_interval, options.stalled_worker_timeout),
-            worker_id=lambda: self.worker_id,
+            wake=self.wake,
+            request_abort=self.request_abort,
             reregister=self.register,
         )
-        essentials: list[Service] = [self.recorder, heartbeat, self.abort_watcher]
-        feeders: list[Service] = [
-            StalledJobSweeper(manager, SweeperConfig(options.stalled_worker_timeout, options.max_stalled_recoveries), on_recovered=self.wake)
-        ]
-        if options.listen_notify:
-            self.listener = NotificationListener(
-                self.app.connector,
-                ListenerConfig(listen_channels(options.queues)),
-                on_job=self.wake,
-                on_abort=self.abort_watcher.on_notification,
-            )
-            feeders.append(self.listener)
-        if options.wait and self.app.periodic_tasks:
-            config = PeriodicConfig.from_defaults(self.app.periodic_defaults)
-            feeders.append(PeriodicDeferrer(manager, self.app.periodic_tasks, config))
-        return Supervisor(essentials), Supervisor(feeders)
+        services = build_services(
+            self.app.job_manager,
+            self.app.connector,
+            self.options,
+            list(self.app.periodic_tasks),
+            self.app.periodic_defaults,
+            callbacks,
+        )
+        self.recorder, self.abort_watcher, self.listener = services.recorder, services.abort_watcher, services.listener
+        return services.essentials, services.feeders
 
     # -- running ---------------------------------------------------------------
     async def run(self) -> None:
