@@ -12,8 +12,9 @@ in two and each half written on its own, so one bad outcome costs the others
 a few extra round trips (log2 of the batch) and is never resent in a loop;
 refused alone, it is replaced once by a `failed` outcome whose error
 (OutcomeRefused) says why. A write that fails for any other reason (the
-connection, a timeout, a deadlock) is retried whole with capped backoff and
-never dropped. An outcome refused by the fence (the job was recovered from
+connection, a timeout, a deadlock) is retried with capped backoff and never
+dropped: whole, except that a batch failing SPLIT_AFTER times in a row for a
+reason other than the connection is split too. An outcome refused by the fence (the job was recovered from
 this worker) is logged as "lost ownership".
 """
 
@@ -38,6 +39,8 @@ MAX_BATCH = 500
 #: cannot happen: the runner refuses results over MAX_RESULT_BYTES.
 MAX_BATCH_BYTES = 64 * 1024 * 1024
 MAX_BACKOFF = 5.0
+#: consecutive transient failures of a batch (not the connection) before it is split
+SPLIT_AFTER = 3
 #: SQLSTATE classes meaning "this statement's content is refused" (not the connection):
 #: data exceptions, integrity constraints, program limits (jsonb too large), syntax/access.
 _CONTENT_ERROR_CLASSES = ("22", "23", "54", "42")
@@ -142,7 +145,14 @@ class OutcomeRecorder(Service):
         except Exception as exc:
             self._wake.set()
             if not is_content_error(exc):
-                self._give_back(batch)  # the connection or a transient error: retry it whole
+                if len(batch) > 1 and self.failures + 1 >= SPLIT_AFTER and not is_connection_error(exc):
+                    # Timeouts or deadlocks again and again: maybe one outcome's doing, so
+                    # the others go on in halves. Alone, an outcome is retried as it is.
+                    middle = len(batch) // 2
+                    self._parts.appendleft(batch[middle:])
+                    self._parts.appendleft(batch[:middle])
+                else:
+                    self._give_back(batch)  # the connection or a transient error: retry it whole
                 raise
             self._refused(batch, exc)
             return 0.0
