@@ -66,3 +66,38 @@ async def test_the_failed_job_error_record_carries_the_traceback(async_app, capl
     assert record.exc_info is not None and record.exc_info[0] is LookupError
     assert "nothing here" in str(record.exc_info[1])
     assert sys.exc_info() == (None, None, None)
+
+
+@pytest.mark.parametrize(("action", "status"), [("requeue", "todo"), ("abort", "aborted")])
+async def test_jobs_past_the_graceful_timeout_are_requeued_or_aborted(async_app, action, status):
+    started = asyncio.Event()
+
+    @async_app.task(retry=RetryStrategy(max_attempts=5))
+    async def long():
+        started.set()
+        await asyncio.sleep(600)
+
+    job_id = await long.defer_async()
+    options = {"shutdown_graceful_timeout": 0.1}
+    if action != "requeue":
+        options["shutdown_timeout_action"] = action  # requeue is the default
+    async with running_worker(async_app, **options):
+        await asyncio.wait_for(started.wait(), 10)
+    job = await get_job(async_app, job_id)
+    assert (job.status, job.attempts) == (status, 1)
+
+
+def test_shutdown_timeout_action_is_checked_and_has_a_flag():
+    from procrastinate_core import exceptions
+    from procrastinate_core.cli.parser import build_parser
+    from procrastinate_core.cli.worker_flags import worker_options_from
+    from procrastinate_core.options import ShutdownTimeoutAction, WorkerOptions
+
+    with pytest.raises(exceptions.ConfigurationError, match="shutdown_timeout_action='kill'"):
+        WorkerOptions(shutdown_timeout_action="kill")
+    with pytest.raises(exceptions.ConfigurationError, match="max_stalled_recoveries=0"):
+        WorkerOptions(max_stalled_recoveries=0)
+    argv = ["worker", "--shutdown-timeout-action", "abort", "--max-stalled-recoveries", "5"]
+    options = WorkerOptions.build(worker_options_from(build_parser(with_app_option=False).parse_args(argv)))
+    assert options.shutdown_timeout_action is ShutdownTimeoutAction.ABORT
+    assert options.max_stalled_recoveries == 5
