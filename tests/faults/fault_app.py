@@ -166,10 +166,15 @@ async def exits_async(context: JobContext, raises: str = "SystemExit") -> None:
 
 
 @app.task(pass_context=True, name="kills_worker")
-def kills_worker(context: JobContext, until_attempt: int = 1000) -> str:
-    """os._exit(1) on attempts before `until_attempt` (a segfault, the OOM killer); then succeeds."""
+def kills_worker(context: JobContext, until_attempt: int = 1000, how: str = "exit") -> str:
+    """Kills its process on attempts before `until_attempt` (os._exit(1), or a real
+    segfault with how="segfault"); then succeeds."""
     row = ledger.start(context.job.id or 0, context.job.attempts)
     if context.job.attempts < until_attempt:
+        if how == "segfault":
+            import ctypes
+
+            ctypes.string_at(0)
         os._exit(1)
     ledger.finish(row, "success")
     return "ok"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from typing import Any
 
 import pytest
@@ -56,11 +57,14 @@ def test_f26_base_exceptions_fail_their_job_and_the_worker_goes_on(psycopg_harne
     )
 
 
-def test_f26_a_job_that_kills_its_worker_fails_after_the_recovery_bound(psycopg_harness: Harness) -> None:
-    """os._exit(1) in the task, three times: each death is a recovery in the history, the
-    third ends the job failed (max_stalled_recoveries=3) and no worker dies a fourth time."""
+@pytest.mark.parametrize(("how", "exit_code"), [("exit", 1), ("segfault", -signal.SIGSEGV)])
+def test_f26_a_job_that_kills_its_worker_fails_after_the_recovery_bound(
+    psycopg_harness: Harness, how: str, exit_code: int
+) -> None:
+    """os._exit(1) or a segfault in the task, three times: each death is a recovery in the
+    history, the third ends the job failed (max_stalled_recoveries=3), no fourth death."""
     harness = psycopg_harness
-    [poison] = harness.defer("kills_worker")
+    [poison] = harness.defer("kills_worker", kwargs={"how": how})
     normal = harness.defer("sleep_async", 20)
     # A sweeper that never claims (another queue) recovers the dead workers' jobs.
     sweeper = harness.start_worker("sweeper", queues=["elsewhere"], max_stalled_recoveries=3)
@@ -70,8 +74,8 @@ def test_f26_a_job_that_kills_its_worker_fails_after_the_recovery_bound(psycopg_
         # concurrency 1: the poison job (deferred first) is the victim's only job. Jobs
         # running beside it would die with it and count a recovery too (docs/worker.md).
         w = harness.start_worker(f"victim{deaths}", concurrency=1, max_stalled_recoveries=3)
-        w.expected_exit = 1
-        assert w.wait(30) == 1, w.logs()[-3000:]
+        w.expected_exit = exit_code
+        assert w.wait(30) == exit_code, w.logs()[-3000:]
         deaths += 1
         wait_until(
             lambda: harness.status(poison) in ("todo", "failed"),
