@@ -3,23 +3,44 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from procrastinate_core.job_context import AbortReason
-
-if TYPE_CHECKING:
-    from procrastinate_core.worker import Worker
+from procrastinate_core.manager import JobManager
+from procrastinate_core.service import Backoff, Service
 
 logger = logging.getLogger(__name__)
 
 
-class AbortWatcher:
-    """Polls every `abort_job_polling_interval` s; `on_notification` reacts at once."""
+@dataclasses.dataclass(frozen=True)
+class AbortWatcherConfig:
+    #: seconds between polls (notifications make it faster)
+    interval: float
 
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-        self.interval = worker.options.abort_job_polling_interval
+
+class AbortWatcher(Service):
+    """Polls every `interval` s while jobs run; `on_notification` reacts at once."""
+
+    name = "abort watcher"
+    what = "Polling for abort requests"
+    backoff = Backoff(initial=0.0, cap=0.0)  # the step waits its interval itself
+
+    def __init__(
+        self,
+        job_manager: JobManager,
+        config: AbortWatcherConfig,
+        worker_id: Callable[[], int | None],
+        has_running: Callable[[], bool],
+        on_abort: Callable[[int, AbortReason], None],
+    ) -> None:
+        super().__init__()
+        self.job_manager = job_manager
+        self.config = config
+        self.worker_id = worker_id
+        self.has_running = has_running
+        self.on_abort = on_abort
 
     def on_notification(self, payload: str) -> None:
         """A `pcq_abort` notification: the payload is the job id."""
@@ -28,26 +49,16 @@ class AbortWatcher:
         except ValueError:
             logger.warning("Ignoring abort notification with payload %r", payload)
             return
-        self.worker.request_abort(job_id, AbortReason.USER_REQUEST)
+        self.on_abort(job_id, AbortReason.USER_REQUEST)
 
     async def poll(self) -> None:
-        if not self.worker.running or self.worker.worker_id is None:
+        worker_id = self.worker_id()
+        if not self.has_running() or worker_id is None:
             return
-        job_ids = await self.worker.app.job_manager.list_jobs_to_abort_async(self.worker.worker_id)
-        for job_id in job_ids:
-            self.worker.request_abort(job_id, AbortReason.USER_REQUEST)
+        for job_id in await self.job_manager.list_jobs_to_abort_async(worker_id):
+            self.on_abort(job_id, AbortReason.USER_REQUEST)
 
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.poll()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                logger.warning(
-                    "Polling for abort requests failed (%s: %s); retrying",
-                    type(exc).__name__,
-                    exc,
-                    extra={"action": "abort_poll_failed"},
-                )
+    async def step(self) -> float:
+        await asyncio.sleep(self.config.interval)
+        await self.poll()
+        return 0.0

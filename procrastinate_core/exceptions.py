@@ -20,7 +20,10 @@
     │   └── SchemaNotInstalled        our tables are missing: names the command that creates them
     ├── UnboundTaskError              a Blueprint task used before the blueprint joins an App
     ├── JobError                      a job's task raised (wraps the cause)
-    └── JobAborted                    raised by a task (or for it) when its job is aborted
+    ├── JobAborted                    raised by a task (or for it) when its job is aborted
+    ├── JobTimeout (also TimeoutError)  a job ran past its task's timeout
+    ├── OutcomeRefused                an attempt's outcome the database cannot store
+    └── PoisonJob                     (error type only) its worker died running it too often
 """
 
 from __future__ import annotations
@@ -117,3 +120,16 @@ class TaskArgumentsError(ProcrastinateException, TypeError):
 
 class SchemaNotInstalled(SchemaError):
     """A query met a missing table of ours: the schema was never applied to this database."""
+
+class JobTimeout(ProcrastinateException, TimeoutError):
+    """A job ran longer than its task's `timeout`; recorded as the attempt's error."""
+
+
+class OutcomeRefused(ProcrastinateException):
+    """The database would not store an attempt's outcome (e.g. a result over jsonb's size
+    limit); recorded as that attempt's error, in place of the outcome."""
+
+
+class PoisonJob(ProcrastinateException):
+    """A job whose worker died while running it `max_stalled_recoveries` times; it ends
+    failed with this error type (written by the database, never raised)."""

@@ -22,6 +22,7 @@ from procrastinate_core import exceptions, middleware, serialization, validation
 from procrastinate_core.job_context import AbortReason, JobContext
 from procrastinate_core.jobs import DeleteJobCondition, Job, Status
 from procrastinate_core.manager import JobOutcome
+from procrastinate_core.options import ShutdownTimeoutAction
 from procrastinate_core.retry import RetryDecision
 from procrastinate_core.tasks import check_queue_name
 
@@ -31,9 +32,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: Largest result (JSON text) a job may return; a bigger one fails the job, naming this limit.
+#: PostgreSQL's jsonb stops at 256 MB, and a jsonb value can be several times its text.
+MAX_RESULT_BYTES = 64 * 1024 * 1024
 
-class JobTimeout(exceptions.ProcrastinateException, TimeoutError):
-    """A job ran longer than its task's `timeout`; recorded as the attempt's error."""
+
+#: Kept importable from here; the class lives with every public exception.
+JobTimeout = exceptions.JobTimeout
 
 
 @dataclasses.dataclass
@@ -160,6 +165,7 @@ class JobRunner:
                 extra={"action": "start_job", **_log_extra(running)},
             )
         timeout_handle: asyncio.TimerHandle | None = None
+        error: BaseException | None = None
         try:
             task = self.resolve_task(job.task_name)
             running.is_async = task.is_async
@@ -173,9 +179,15 @@ class JobRunner:
             outcome = self.interrupted(running, exc)
         except exceptions.JobAborted as exc:
             outcome = self.interrupted(running, exc)
-        except Exception as exc:
+        except BaseException as exc:  # noqa: BLE001 - SystemExit & co. are this job's failure
+            # A task's SystemExit or KeyboardInterrupt (sys.exit(), exit()) ends its job,
+            # never the worker: the worker's own signals arrive through its handlers.
+            error = exc
             if running.abort_reason is AbortReason.TIMEOUT:
                 outcome = self.interrupted(running, exc)
+            elif running.abort_reason is AbortReason.USER_REQUEST:
+                # Asked to abort, then raised: failed, and never retried.
+                outcome = self._outcome(running, Status.FAILED, error=error_record(exc))
             else:
                 outcome = self.failed(running, exc)
         else:
@@ -186,7 +198,7 @@ class JobRunner:
         finally:
             if timeout_handle is not None:
                 timeout_handle.cancel()
-        self._log_end(running, outcome)
+        self._log_end(running, outcome, error)
         return outcome
 
     async def _call(self, task: Task[Any, Any, Any], context: JobContext) -> Any:
@@ -230,16 +242,32 @@ class JobRunner:
         )
 
     def _succeeded(self, running: RunningJob, result: Any) -> JobOutcome:
-        stored = result
-        if result is not None and serialization.dumps_result(result, self.app.connector.json_dumps) is None:
-            logger.warning(
-                "Job %s returned a %s that cannot be stored as JSON; its result is kept as null",
-                running.job.call_string,
-                type(result).__name__,
-                extra={"action": "result_not_stored", **running.job.log_context()},
+        """A success, or a failure (never retried) if its result cannot be stored."""
+        if result is None:
+            return self._outcome(running, Status.SUCCEEDED)
+        text = serialization.dumps_result(result, self.app.connector.json_dumps)
+        problem = None
+        if text is None:
+            problem = (
+                "it cannot be encoded as JSON that PostgreSQL's jsonb accepts (a type json_dumps "
+                "does not handle, NaN/Infinity, or the NUL character)"
             )
-            stored = None
-        return self._outcome(running, Status.SUCCEEDED, result=stored)
+        elif len(text) > MAX_RESULT_BYTES:
+            problem = (
+                f"its JSON is {len(text)} bytes, over the {MAX_RESULT_BYTES} bytes a worker "
+                "stores as a job result (PostgreSQL's jsonb stops at 256 MB)"
+            )
+        if problem is not None:
+            # Never retried: the task would return the same value again.
+            message = (
+                f"job {running.job.call_string} returned a {type(result).__name__} that cannot "
+                f"be stored as its result: {problem}. Return a smaller, JSON-compatible value "
+                "(store big data elsewhere and return a reference to it)."
+            )
+            logger.warning(message, extra={"action": "result_not_stored", **running.job.log_context()})
+            error = exceptions.OutcomeRefused(message)
+            return self._outcome(running, Status.FAILED, error=error_record(error))
+        return self._outcome(running, Status.SUCCEEDED, result=result, result_bytes=len(text or ""))
 
     def failed(self, running: RunningJob, exc: BaseException) -> JobOutcome:
         job = running.job
@@ -282,6 +310,15 @@ class JobRunner:
             )
             timeout.__cause__ = exc if not isinstance(exc, asyncio.CancelledError) else None
             return self.failed(running, timeout)
+        if reason is AbortReason.SHUTDOWN and not running.released and (
+            self.options.shutdown_timeout_action is ShutdownTimeoutAction.ABORT
+        ):
+            # Past the graceful timeout, procrastinate's way: the job ends aborted.
+            return self._outcome(
+                running,
+                Status.ABORTED,
+                error=error_record(exc) if isinstance(exc, exceptions.JobAborted) else None,
+            )
         if reason is AbortReason.SHUTDOWN or (reason is None and isinstance(exc, asyncio.CancelledError)):
             # The worker is stopping: give the job back to the queue (attempt counted).
             return self._outcome(running, Status.TODO)
@@ -291,7 +328,7 @@ class JobRunner:
             error=error_record(exc) if isinstance(exc, exceptions.JobAborted) else None,
         )
 
-    def _log_end(self, running: RunningJob, outcome: JobOutcome) -> None:
+    def _log_end(self, running: RunningJob, outcome: JobOutcome, exc: BaseException | None = None) -> None:
         if outcome.status is Status.TODO:
             label = "requeued" if outcome.error is None else "retry"
         else:
@@ -308,6 +345,8 @@ class JobRunner:
             label,
             duration,
             f" ({error.get('type')}: {error.get('message')})" if error else "",
+            # A failure carries its traceback, for handlers such as Sentry's.
+            exc_info=exc if exc is not None and level >= logging.ERROR else None,
             extra={
                 "action": "end_job",
                 "outcome": label,

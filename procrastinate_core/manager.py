@@ -48,6 +48,8 @@ class JobOutcome:
     lock: str | None = None
     result: Any = None
     error: dict[str, Any] | None = None
+    #: size of `result` as JSON text, so the recorder can bound a batch without re-encoding
+    result_bytes: int = dataclasses.field(default=0, compare=False)
 
     def as_record(self) -> dict[str, Any]:
         return {
@@ -278,11 +280,16 @@ class JobManager(HasConnector):
 
     finish_jobs, finish_jobs_async = paired(_finish_jobs)
 
-    def _recover_stalled_jobs(self, stalled_worker_timeout: float) -> Op[list[tuple[int, Status]]]:
-        """Requeue jobs of workers silent for `stalled_worker_timeout` s and prune them."""
+    def _recover_stalled_jobs(
+        self, stalled_worker_timeout: float, max_recoveries: int | None = None
+    ) -> Op[list[tuple[int, Status]]]:
+        """Requeue jobs of workers silent for `stalled_worker_timeout` s and prune them.
+
+        A job recovered this way for the `max_recoveries`-th time ends failed (None: no bound).
+        """
         return Op(
             "job_recover_stalled",
-            {"stalled_seconds": float(stalled_worker_timeout)},
+            {"stalled_seconds": float(stalled_worker_timeout), "max_recoveries": max_recoveries},
             "all",
             lambda rows: [(row["id"], Status(row["status"])) for row in rows],
         )

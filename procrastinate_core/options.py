@@ -8,11 +8,21 @@ docs/worker.md is checked against it (tests/unit/test_docs_rules.py).
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections.abc import Mapping
 from typing import Any
 
 from procrastinate_core import exceptions, middleware, validation
 from procrastinate_core.jobs import DeleteJobCondition
+
+
+class ShutdownTimeoutAction(str, enum.Enum):
+    """What happens to jobs still running when `shutdown_graceful_timeout` is over."""
+
+    #: asked to stop, then put back in the queue (attempt counted): another worker runs them
+    REQUEUE = "requeue"
+    #: asked to stop, then ended `aborted` (procrastinate's behaviour): nobody runs them again
+    ABORT = "abort"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +59,10 @@ class WorkerOptions:
     worker_middleware: tuple[Any, ...] = ()
     #: Task middleware for every task this worker runs, each wrapping the tasks of its own colour (def: sync tasks, async def: async tasks), outside the task's own.
     task_middleware: tuple[Any, ...] = ()
+    #: Jobs still running past shutdown_graceful_timeout: requeue them, or abort them.
+    shutdown_timeout_action: ShutdownTimeoutAction = ShutdownTimeoutAction.REQUEUE
+    #: A job whose worker died while running it this many times ends failed (poison job).
+    max_stalled_recoveries: int = 3
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "queues", validation.check_queues(self.queues, where="worker"))
@@ -86,6 +100,24 @@ class WorkerOptions:
         object.__setattr__(self, "task_middleware", tuple(self.task_middleware or ()))
         middleware.check_worker_middleware(self.worker_middleware)
         middleware.check_worker_task_middleware(self.task_middleware)
+        try:
+            object.__setattr__(
+                self, "shutdown_timeout_action", ShutdownTimeoutAction(self.shutdown_timeout_action)
+            )
+        except ValueError:
+            raise exceptions.ConfigurationError(
+                f"shutdown_timeout_action={self.shutdown_timeout_action!r}: expected one of "
+                f"{[a.value for a in ShutdownTimeoutAction]}"
+            ) from None
+        if (
+            isinstance(self.max_stalled_recoveries, bool)
+            or not isinstance(self.max_stalled_recoveries, int)
+            or self.max_stalled_recoveries < 1
+        ):
+            raise exceptions.ConfigurationError(
+                f"max_stalled_recoveries={self.max_stalled_recoveries!r}: expected an int >= 1 "
+                "(how many times a job may lose its worker before it ends failed)"
+            )
 
     @classmethod
     def build(cls, *layers: Mapping[str, Any] | None) -> WorkerOptions:

@@ -10,16 +10,19 @@ its worker.
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
 import datetime
 import logging
 import math
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from croniter import croniter
 
+from procrastinate_core import exceptions
+from procrastinate_core.manager import JobManager
 from procrastinate_core.periodic import DatabaseClock, PeriodicTask, read_clock
+from procrastinate_core.service import Backoff, Service
 
 if TYPE_CHECKING:
     from procrastinate_core.app import App
@@ -41,17 +44,52 @@ def _latest_tick(cron: str, now: float) -> int:
     return int(croniter(cron, base).get_prev(float))
 
 
-class PeriodicDeferrer:
+@dataclasses.dataclass(frozen=True)
+class PeriodicConfig:
+    #: how far back (seconds) a tick missed while no worker ran is still deferred
+    max_delay: float = DEFAULT_MAX_DELAY
+
+    @classmethod
+    def from_defaults(cls, periodic_defaults: Mapping[str, Any]) -> PeriodicConfig:
+        """From `App(periodic_defaults=...)`; a bad value is a ConfigurationError naming it."""
+        value = periodic_defaults.get("max_delay", DEFAULT_MAX_DELAY)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+            raise exceptions.ConfigurationError(
+                f"App(periodic_defaults={{'max_delay': {value!r}}}): expected a number of "
+                "seconds >= 0 (how late a missed periodic tick is still deferred), e.g. 600"
+            )
+        return cls(max_delay=float(value))
+
+
+class PeriodicDeferrer(Service):
     """Defers periodic ticks on time; `clock` is injectable for tests."""
 
-    def __init__(self, app: App, clock: Callable[[], float] | None = None) -> None:
-        self.app = app
-        self.clock = clock or DatabaseClock(app.job_manager)
-        self.max_delay = float(app.periodic_defaults.get("max_delay", DEFAULT_MAX_DELAY))
-        self.periodic_tasks: list[PeriodicTask] = list(app.periodic_tasks)
+    name = "periodic deferrer"
+    what = "Deferring periodic tasks"
+    backoff = Backoff(initial=ERROR_RETRY, cap=ERROR_RETRY)
+    failure_level = logging.ERROR
+
+    def __init__(
+        self,
+        job_manager: JobManager,
+        periodic_tasks: Iterable[PeriodicTask],
+        config: PeriodicConfig | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        super().__init__()
+        self.job_manager = job_manager
+        #: the database's clock unless a test injects one (one clock: docs/tasks.md)
+        self.clock = clock or DatabaseClock(job_manager)
+        self.config = config or PeriodicConfig()
+        self.max_delay = self.config.max_delay
+        self.periodic_tasks: list[PeriodicTask] = list(periodic_tasks)
         #: per task: the tick up to which ticks were handled
         self.checked: dict[tuple[str, str], float] = {}
         self._last_prune = 0.0
+
+    @classmethod
+    def from_app(cls, app: App, clock: Callable[[], float] | None = None) -> PeriodicDeferrer:
+        return cls(app.job_manager, app.periodic_tasks, PeriodicConfig.from_defaults(app.periodic_defaults), clock)
 
     def due_ticks(self, periodic_task: PeriodicTask, now: float) -> list[int]:
         """Ticks to defer now; on the first look, only the latest within max_delay."""
@@ -72,7 +110,7 @@ class PeriodicDeferrer:
             # Only now: a failure above leaves the ticks due for the next try.
             self.checked[periodic_task.key] = now
         if now - self._last_prune > PRUNE_MARGIN:
-            await self.app.job_manager.prune_periodic_defers_async(
+            await self.job_manager.prune_periodic_defers_async(
                 int(now - self.max_delay - PRUNE_MARGIN)
             )
             self._last_prune = now
@@ -84,7 +122,7 @@ class PeriodicDeferrer:
         task_kwargs = dict(kwargs.pop("task_kwargs", None) or {})
         deferrer = task.configure(**kwargs)
         job = deferrer.make_new_job(**task_kwargs, timestamp=tick)
-        job_id = await self.app.job_manager.defer_periodic_job_async(
+        job_id = await self.job_manager.defer_periodic_job_async(
             job, periodic_task.periodic_id, tick
         )
         if job_id is None:
@@ -110,23 +148,9 @@ class PeriodicDeferrer:
         soonest = min(p.next_tick(now) for p in self.periodic_tasks)
         return max(0.0, min(MAX_SLEEP, soonest - now))
 
-    async def run(self) -> None:
+    async def step(self) -> float:
         if not self.periodic_tasks:
-            return
-        while True:
-            try:
-                await self.defer_due()
-                delay = self.seconds_to_next_tick()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                logger.error(
-                    "Deferring periodic tasks failed (%s: %s); retrying in %.0f s",
-                    type(exc).__name__,
-                    exc,
-                    ERROR_RETRY,
-                    extra={"action": "periodic_defer_failed"},
-                )
-                delay = ERROR_RETRY
-            # Wake just after the tick (cron ticks are whole seconds).
-            await asyncio.sleep(delay + 0.01)
+            return MAX_SLEEP
+        await self.defer_due()
+        # Wake just after the tick (cron ticks are whole seconds).
+        return self.seconds_to_next_tick() + 0.01

@@ -14,12 +14,12 @@ worker, so the worker supervisor can start and stop it like any service.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 from collections.abc import Callable
 
 from procrastinate_core.manager import JobManager
+from procrastinate_core.service import Backoff, Service
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +34,11 @@ class StagerConfig:
     max_batches: int = 100
 
 
-class Stager:
+class Stager(Service):
     """Promotes due scheduled jobs in bounded batches; `on_promoted` is called after each."""
+
+    name = "stager"
+    what = "Promoting due scheduled jobs"
 
     def __init__(
         self,
@@ -43,9 +46,11 @@ class Stager:
         config: StagerConfig | None = None,
         on_promoted: Callable[[int], None] | None = None,
     ) -> None:
+        super().__init__()
         self.job_manager = job_manager
         self.config = config or StagerConfig()
         self.on_promoted = on_promoted
+        self.backoff = Backoff(initial=self.config.interval, cap=max(self.config.interval, 5.0))
 
     async def stage(self) -> int:
         """One pass: promote due jobs batch after batch; how many in total."""
@@ -63,19 +68,7 @@ class Stager:
             )
         return total
 
-    async def run(self) -> None:
-        """Stage every `interval` seconds until cancelled; a failed pass is retried next time."""
-        while True:
-            try:
-                await self.stage()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                logger.warning(
-                    "Promoting due scheduled jobs failed (%s: %s); retrying in %.1f s",
-                    type(exc).__name__,
-                    exc,
-                    self.config.interval,
-                    extra={"action": "stager_failed"},
-                )
-            await asyncio.sleep(self.config.interval)
+    async def step(self) -> float:
+        """Stage, then wait `interval` seconds (the Service base retries a failed pass)."""
+        await self.stage()
+        return self.config.interval

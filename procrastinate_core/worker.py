@@ -1,17 +1,17 @@
-"""Worker: claims jobs in batches, runs up to `concurrency` at once, and stops cleanly.
+"""Worker: a supervisor of small services around one fetch loop.
 
-The worker owns the fetch loop and the lifecycle; the rest lives in one small
-module per concern: job_runner (run one job), outcome_recorder (write outcomes
-in batches), heartbeat (beats + stalled-job recovery), abort_watcher,
-periodic_deferrer, worker_stop (signals and shutdown). See docs/worker.md
-for the behaviour users rely on.
+The worker owns the fetch loop (claim up to the free slots, start each job)
+and the lifecycle; everything else is a service (service.py) built from what
+it needs: outcome_recorder, heartbeat, stalled_sweeper, abort_watcher,
+notification_listener, periodic_deferrer. job_runner runs one job;
+worker_stop holds the signal handlers, the draining and the forced exit.
 
-Stopping: the first SIGINT/SIGTERM (or `stop()`) stops claiming, lets running
-jobs finish for `shutdown_graceful_timeout` seconds, then asks them to stop
-(async jobs are cancelled and requeued, sync ones see `should_abort()`), waits
-for them, records every outcome and unregisters, so nothing is left `doing`.
-A second signal requeues what runs and exits at once with code
-128 + signal number (130 for SIGINT, 143 for SIGTERM).
+Lifecycle, in one try/finally from registration to unregistration:
+register; start the essential services (recorder, heartbeat, abort watcher),
+then the feeders (sweeper, listener, periodic deferrer); run the fetch loop;
+on stop: stop the feeders (reverse order), drain running jobs, write every
+outcome, stop the essential services (reverse order); unregister. Every step
+of a stop is bounded: docs/worker.md ("Lifecycle") lists the bounds.
 """
 
 from __future__ import annotations
@@ -20,26 +20,30 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from procrastinate_core import exceptions, middleware
 from procrastinate_core.abort_watcher import AbortWatcher
-from procrastinate_core.heartbeat import HeartbeatService, StalledJobSweeper
 from procrastinate_core.job_context import AbortReason
 from procrastinate_core.job_runner import JobRunner, RunningJob
 from procrastinate_core.jobs import Job
 from procrastinate_core.manager import JobOutcome
+from procrastinate_core.notification_listener import NotificationListener
 from procrastinate_core.options import WorkerOptions
 from procrastinate_core.outcome_recorder import OutcomeRecorder
-from procrastinate_core.periodic_deferrer import PeriodicDeferrer
-from procrastinate_core.stager import Stager  # w12 (#12 readiness)
+from procrastinate_core.service import SERVICE_STOP_TIMEOUT, Service, Supervisor
+from procrastinate_core.stager import Stager
+from procrastinate_core.worker_services import WorkerCallbacks, WorkerSignals, build_services
 from procrastinate_core.worker_stop import (  # noqa: F401 - re-exported
     FORCED_EXIT_CODE_BASE,
     FORCED_STOP_TIMEOUT,
     SHUTDOWN_DB_TIMEOUT,
-    WorkerStopMixin,
+    STOP_BOUND,
+    SignalHandlers,
+    bounded,
+    drain_running_jobs,
+    force_exit,
 )
 
 if TYPE_CHECKING:
@@ -50,12 +54,7 @@ logger = logging.getLogger(__name__)
 MAX_FETCH_BACKOFF = 5.0
 
 
-def _listen_channels(queues: tuple[str, ...] | None) -> list[str]:
-    channels = [f"pcq_q_{queue}" for queue in queues] if queues else ["pcq_any"]
-    return [*channels, "pcq_abort"]
-
-
-class Worker(WorkerStopMixin):
+class Worker:
     """One worker: `await worker.run()` until `stop()`, a signal, or (wait=False) an empty queue."""
 
     def __init__(self, app: App, options: WorkerOptions | None = None) -> None:
@@ -71,18 +70,33 @@ class Worker(WorkerStopMixin):
                 )
         self.worker_id: int | None = None
         self.running: dict[int, RunningJob] = {}
-        self.listening = False
-        #: how many times the listener (re)connected
-        self.listen_count = 0
+        self.signals = WorkerSignals()
         self._wake = asyncio.Event()
         self._stopping = False
         self._stop_requested = asyncio.Event()
         #: a fetch failed: it may have claimed jobs whose reply never arrived
         self._claims_uncertain = False
-        self._services: list[asyncio.Task[None]] = []
-        self.abort_watcher = AbortWatcher(self)
-        self.recorder: OutcomeRecorder | None = None
         self.runner: JobRunner | None = None
+        self.recorder: OutcomeRecorder | None = None
+        self.abort_watcher: AbortWatcher | None = None
+        self.listener: NotificationListener | None = None
+        self.essentials: Supervisor | None = None
+        self.feeders: Supervisor | None = None
+
+    # -- state for callers and tests -------------------------------------------
+    @property
+    def listening(self) -> bool:
+        return self.listener is not None and self.listener.listening
+
+    @property
+    def listen_count(self) -> int:
+        """How many times the listener (re)connected."""
+        return self.listener.listen_count if self.listener is not None else 0
+
+    @property
+    def services(self) -> list[Service]:
+        """Every service, in start order."""
+        return [*(self.essentials.services if self.essentials else []), *(self.feeders.services if self.feeders else [])]
 
     # -- controls --------------------------------------------------------------
     def wake(self) -> None:
@@ -90,7 +104,7 @@ class Worker(WorkerStopMixin):
         self._wake.set()
 
     def stop(self) -> None:
-        """Graceful stop: claim nothing more, finish running jobs (see the module docstring)."""
+        """Graceful stop: claim nothing more, finish running jobs (see docs/worker.md)."""
         if not self._stopping:
             logger.info(
                 "Stop requested for worker %s: finishing %d running job(s)",
@@ -98,6 +112,7 @@ class Worker(WorkerStopMixin):
                 len(self.running),
                 extra={"action": "stopping_worker", "worker_id": self.worker_id},
             )
+            self.signals.stopping.emit()
         self._stopping = True
         self._stop_requested.set()
         self._wake.set()
@@ -113,86 +128,139 @@ class Worker(WorkerStopMixin):
         )
         return self.worker_id
 
+    # -- building --------------------------------------------------------------
+    def _build_services(self) -> tuple[Supervisor, Supervisor]:
+        """The services (worker_services.py), given callbacks rather than this worker."""
+        callbacks = WorkerCallbacks(
+            worker_id=lambda: self.worker_id,
+            has_running=lambda: bool(self.running),
+            wake=self.wake,
+            request_abort=self.request_abort,
+            reregister=self.register,
+        )
+        services = build_services(
+            self.app.job_manager,
+            self.app.connector,
+            self.options,
+            list(self.app.periodic_tasks),
+            self.app.periodic_defaults,
+            callbacks,
+        )
+        self.recorder, self.abort_watcher, self.listener = services.recorder, services.abort_watcher, services.listener
+        return services.essentials, services.feeders
+
     # -- running ---------------------------------------------------------------
     async def run(self) -> None:
         # An import path that does not import stops the worker before it claims anything.
         self.app.perform_import_paths()
         executor = ThreadPoolExecutor(self.options.concurrency, thread_name_prefix="pcq-job")
-        self.runner = JobRunner(self, executor)
-        self.recorder = OutcomeRecorder(self.app.job_manager, on_recorded=self.wake)
-        await self.register()
-        logger.info(
-            "Worker %s started (name=%s, queues=%s, concurrency=%d)",
-            self.worker_id,
-            self.options.name,
-            ", ".join(self.options.queues) if self.options.queues else "all",
-            self.options.concurrency,
-            extra={"action": "start_worker", "worker_id": self.worker_id, "queues": self.options.queues},
-        )
-        logger.info(  # which wake-up mode this worker runs in (docs/pgbouncer.md)
-            "Worker %s wakes up by %s", self.worker_id,
-            getattr(self.app.connector, "wake_up_mode", "LISTEN") if self.options.listen_notify
-            else f"polling every {self.options.fetch_job_polling_interval:g} s (listen_notify=False)",
-            extra={"action": "worker_wake_up_mode", "worker_id": self.worker_id},
-        )
-        self._start_services()
-        remove_handlers = self._install_signal_handlers()
+        handlers = SignalHandlers(self.stop, self._force, lambda: self._stopping)
         cancelled = False
         try:
-            await self._fetch_loop()
-        except asyncio.CancelledError:
-            cancelled = True
-            current = asyncio.current_task()
-            if current is not None:
-                current.uncancel()
+            # Installed first: a signal during registration is a stop like any other.
+            if self.options.install_signal_handlers:
+                handlers.install()
+            self.runner = JobRunner(self, executor)
+            self.essentials, self.feeders = self._build_services()
+            await self.register()
+            self.signals.registered.emit()
+            logger.info(
+                "Worker %s started (name=%s, queues=%s, concurrency=%d)",
+                self.worker_id,
+                self.options.name,
+                ", ".join(self.options.queues) if self.options.queues else "all",
+                self.options.concurrency,
+                extra={"action": "start_worker", "worker_id": self.worker_id, "queues": self.options.queues},
+            )
+            logger.info(  # which wake-up mode this worker runs in (docs/pgbouncer.md)
+                "Worker %s wakes up by %s",
+                self.worker_id,
+                getattr(self.app.connector, "wake_up_mode", "LISTEN")
+                if self.options.listen_notify
+                else f"polling every {self.options.fetch_job_polling_interval:g} s (listen_notify=False)",
+                extra={"action": "worker_wake_up_mode", "worker_id": self.worker_id},
+            )
+            try:
+                self.essentials.start()
+                self.feeders.start()
+                self.signals.services_started.emit()
+                await self._fetch_loop()
+            except asyncio.CancelledError:
+                cancelled = True
+                current = asyncio.current_task()
+                if current is not None:
+                    current.uncancel()
+            finally:
+                await self._shutdown()
         finally:
             try:
-                await self._shutdown()
+                await self._unregister()
             finally:
-                remove_handlers()
+                handlers.remove()
                 executor.shutdown(wait=False)
+                self.signals.stopped.emit()
         if cancelled:
             raise asyncio.CancelledError
 
-    def _start_services(self) -> None:
-        assert self.recorder is not None
-        services: list[tuple[str, Callable[[], Awaitable[None]]]] = [
-            ("outcome recorder", self.recorder.run),
-            ("heartbeat", HeartbeatService(self).run),
-            ("stalled-job sweeper", StalledJobSweeper(self).run),
-            ("abort watcher", self.abort_watcher.run),
-            # w12 (#12 readiness): due scheduled jobs become claimable through the stager
-            ("stager", Stager(self.app.job_manager, on_promoted=lambda _: self.wake()).run),
-        ]
-        if self.options.listen_notify:
-            services.append(("listener", self._listen))
-        if self.options.wait and self.app.periodic_tasks:
-            services.append(("periodic deferrer", PeriodicDeferrer(self.app).run))
-        self._services = [
-            asyncio.create_task(self._supervise(name, service), name=f"pcq-{name}")
-            for name, service in services
-        ]
-
-    async def _supervise(self, name: str, service: Callable[[], Awaitable[None]]) -> None:
-        """Run a background service; if it ever crashes, log and restart it."""
-        while True:
+    async def _shutdown(self) -> None:
+        """Feeders off, running jobs drained, outcomes written, essential services off."""
+        self._stopping = True
+        if self.feeders is not None:
+            await self.feeders.stop(SERVICE_STOP_TIMEOUT)
+        await drain_running_jobs(self.running, self.options.shutdown_graceful_timeout)
+        if self.recorder is not None:
             try:
-                await service()
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception(
-                    "Worker service %s crashed; restarting it in 1 s",
-                    name,
-                    extra={"action": "service_crashed", "service": name},
+                await bounded(self.recorder.wait_idle(), SHUTDOWN_DB_TIMEOUT)
+            except TimeoutError:
+                logger.error(
+                    "Could not record %d outcome(s) before stopping; those jobs will be "
+                    "recovered as stalled and run again",
+                    self.recorder.pending,
+                    extra={"action": "outcomes_not_recorded", "count": self.recorder.pending},
                 )
-                await asyncio.sleep(1)
+        if self.essentials is not None:
+            await self.essentials.stop(SERVICE_STOP_TIMEOUT)
+
+    async def _unregister(self) -> None:
+        if self.worker_id is None:
+            return
+        try:
+            await bounded(self.app.job_manager.unregister_worker_async(self.worker_id), SHUTDOWN_DB_TIMEOUT)
+        except Exception as exc:
+            logger.warning(
+                "Could not unregister worker %s (%s); it will be pruned as stalled",
+                self.worker_id,
+                exc,
+                extra={"action": "unregister_failed", "worker_id": self.worker_id},
+            )
+        logger.info("Worker %s stopped", self.worker_id, extra={"action": "stop_worker", "worker_id": self.worker_id})
+
+    def _force(self, signum: int) -> None:
+        asyncio.get_running_loop().create_task(force_exit(signum, self.worker_id, self._release_all))
+
+    async def _release_all(self) -> None:
+        """Forced stop: give every running job back to the queue, unregister."""
+        assert self.runner is not None and self.recorder is not None
+        for running in list(self.running.values()):
+            running.released = True
+            running.abort_reason = AbortReason.SHUTDOWN
+            self.recorder.add(self.runner.interrupted(running, None))
+        await self.recorder.wait_idle()
+        if self.worker_id is not None:
+            await self.app.job_manager.unregister_worker_async(self.worker_id)
+
+    # -- the fetch loop ----------------------------------------------------------
+    def free_slots(self) -> int:
+        """Slots to claim into: unwritten outcomes beyond `concurrency` hold slots too
+        (backpressure: a worker holds at most 2 x concurrency jobs in memory)."""
+        unwritten = self.recorder.pending if self.recorder is not None else 0
+        return self.options.concurrency - len(self.running) - max(0, unwritten - self.options.concurrency)
 
     async def _fetch_loop(self) -> None:
         backoff = 0.1
         while not self._stopping:
-            free = self.options.concurrency - len(self.running)
+            self.signals.loop_turned.emit()
+            free = self.free_slots()
             if free > 0:
                 self._wake.clear()
                 try:
@@ -212,7 +280,7 @@ class Worker(WorkerStopMixin):
                     backoff = min(backoff * 2, MAX_FETCH_BACKOFF)
                     continue
                 backoff = 0.1
-                if self._claims_uncertain:
+                if self._claims_uncertain and not self._stopping:
                     try:
                         await self._release_unknown_claims()
                     except Exception as exc:  # still uncertain: tried again after the next fetch
@@ -223,7 +291,7 @@ class Worker(WorkerStopMixin):
                         )
                 if len(jobs) == free:
                     continue  # there may be more: claim again once a slot frees
-                if not jobs and not self.running and not self.options.wait:
+                if not jobs and not self.running and not self.options.wait and not self._stopping:
                     if await self._drained():
                         logger.info(
                             "Worker %s: no job left, stopping (wait=False)",
@@ -232,11 +300,27 @@ class Worker(WorkerStopMixin):
                         )
                         return
                     continue
-            await self._sleep(self.options.fetch_job_polling_interval)
+            if not self._stopping:
+                await self._sleep(self.options.fetch_job_polling_interval)
+
+    async def _until_stop(self, awaitable: Any) -> bool:
+        """Await something the fetch loop needs, unless a stop comes first; True if it ended."""
+        task = asyncio.ensure_future(awaitable)
+        stopped = asyncio.ensure_future(self._stop_requested.wait())
+        try:
+            await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not task.done():
+                task.cancel()
+        if task.done() and not task.cancelled():
+            task.result()  # its failure is the caller's
+            return True
+        return False
 
     async def _fetch(self, limit: int) -> list[Job]:
         """Claim and start up to `limit` jobs. A stop request does not wait on a stuck
-        database for more than SHUTDOWN_DB_TIMEOUT: the claim is then cancelled (its
+        database for more than SHUTDOWN_DB_TIMEOUT: the claim is then abandoned (its
         transaction rolls back, or, if it had committed, the jobs are recovered as
         stalled once this worker unregisters)."""
         assert self.worker_id is not None
@@ -257,19 +341,18 @@ class Worker(WorkerStopMixin):
             self.stop()
         finally:
             stopped.cancel()
-        if not claim.done():
-            try:
-                await asyncio.wait_for(claim, SHUTDOWN_DB_TIMEOUT)
-            except TimeoutError:
-                logger.warning(
-                    "Claiming jobs did not finish within %.0f s of the stop request; cancelled",
-                    SHUTDOWN_DB_TIMEOUT,
-                    extra={"action": "fetch_cancelled", "worker_id": self.worker_id},
-                )
-                return []
-        jobs = claim.result()
+        try:
+            jobs = await bounded(claim, SHUTDOWN_DB_TIMEOUT) if not claim.done() else claim.result()
+        except TimeoutError:
+            logger.warning(
+                "Claiming jobs did not finish within %.0f s of the stop request; abandoned",
+                SHUTDOWN_DB_TIMEOUT,
+                extra={"action": "fetch_cancelled", "worker_id": self.worker_id},
+            )
+            jobs = []
         for job in jobs:
             self._start(job)
+        self.signals.fetched.emit()
         if interrupted:
             raise asyncio.CancelledError
         return jobs
@@ -282,7 +365,8 @@ class Worker(WorkerStopMixin):
         """
         assert self.worker_id is not None and self.recorder is not None
         # Jobs that ended but whose outcome is not written yet are known too.
-        await self.recorder.wait_idle()
+        if not await self._until_stop(self.recorder.wait_idle()):
+            return
         released = await self.app.job_manager.release_unknown_jobs_async(self.worker_id, list(self.running))
         self._claims_uncertain = False
         for job_id, status in released:
@@ -296,8 +380,11 @@ class Worker(WorkerStopMixin):
     async def _drained(self) -> bool:
         """wait=False: once outcomes are written (retries may requeue), is the queue empty?"""
         assert self.recorder is not None
-        await self.recorder.wait_idle()
-        await Stager(self.app.job_manager).stage()  # w12 (#12 readiness): due jobs count too
+        if not await self._until_stop(self.recorder.wait_idle()):
+            return False  # stopping: the fetch loop ends
+        # Due scheduled jobs count too: promote them before the last look.
+        if not await self._until_stop(Stager(self.app.job_manager).stage()):
+            return False
         return not await self._fetch(self.options.concurrency)
 
     async def _sleep(self, timeout: float) -> None:
@@ -337,40 +424,3 @@ class Worker(WorkerStopMixin):
             self.recorder.add(outcome)
         self.running.pop(running.job.id or 0, None)
         self.wake()
-
-    # -- listening ---------------------------------------------------------------
-    async def _listen(self) -> None:
-        """LISTEN for new jobs and abort requests; the connector reconnects on loss."""
-        channels = _listen_channels(self.options.queues)
-
-        def on_notification(channel: str, payload: str) -> None:
-            if channel == "pcq_abort":
-                self.abort_watcher.on_notification(payload)
-            else:
-                self.wake()
-
-        def on_listening() -> None:
-            # Notifications sent while we were not listening are lost: look now.
-            self.listening = True
-            self.listen_count += 1
-            self.wake()
-
-        backoff = 0.5
-        while True:
-            try:
-                await self.app.connector.listen_notify(channels, on_notification, on_listening)
-            except asyncio.CancelledError:
-                self.listening = False
-                raise
-            except Exception as exc:
-                logger.warning(
-                    "Listening for notifications failed (%s: %s); polling every %.1f s "
-                    "until it is back",
-                    type(exc).__name__,
-                    exc,
-                    self.options.fetch_job_polling_interval,
-                    extra={"action": "listen_failed"},
-                )
-            self.listening = False
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, MAX_FETCH_BACKOFF)

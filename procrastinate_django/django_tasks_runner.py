@@ -15,6 +15,7 @@ points to); procrastinate_django's AppConfig imports it anyway.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -110,7 +111,9 @@ def run_django_task(context: JobContext, **payload: Any) -> Any:
     try:
         value = result.task.call(*args, **kwargs)
         stored = _succeeded(result, value)
-    except Exception as exc:  # recorded by the worker; cancellation is not a failure
+    except asyncio.CancelledError:  # aborted or stopping: not a failure of the task
+        raise
+    except BaseException as exc:  # SystemExit too: the worker records it as this job's failure
         _failed(result, exc)
         task_finished.send(sender=sender, task_result=result)
         raise
@@ -133,7 +136,9 @@ async def run_django_task_async(context: JobContext, **payload: Any) -> Any:
     try:
         value = await result.task.acall(*args, **kwargs)
         stored = _succeeded(result, value)
-    except Exception as exc:  # recorded by the worker; cancellation is not a failure
+    except asyncio.CancelledError:  # aborted or stopping: not a failure of the task
+        raise
+    except BaseException as exc:  # SystemExit too: the worker records it as this job's failure
         _failed(result, exc)
         await task_finished.asend(sender=sender, task_result=result)
         raise

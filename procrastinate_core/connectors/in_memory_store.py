@@ -136,8 +136,21 @@ class InMemoryStore(InMemoryTables):
             if job["worker_id"] is not None and job["worker_id"] in self.workers \
                     and job["worker_id"] not in stale:
                 continue
+            recoveries = job.get("stalled_recoveries", 0) + 1
+            poison = p.get("max_recoveries") is not None and recoveries >= p["max_recoveries"]
+            error = job.get("error")
             if job["abort_requested"]:
                 status = "aborted"
+            elif poison:
+                status = "failed"
+                error = {
+                    "type": "procrastinate_core.exceptions.PoisonJob",
+                    "message": f"its worker died while running it {recoveries} times "
+                    f"(max_stalled_recoveries={p['max_recoveries']}): the task probably kills its "
+                    "process (os._exit, a crash in a C extension, the OOM killer); fix it, then "
+                    "retry the job",
+                    "traceback": "",
+                }
             elif self._queueing_lock_taken(job["queueing_lock"], but=job["id"]):
                 status = "cancelled"
             else:
@@ -145,6 +158,7 @@ class InMemoryStore(InMemoryTables):
             self._update(
                 job, status=status, worker_id=None,
                 finished_at=None if status == "todo" else now,
+                error=error, stalled_recoveries=recoveries,
             )
             recovered.append({"id": job["id"], "status": status})
         for worker_id in stale:

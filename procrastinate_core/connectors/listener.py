@@ -77,6 +77,13 @@ async def _abandon(task: asyncio.Future[Any]) -> None:
     await asyncio.wait({task}, timeout=ABANDON_GRACE)
 
 
+def _raise_if_cancelling() -> None:
+    """A stop requested while we handled a lost connection must not be lost with it."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 async def listen_forever(
     connect: Callable[[], Awaitable[ListenSession]],
     channels: Iterable[str],
@@ -93,6 +100,7 @@ async def listen_forever(
     channels = list(channels)
     backoff = 0.1
     while True:
+        _raise_if_cancelling()
         try:
             session = await asyncio.wait_for(connect(), timeout=keepalive + 5)
         except asyncio.CancelledError:
@@ -130,7 +138,7 @@ async def listen_forever(
         finally:
             try:
                 await _bounded(session.close(), 1)
-            except BaseException:  # noqa: BLE001 - a dead socket must not block us
+            except Exception:  # a dead socket must not block us (_bounded bounds the wait)
                 pass
 
 

@@ -102,6 +102,8 @@ SELECT id FROM updated;
 -- Requeues running jobs whose worker has not beaten for %(stalled_seconds)s or
 -- has no worker row, then prunes those workers, in one statement. Returns the
 -- recovered jobs' ids and new status. Safe to run from several workers at once.
+-- A job whose worker died while running it %(max_recoveries)s times (NULL: no
+-- bound) ends failed instead: a poison job (migration 0007).
 WITH stale AS (
     SELECT w.id
     FROM pcq_workers AS w
@@ -121,6 +123,7 @@ recovered AS (
     UPDATE pcq_jobs AS j
     SET status = CASE
             WHEN j.abort_requested THEN 'aborted'
+            WHEN j.stalled_recoveries + 1 >= %(max_recoveries)s::integer THEN 'failed'
             WHEN j.queueing_lock IS NOT NULL AND EXISTS (
                 SELECT 1 FROM pcq_jobs AS t
                 WHERE t.queueing_lock = j.queueing_lock AND t.status = 'todo'
@@ -128,11 +131,23 @@ recovered AS (
             ELSE 'todo'
         END,
         finished_at = CASE
-            WHEN j.abort_requested OR (j.queueing_lock IS NOT NULL AND EXISTS (
+            WHEN j.abort_requested OR j.stalled_recoveries + 1 >= %(max_recoveries)s::integer
+                OR (j.queueing_lock IS NOT NULL AND EXISTS (
                 SELECT 1 FROM pcq_jobs AS t
                 WHERE t.queueing_lock = j.queueing_lock AND t.status = 'todo'
             )) THEN now()
         END,
+        error = CASE
+            WHEN NOT j.abort_requested AND j.stalled_recoveries + 1 >= %(max_recoveries)s::integer THEN jsonb_build_object(
+                'type', 'procrastinate_core.exceptions.PoisonJob',
+                'message', 'its worker died while running it ' || (j.stalled_recoveries + 1)
+                    || ' times (max_stalled_recoveries=' || %(max_recoveries)s::integer
+                    || '): the task probably kills its process (os._exit, a crash in a C '
+                    || 'extension, the OOM killer); fix it, then retry the job',
+                'traceback', '')
+            ELSE j.error
+        END,
+        stalled_recoveries = j.stalled_recoveries + 1,
         worker_id = NULL
     FROM orphan
     WHERE j.id = orphan.id

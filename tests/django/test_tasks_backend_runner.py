@@ -51,3 +51,37 @@ def test_a_runner_job_deferred_by_name_runs_like_an_enqueued_task() -> None:
     app.run_worker(wait=False)
     result = default_task_backend.get_result(str(job_id))
     assert result.status == TaskResultStatus.SUCCESSFUL and result.return_value == 3
+
+
+@pytest.mark.parametrize(
+    ("task_name", "exception"),
+    [("exits", "SystemExit"), ("async_interrupts", "KeyboardInterrupt")],
+)
+def test_a_base_exception_is_the_tasks_failure_and_the_worker_goes_on(
+    task_name: str, exception: str
+) -> None:
+    from django.tasks.signals import task_finished
+
+    from tests.django.django_tasks_app import tasks
+
+    finished: list[Any] = []
+
+    def on_finished(sender: type, task_result: Any, **kwargs: Any) -> None:
+        finished.append(task_result.status)
+
+    poison = getattr(tasks, task_name)
+    bad = poison.enqueue(3) if task_name == "exits" else poison.enqueue()
+    good = tasks.add.enqueue(2, 2)
+    task_finished.connect(on_finished)
+    try:
+        app.run_worker(wait=False)  # returns: the task's exception did not end the worker
+    finally:
+        task_finished.disconnect(on_finished)
+    result = default_task_backend.get_result(bad.id)
+    assert result.status == TaskResultStatus.FAILED
+    assert result.errors[-1].exception_class_path == f"builtins.{exception}"
+    assert exception in result.errors[-1].traceback
+    assert default_task_backend.get_result(good.id).return_value == 4
+    assert TaskResultStatus.FAILED in finished
+    [job] = app.job_manager.list_jobs(id=int(bad.id))
+    assert job.status == "failed" and job.error["type"] == exception

@@ -140,3 +140,41 @@ async def fail_after(context: JobContext, seconds: float = 1.0) -> None:
     await asyncio.sleep(seconds)
     ledger.finish(row, "error")
     raise OSError("fails after a while")
+
+
+# F26: poison tasks (issue 11). Each raises a BaseException that is not an Exception,
+# or kills its worker process, on the attempts the test chooses.
+_POISON = {"SystemExit": SystemExit, "KeyboardInterrupt": KeyboardInterrupt, "GeneratorExit": GeneratorExit}
+
+
+@app.task(pass_context=True, name="exits_sync", retry=pc.RetryStrategy(max_attempts=2))
+def exits_sync(context: JobContext, raises: str = "SystemExit") -> None:
+    row = ledger.start(context.job.id or 0, context.job.attempts)
+    ledger.finish(row, "error")
+    if raises == "exit":
+        import sys
+
+        sys.exit(3)
+    raise _POISON[raises]()
+
+
+@app.task(pass_context=True, name="exits_async")
+async def exits_async(context: JobContext, raises: str = "SystemExit") -> None:
+    row = ledger.start(context.job.id or 0, context.job.attempts)
+    ledger.finish(row, "error")
+    raise _POISON[raises]()
+
+
+@app.task(pass_context=True, name="kills_worker")
+def kills_worker(context: JobContext, until_attempt: int = 1000, how: str = "exit") -> str:
+    """Kills its process on attempts before `until_attempt` (os._exit(1), or a real
+    segfault with how="segfault"); then succeeds."""
+    row = ledger.start(context.job.id or 0, context.job.attempts)
+    if context.job.attempts < until_attempt:
+        if how == "segfault":
+            import ctypes
+
+            ctypes.string_at(0)
+        os._exit(1)
+    ledger.finish(row, "success")
+    return "ok"

@@ -111,3 +111,50 @@ def test_f08_table_lock_during_work_and_shutdown(harness: Harness) -> None:
     harness.stop_all()
     # A's bodies finished but their outcomes were never written: B runs them again.
     harness.check(expect_success=jobs, zombies=jobs)
+
+
+def test_f28_sigterm_at_start_up_and_at_once_after_each_phase(psycopg_harness: Harness) -> None:
+    """SIGTERM as soon as the worker row exists (listener coming up), then on a worker that
+    listens and runs a job: each exits 0 within STOP_BOUND, nothing left doing."""
+    from procrastinate_core.worker import STOP_BOUND
+
+    harness = psycopg_harness
+    for _ in range(3):
+        w = harness.start_worker("early")  # returns once the worker row exists
+        w.signal(signal.SIGTERM)
+        assert w.wait(STOP_BOUND) == 0, w.logs()[-3000:]
+    [job] = harness.defer("sleep_async", kwargs={"seconds": 0.5})
+    w = harness.start_worker("busy")
+    wait_until(lambda: harness.starts(job) == 1, what="the job started")
+    w.signal(signal.SIGTERM)
+    assert w.wait(STOP_BOUND + 0.5) == 0, w.logs()[-3000:]
+    assert harness.status(job) == "succeeded"
+    harness.check(expect_success=[job])
+
+
+def test_f28_sigterm_with_the_database_unreachable(private_server, private_harness: Harness) -> None:
+    """The server goes down under an idle worker; SIGTERM lands while the listener
+    reconnects and nothing can be written (heartbeat, unregistration): exit 0 within
+    the bound. (A job running then would add its own time: the fault tasks' ledger
+    waits for the server, blocking.)"""
+    from procrastinate_core.worker import STOP_BOUND
+
+    harness = private_harness
+    [job] = harness.defer("sleep_async")
+    w = harness.start_worker("A")
+    wait_until(lambda: harness.backends("fault-A-listener"), what="listener up")
+    harness.wait_status([job], "succeeded")
+    private_server.ctl("stop", "immediate")
+    w.wait_log(r"Listener cannot connect", timeout=20)
+    w.signal(signal.SIGTERM)
+    assert w.wait(STOP_BOUND) == 0, w.logs()[-3000:]
+    assert "Could not unregister worker" in w.logs()
+    private_server.ctl("start")
+    wait_until(private_server.reachable, timeout=60, interval=0.2, what="server back")
+    harness.conn = psycopg.connect(harness.dsn, autocommit=True, application_name="fault-test")
+    # A's row could not be removed: the next worker prunes it as stalled.
+    harness.start_worker("B")
+    wait_until(lambda: harness.one("SELECT count(*) FROM pcq_workers WHERE name = 'A'") == 0,
+               timeout=RECOVERY_WINDOW + 10, what="A pruned")
+    harness.stop_all()
+    harness.check(expect_success=[job], expected_tracebacks=(r"connect|Connection|terminat|shutdown",))

@@ -687,3 +687,29 @@ async def test_get_stalled_jobs_and_retry_job(harness):
         assert (again.id, again.attempts, again.claims) == (job_id, 1, 2)
         assert await m.retry_job_async(stalled[0]) is False  # an older claim of a running job
         assert [j.id for j in await m.get_stalled_jobs()] == [other]
+
+async def test_a_job_whose_worker_keeps_dying_ends_failed_after_the_bound(harness):
+    """Migration 0007: each recovery is counted; the max_recoveries-th ends the job failed."""
+    async with harness.app().open_async() as app:
+        m = app.job_manager
+        job_id = await app.configure_task("t").defer_async()
+        statuses = []
+        for _ in range(3):
+            w = await m.register_worker_async("w", "h", 1)
+            assert [j.id for j in await m.fetch_jobs_async(w, None, 1)] == [job_id]
+            await m.unregister_worker_async(w)  # the worker died while running it
+            statuses += await m.recover_stalled_jobs_async(3600, 3)
+        assert statuses == [(job_id, pc.Status.TODO), (job_id, pc.Status.TODO), (job_id, pc.Status.FAILED)]
+        [job] = await m.list_jobs_async(id=job_id)
+        assert job.status == "failed" and job.claims == 3
+        assert job.error["type"] == "procrastinate_core.exceptions.PoisonJob"
+        assert "its worker died while running it 3 times" in job.error["message"]
+        events = [e["type"] for e in await m.list_job_events_async(job_id)]
+        assert events == ["deferred", "started", "recovered", "started", "recovered", "started", "failed"]
+        # Without a bound (the default of the manager call), recovery always requeues.
+        other = await app.configure_task("t").defer_async()
+        for _ in range(4):
+            w = await m.register_worker_async("w", "h", 1)
+            await m.fetch_jobs_async(w, None, 1)
+            await m.unregister_worker_async(w)
+            assert await m.recover_stalled_jobs_async(3600) == [(other, pc.Status.TODO)]

@@ -28,7 +28,7 @@ async def test_each_tick_defers_exactly_one_job_across_workers_with_100_tasks(co
     app = make_periodic_app(connector, 100)
     async with app.open_async():
         clock = [T0]
-        deferrers = [PeriodicDeferrer(app, clock=lambda: clock[0]) for _ in range(3)]
+        deferrers = [PeriodicDeferrer.from_app(app, clock=lambda: clock[0]) for _ in range(3)]
         first = await asyncio.gather(*(d.defer_due() for d in deferrers))
         clock[0] = T0 + 1
         second = await asyncio.gather(*(d.defer_due() for d in deferrers))
@@ -44,12 +44,12 @@ async def test_missed_ticks_are_caught_up_within_max_delay_only(connector, db_co
     app = make_periodic_app(connector, 1, max_delay=5)
     async with app.open_async():
         clock = [T0]
-        deferrer = PeriodicDeferrer(app, clock=lambda: clock[0])
+        deferrer = PeriodicDeferrer.from_app(app, clock=lambda: clock[0])
         assert await deferrer.defer_due() == 1  # start: only the latest missed tick
         clock[0] = T0 + 100  # the loop was stuck for 100 s
         assert await deferrer.defer_due() == 5  # only the last 5 s are caught up
         # A new worker starting late catches up the latest tick once, not again.
-        late = PeriodicDeferrer(app, clock=lambda: clock[0])
+        late = PeriodicDeferrer.from_app(app, clock=lambda: clock[0])
         assert await late.defer_due() == 0
     stamps = [int(r[0]) for r in db_conn.execute("SELECT args->>'timestamp' FROM pcq_jobs ORDER BY id")]
     assert stamps == [int(T0)] + [int(T0) + s for s in range(96, 101)]

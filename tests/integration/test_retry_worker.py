@@ -166,7 +166,7 @@ async def test_timeout_cancels_async_task_records_failure_and_retries(async_app)
     await asyncio.wait_for(async_app.run_worker_async(**RUN), 10)
     job = await get_job(async_app, job_id)
     assert (job.status, job.attempts) == ("failed", 1)
-    assert job.error["type"] == "procrastinate_core.job_runner.JobTimeout"
+    assert job.error["type"] == "procrastinate_core.exceptions.JobTimeout"
     assert "exceeded the 0.3 s timeout" in job.error["message"]
 
 

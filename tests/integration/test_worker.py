@@ -169,9 +169,11 @@ async def test_results_errors_and_unencodable_results(async_app, caplog):
     error = (await get_job(async_app, bad)).error
     assert error["type"] == "KeyError" and "missing" in error["message"]
     assert "raise KeyError" in error["traceback"]
+    # A result that cannot be stored fails its job (once, never retried), naming why.
     odd_job = await get_job(async_app, odd)
-    assert odd_job.status == "succeeded" and odd_job.result is None
-    assert "cannot be stored as JSON" in caplog.text
+    assert odd_job.status == "failed" and odd_job.result is None and odd_job.attempts == 1
+    assert odd_job.error["type"] == "procrastinate_core.exceptions.OutcomeRefused"
+    assert "returned a set that cannot be stored as its result" in odd_job.error["message"]
 
 
 async def test_one_log_line_per_job_start_and_end_with_fields(async_app, caplog):

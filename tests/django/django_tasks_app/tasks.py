@@ -73,3 +73,16 @@ def wait_for_gate() -> str:
 def native_double(x: int) -> int:
     """A native task (procrastinate's @app.task), whose result is stored the same way."""
     return 2 * x
+
+
+@task
+def exits(code: int) -> None:
+    """A task calling sys.exit(): its result is FAILED, the worker goes on."""
+    import sys
+
+    sys.exit(code)
+
+
+@task
+async def async_interrupts() -> None:
+    raise KeyboardInterrupt
