@@ -147,7 +147,7 @@ async def fail_after(context: JobContext, seconds: float = 1.0) -> None:
 _POISON = {"SystemExit": SystemExit, "KeyboardInterrupt": KeyboardInterrupt, "GeneratorExit": GeneratorExit}
 
 
-@app.task(pass_context=True, name="exits_sync", retry=pc.RetryStrategy(max_attempts=2))
+@app.task(pass_context=True, name="exits_sync", retry=pc.RetryStrategy(max_attempts=1))
 def exits_sync(context: JobContext, raises: str = "SystemExit") -> None:
     row = ledger.start(context.job.id or 0, context.job.attempts)
     ledger.finish(row, "error")

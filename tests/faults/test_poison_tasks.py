@@ -22,7 +22,7 @@ def test_f26_base_exceptions_fail_their_job_and_the_worker_goes_on(psycopg_harne
     harness = psycopg_harness
     worker = harness.start_worker("A", concurrency=3)
     normal = harness.defer("sleep_async", 10)
-    # exits_sync retries once (max_attempts=2): the strategy applies to SystemExit too.
+    # exits_sync retries once (max_attempts=1): the strategy applies to SystemExit too.
     [sync_exit] = harness.defer("exits_sync", kwargs={"raises": "exit"})
     [sync_interrupt] = harness.defer("exits_sync", kwargs={"raises": "KeyboardInterrupt"})
     [async_exit] = harness.defer("exits_async", kwargs={"raises": "SystemExit"})

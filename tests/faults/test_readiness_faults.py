@@ -75,4 +75,4 @@ def test_lock_chains_retries_and_schedules_with_a_worker_killed(harness: Harness
         "WHERE j.lock = 'L3' AND l.started_at < j.scheduled_at"
     )
     assert early == 0
-    harness.check(expect_success=jobs)
+    harness.check(expect_success=jobs, expected_tracebacks=(r"OSError: always fails",))

@@ -171,7 +171,7 @@ async def test_results_errors_and_unencodable_results(async_app, caplog):
     assert "raise KeyError" in error["traceback"]
     # A result that cannot be stored fails its job (once, never retried), naming why.
     odd_job = await get_job(async_app, odd)
-    assert odd_job.status == "failed" and odd_job.result is None and odd_job.attempts == 1
+    assert odd_job.status == "failed" and odd_job.result is None and odd_job.claims == 1
     assert odd_job.error["type"] == "procrastinate_core.exceptions.OutcomeRefused"
     assert "returned a set that cannot be stored as its result" in odd_job.error["message"]
 

@@ -75,7 +75,7 @@ async def test_a_result_over_the_limit_fails_its_job_once_and_holds_back_no_othe
     good = [await quick.defer_async(n=n) for n in range(10)]
     await async_app.run_worker_async(wait=False, install_signal_handlers=False, concurrency=4)
     [job] = await async_app.job_manager.list_jobs_async(id=bad)
-    assert (job.status, job.attempts, job.result) == ("failed", 1, None)
+    assert (job.status, job.claims, job.result) == ("failed", 1, None)
     assert job.error["type"] == "procrastinate_core.exceptions.OutcomeRefused"
     assert f"over the {MAX_RESULT_BYTES} bytes" in job.error["message"]
     events = [e["type"] for e in await async_app.job_manager.list_job_events_async(bad)]
@@ -130,5 +130,5 @@ async def test_an_unstorable_result_fails_its_job_naming_why(async_app, value) -
     job_id = await odd.defer_async()
     await async_app.run_worker_async(wait=False, install_signal_handlers=False)
     [job] = await async_app.job_manager.list_jobs_async(id=job_id)
-    assert (job.status, job.attempts) == ("failed", 1)
+    assert (job.status, job.claims) == ("failed", 1)
     assert "cannot be stored as its result" in job.error["message"]

@@ -30,7 +30,7 @@ async def test_a_job_asked_to_abort_that_then_raises_fails_and_is_not_retried(as
         await asyncio.get_running_loop().run_in_executor(None, started.wait, 10)
         assert await async_app.job_manager.cancel_job_by_id_async(job_id, abort=True)
         job = await wait_status(async_app, job_id, "failed")
-    assert job.attempts == 1, "a job whose abort was requested is never retried"
+    assert job.claims == 1, "a job whose abort was requested is never retried"
     assert job.error["type"] == "ValueError"
 
 
@@ -84,7 +84,7 @@ async def test_jobs_past_the_graceful_timeout_are_requeued_or_aborted(async_app,
     async with running_worker(async_app, **options):
         await asyncio.wait_for(started.wait(), 10)
     job = await get_job(async_app, job_id)
-    assert (job.status, job.attempts) == (status, 1)
+    assert (job.status, job.claims) == (status, 1)
 
 
 def test_shutdown_timeout_action_is_checked_and_has_a_flag():
