@@ -59,6 +59,7 @@ class Blueprint:
         queueing_lock: str | None = None,
         timeout: float | None = None,
         task_middleware: list[Any] | None = None,
+        **flow_options: Any,
     ) -> Callable[[F], Task[Any, Any, Any]]: ...
 
     def task(
@@ -75,6 +76,7 @@ class Blueprint:
         queueing_lock: str | None = None,
         timeout: float | None = None,
         task_middleware: list[Any] | None = None,
+        **flow_options: Any,
     ) -> Any:
         """Register a sync or async function as a task; usable with or without ().
 
@@ -97,6 +99,7 @@ class Blueprint:
                 queueing_lock=queueing_lock,
                 timeout=timeout,
                 task_middleware=task_middleware,
+                **flow_options,  # concurrency_limit=, unique_key=...: docs/flow-control.md
             )
             self._register_task(task)
             return task

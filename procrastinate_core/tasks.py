@@ -8,7 +8,7 @@ import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, TypeVar
 
-from procrastinate_core import exceptions, middleware, serialization
+from procrastinate_core import exceptions, flow, middleware, serialization
 from procrastinate_core import retry as retry_module
 from procrastinate_core.jobs import Job
 
@@ -95,9 +95,13 @@ def _scheduled_at(
 class JobDeferrer:
     """A job template (task, queue, lock, schedule...) ready to be deferred once or many times."""
 
-    def __init__(self, job_manager: JobManager, job: Job) -> None:
+    def __init__(self, job_manager: JobManager, job: Job, flow_options: flow.FlowOptions | None = None) -> None:
         self.job_manager = job_manager
         self.job = job
+        #: concurrency limit / unique key (#13): such jobs go through job_defer_flow_many
+        self.flow = flow_options if flow_options is not None and flow_options.active else None
+        if self.flow is not None:
+            flow.check_with_job(self.flow, job)
 
     def make_new_job(self, **task_kwargs: Any) -> Job:
         """The job to insert for these arguments; raises if they cannot be stored."""
@@ -119,21 +123,42 @@ class JobDeferrer:
 
     def defer(self, **task_kwargs: Any) -> int:
         """Insert one job; its id. Runs in the caller's transaction when there is one."""
+        if self.flow is not None:
+            return self._flow_defer([self._merged(task_kwargs)])[0]
         [job_id] = self.job_manager.defer_from_template(self.job, [self._encoded(self._merged(task_kwargs))])
         return job_id
 
     async def defer_async(self, **task_kwargs: Any) -> int:
+        if self.flow is not None:
+            return (await self._flow_defer_async([self._merged(task_kwargs)]))[0]
         [job_id] = await self.job_manager.defer_from_template_async(self.job, [self._encoded(self._merged(task_kwargs))])
         return job_id
 
     def batch_defer(self, *task_kwargs: dict[str, Any]) -> list[int]:
         """Insert one job per kwargs dict, in one statement (all or none); their ids."""
+        if self.flow is not None:
+            return self._flow_defer([self._merged(kwargs) for kwargs in task_kwargs])
         texts = [self._encoded(self._merged(kwargs)) for kwargs in task_kwargs]
         return self.job_manager.defer_from_template(self.job, texts)
 
     async def batch_defer_async(self, *task_kwargs: dict[str, Any]) -> list[int]:
+        if self.flow is not None:
+            return await self._flow_defer_async([self._merged(kwargs) for kwargs in task_kwargs])
         texts = [self._encoded(self._merged(kwargs)) for kwargs in task_kwargs]
         return await self.job_manager.defer_from_template_async(self.job, texts)
+
+    # -- flow control (#13): each item decided on its own, see flow.py ------------
+    def _flow_defer(self, kwargs_list: list[dict[str, Any]]) -> list[int]:
+        assert self.flow is not None
+        texts = [self._encoded(kwargs) for kwargs in kwargs_list]
+        results = self.job_manager.defer_flow(self.job, self.flow, kwargs_list, texts)
+        return flow.ids_or_raise(self.job.task_name, results)
+
+    async def _flow_defer_async(self, kwargs_list: list[dict[str, Any]]) -> list[int]:
+        assert self.flow is not None
+        texts = [self._encoded(kwargs) for kwargs in kwargs_list]
+        results = await self.job_manager.defer_flow_async(self.job, self.flow, kwargs_list, texts)
+        return flow.ids_or_raise(self.job.task_name, results)
 
 
 def make_job(
@@ -179,6 +204,7 @@ class Task(Generic[P, R, Args]):
         queueing_lock: str | None = None,
         timeout: float | None = None,
         task_middleware: list[Any] | None = None,
+        **flow_options: Any,
     ) -> None:
         self.func = func
         self.blueprint = blueprint
@@ -190,6 +216,10 @@ class Task(Generic[P, R, Args]):
         self.priority = _check_priority(priority)
         self.lock = _check_optional_str("lock", lock)
         self.queueing_lock = _check_optional_str("queueing_lock", queueing_lock)
+        #: concurrency_key/_limit, unique_key/_states/_for, on_conflict (flow.py, #13)
+        self.flow = flow.build(**flow_options)
+        if self.flow.concurrency_limit is not None:
+            flow.check_with_job(self.flow, make_job(self.name, lock=self.lock))
         if timeout is not None and (isinstance(timeout, bool) or not timeout > 0):
             raise exceptions.ConfigurationError(
                 f"task {self.name!r}: timeout={timeout!r} must be a positive number of seconds"
@@ -235,8 +265,13 @@ class Task(Generic[P, R, Args]):
         schedule_in: dict[str, float] | None = None,
         queue: str | None = None,
         priority: int | None = None,
+        **flow_options: Any,
     ) -> JobDeferrer:
-        """A deferrer with some of the task's defaults overridden for this job."""
+        """A deferrer with some of the task's defaults overridden for this job.
+
+        flow_options (#13, docs/flow-control.md): concurrency_key, concurrency_limit,
+        unique_key, unique_states, unique_for, on_conflict, all_or_nothing.
+        """
         job = make_job(
             self.name,
             queue=queue if queue is not None else self.queue,
@@ -247,7 +282,7 @@ class Task(Generic[P, R, Args]):
             schedule_at=schedule_at,
             schedule_in=schedule_in,
         )
-        return JobDeferrer(self.app.job_manager, job)
+        return JobDeferrer(self.app.job_manager, job, self.flow.evolve(**flow_options))
 
     def _default_deferrer(self) -> JobDeferrer:
         """configure() with no overrides, its validated template built once: defer() is a hot path."""
@@ -255,7 +290,7 @@ class Task(Generic[P, R, Args]):
         cached = self._default_job
         if cached is None or cached[0] != key:
             cached = self._default_job = (key, self.configure().job)
-        return JobDeferrer(self.app.job_manager, cached[1])
+        return JobDeferrer(self.app.job_manager, cached[1], self.flow)
 
     def _no_positional(self, args: tuple[Any, ...]) -> None:
         if args:

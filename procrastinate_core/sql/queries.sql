@@ -346,3 +346,25 @@ promoted AS (
     RETURNING j.id
 )
 SELECT count(*) AS promoted FROM promoted;
+
+-- name: job_defer_flow_many
+-- Inserts the jobs of a JSON array with flow-control fields (concurrency key
+-- and limit, unique key and its states, period and on_conflict) through
+-- pcq_defer_flow (migration 0008); returns one row per item: ord (1-based),
+-- id, outcome ('inserted', 'ignored', 'replaced', 'conflict', 'skipped') and
+-- conflict_id. A conflict never raises (the caller's transaction goes on).
+-- Plan per unique item: an Index Scan on pcq_jobs_unique_idx (unique_key, status).
+SELECT ord, id, outcome, conflict_id
+FROM pcq_defer_flow(%(jobs)s::jsonb, %(all_or_nothing)s::boolean);
+
+-- name: paused_set
+-- Pauses (%(paused)s true) or resumes the queue or task (%(kind)s) named
+-- %(name)s; returns how many waiting jobs it held or released. Pausing holds
+-- the ready jobs (no claim sees them); resuming makes them ready and NOTIFYs
+-- their queues. Plan (pause of a queue): an Index Scan on
+-- pcq_jobs_ready_queue_idx; (resume) on pcq_jobs_paused_idx.
+SELECT pcq_set_paused(%(kind)s::text, %(name)s::text, %(paused)s::boolean) AS changed;
+
+-- name: paused_list
+-- Returns the paused queues and tasks: kind ('queue' or 'task'), name, paused_at.
+SELECT kind, name, paused_at FROM pcq_paused ORDER BY kind, name;
