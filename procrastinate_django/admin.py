@@ -21,7 +21,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
 
 from procrastinate_core.jobs import Status
-from procrastinate_django import admin_actions
+from procrastinate_django import admin_actions, admin_flow_actions
 from procrastinate_django import models as models_module
 from procrastinate_django.models import ProcrastinateJob
 
@@ -64,6 +64,7 @@ class ProcrastinateJobAdmin(admin.ModelAdmin):
         admin_actions.cancel_jobs,
         admin_actions.abort_jobs,
         admin_actions.delete_jobs,
+        *admin_flow_actions.ACTIONS,  # pause / resume queues and tasks (#13)
     ]
     fields = [
         "id",
