@@ -16,9 +16,11 @@ from typing import Any, Literal
 from procrastinate_core import exceptions, flow, serialization
 from procrastinate_core.connectors.base import BaseConnector
 from procrastinate_core.jobs import Job, Status
-from procrastinate_core.plans import HasConnector, Op, paired
+from procrastinate_core.plans import HasConnector, Op, Plan, paired
 
 QUEUEING_LOCK_CONSTRAINT = "pcq_jobs_queueing_lock_uniq"
+#: jobs held or released per transaction by pause_* / resume_* (#13)
+PAUSE_BATCH_SIZE = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -438,10 +440,17 @@ class JobManager(HasConnector):
 
     defer_flow, defer_flow_async = paired(_defer_flow)
 
-    def _set_paused(self, kind: Literal["queue", "task"], name: str, paused: bool) -> Op[int]:
+    def _set_paused(self, kind: Literal["queue", "task"], name: str, paused: bool) -> Plan[int]:
+        """Pause or resume, holding or releasing its jobs in bounded batches; how many."""
         if not isinstance(name, str) or not name:
             raise exceptions.ConfigurationError(f"{kind} name {name!r}: expected a non-empty string")
-        return Op("paused_set", {"kind": kind, "name": name, "paused": paused}, "one", _first("changed"))
+        params = {"kind": kind, "name": name, "paused": paused, "batch": PAUSE_BATCH_SIZE}
+        total = 0
+        while True:
+            changed = yield Op("paused_set", params, "one", _first("changed"))
+            total += changed
+            if changed < PAUSE_BATCH_SIZE:
+                return total
 
     _paused, _paused_async = paired(_set_paused)
 

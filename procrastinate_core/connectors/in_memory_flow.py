@@ -146,22 +146,21 @@ class FlowTables(InMemoryTables):
         return rows
 
     def paused_set(self, p: dict[str, Any]) -> list[dict[str, Any]]:
-        kind, name = p["kind"], p["name"]
+        kind, name, batch = p["kind"], p["name"], p["batch"]
         column = "queue_name" if kind == "queue" else "task_name"
-        changed = 0
         if p["paused"]:
             self.paused.setdefault((kind, name), self.clock())
-            for job in sorted(self.jobs.values(), key=lambda j: j["id"]):
-                if job[column] == name and job["status"] == "todo" and job["waiting_for"] is None:
-                    self._update(job, waiting_for="pause")
-                    changed += 1
         else:
             self.paused.pop((kind, name), None)
-            for job in sorted(self.jobs.values(), key=lambda j: j["id"]):
-                if job[column] == name and job["status"] == "todo" and job["waiting_for"] == "pause":
-                    self._update(job, waiting_for=None)  # the gate holds it if still paused
-                    changed += 1
-        return [{"changed": changed}]
+        wanted = None if p["paused"] else "pause"
+        chosen = [
+            job for job in sorted(self.jobs.values(), key=lambda j: j["id"])
+            if job[column] == name and job["status"] == "todo" and job["waiting_for"] == wanted
+            and (p["paused"] or not self._is_paused(job))  # still held by its other kind
+        ][:batch]
+        for job in chosen:
+            self._update(job, waiting_for="pause" if p["paused"] else None)
+        return [{"changed": len(chosen)}]
 
     def paused_list(self, p: dict[str, Any]) -> list[dict[str, Any]]:
         return [

@@ -59,7 +59,7 @@ def test_limits_and_a_paused_queue_with_a_worker_killed(harness: Harness) -> Non
     # One long job per key on the victim keeps its slot until recovery.
     hostages = _defer_limited(harness, "K0", 1, 60)
     with psycopg.connect(harness.dsn, autocommit=True) as conn:
-        conn.execute("SELECT pcq_set_paused('queue', 'held', true)")
+        conn.execute("SELECT pcq_set_paused('queue', 'held', true, 1000)")
     paused = harness.defer("sleep_async", 10, queue="held", kwargs={"seconds": 0.05})
     victim = harness.start_worker("A", concurrency=4)
     victim.expected_exit = -signal.SIGKILL
@@ -83,7 +83,7 @@ def test_limits_and_a_paused_queue_with_a_worker_killed(harness: Harness) -> Non
     assert harness.one("SELECT count(*) FROM fault_ledger WHERE job_id = ANY(%s)", (paused,)) == 0
     assert harness.one("SELECT count(*) FROM pcq_events WHERE job_id = ANY(%s) AND type = 'started'", (paused,)) == 0
     with psycopg.connect(harness.dsn, autocommit=True) as conn:
-        resumed_at = conn.execute("SELECT pcq_set_paused('queue', 'held', false), clock_timestamp()").fetchone()[1]
+        resumed_at = conn.execute("SELECT pcq_set_paused('queue', 'held', false, 1000), clock_timestamp()").fetchone()[1]
     harness.wait_status(paused, "succeeded", timeout=20)
     # Abort the hostage (it would sleep a minute); it ends aborted or succeeded once recovered.
     harness.conn.execute("UPDATE pcq_jobs SET abort_requested = true WHERE id = ANY(%s) AND status = 'doing'", (hostages,))

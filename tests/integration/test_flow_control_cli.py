@@ -31,7 +31,7 @@ def test_pause_list_resume(capsys, app, db_conn):
     assert code == 0
     assert [line.split(":")[0] for line in out.splitlines()] == ["queue mail", "task t"]
     assert app.job_manager.fetch_jobs(app.job_manager.register_worker(), None, 5) == []
-    assert shell(capsys, app, "resume_queue", "mail")[1] == "Queue 'mail' resumed: 1 waiting job(s) released.\n"
+    assert shell(capsys, app, "resume_queue", "mail")[1] == "Queue 'mail' resumed: 0 waiting job(s) released.\n"
     # still held by its paused task
     assert db_conn.execute("SELECT waiting_for FROM pcq_jobs WHERE id = %s", (job.id,)).fetchone() == ("pause",)
     assert shell(capsys, app, "resume_task", "t")[0] == 0

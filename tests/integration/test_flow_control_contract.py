@@ -429,3 +429,17 @@ def test_a_conflict_does_not_abort_the_callers_transaction(db_dsn):
                 assert [r.outcome for r in results] == ["conflict", "conflict" if not all_or_nothing else "skipped"]
                 assert results[0].conflict_id == existing
                 assert conn.execute("SELECT count(*) FROM pcq_jobs").fetchone() == (1,)
+
+
+async def test_pause_and_resume_go_in_bounded_batches(every_connector, monkeypatch):
+    from procrastinate_core import manager
+
+    monkeypatch.setattr(manager, "PAUSE_BATCH_SIZE", 3)
+    app = every_connector.app()
+    async with app.open_async():
+        m = app.job_manager
+        ids = await app.configure_task("x", queue="big").batch_defer_async(*({} for _ in range(7)))
+        assert await m.pause_queue_async("big") == 7
+        assert await claim(m, await m.register_worker_async()) == []
+        assert await m.resume_queue_async("big") == 7
+        assert await claim(m, await m.register_worker_async()) == ids
