@@ -13,14 +13,13 @@ import datetime
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
-from procrastinate_core import exceptions, flow, serialization
+from procrastinate_core import exceptions, serialization
 from procrastinate_core.connectors.base import BaseConnector
+from procrastinate_core.flow_manager import FlowOperations
 from procrastinate_core.jobs import Job, Status
-from procrastinate_core.plans import HasConnector, Op, Plan, paired
+from procrastinate_core.plans import HasConnector, Op, paired
 
 QUEUEING_LOCK_CONSTRAINT = "pcq_jobs_queueing_lock_uniq"
-#: jobs held or released per transaction by pause_* / resume_* (#13)
-PAUSE_BATCH_SIZE = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +77,7 @@ def _pivot_counts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(by_name.values())
 
 
-class JobManager(HasConnector):
+class JobManager(FlowOperations, HasConnector):  # FlowOperations: flow control (#13)
     """Reads and changes jobs; the only code that knows which query does what."""
 
     def __init__(self, connector: BaseConnector) -> None:
@@ -417,90 +416,3 @@ class JobManager(HasConnector):
         return Op("job_promote_due", {"limit": int(limit)}, "one", _first("promoted"))
 
     promote_due_jobs, promote_due_jobs_async = paired(_promote_due_jobs)
-
-    # -- flow control (#13, migration 0008; flow.py) ----------------------------
-    def _defer_flow(
-        self,
-        template: Job,
-        flow_options: flow.FlowOptions,
-        kwargs_list: Sequence[dict[str, Any]],
-        args_json: Sequence[str],
-        connection: Any = None,
-    ) -> Op[list[flow.DeferResult]]:
-        """Insert jobs with a concurrency limit or a unique key; what became of each.
-
-        Conflicts do not raise here (flow.ids_or_raise decides): each item is
-        decided on its own, and nothing is inserted with all_or_nothing.
-        """
-        params = {
-            "jobs": flow.payload(template, flow_options, kwargs_list, args_json),
-            "all_or_nothing": flow_options.all_or_nothing,
-        }
-        return Op("job_defer_flow_many", params, "all", flow.parse_results, connection)
-
-    defer_flow, defer_flow_async = paired(_defer_flow)
-
-    def _set_paused(self, kind: Literal["queue", "task"], name: str, paused: bool) -> Plan[int]:
-        """Pause or resume, holding or releasing its jobs in bounded batches; how many."""
-        if not isinstance(name, str) or not name:
-            raise exceptions.ConfigurationError(f"{kind} name {name!r}: expected a non-empty string")
-        params = {"kind": kind, "name": name, "paused": paused, "batch": PAUSE_BATCH_SIZE}
-        total = 0
-        while True:
-            changed = yield Op("paused_set", params, "one", _first("changed"))
-            total += changed
-            if changed < PAUSE_BATCH_SIZE:
-                return total
-
-    _paused, _paused_async = paired(_set_paused)
-
-    def pause_queue(self, queue: str) -> int:
-        """Stop every worker from starting jobs of `queue` (running ones finish); survives restarts.
-
-        Returns how many ready jobs it held. Jobs deferred to it later wait too.
-        """
-        return self._paused("queue", queue, True)
-
-    async def pause_queue_async(self, queue: str) -> int:
-        return await self._paused_async("queue", queue, True)
-
-    def resume_queue(self, queue: str) -> int:
-        """Let workers start jobs of `queue` again (they are woken); how many jobs it released."""
-        return self._paused("queue", queue, False)
-
-    async def resume_queue_async(self, queue: str) -> int:
-        return await self._paused_async("queue", queue, False)
-
-    def pause_task(self, task_name: str) -> int:
-        """As pause_queue, for the jobs of one task (in every queue)."""
-        return self._paused("task", task_name, True)
-
-    async def pause_task_async(self, task_name: str) -> int:
-        return await self._paused_async("task", task_name, True)
-
-    def resume_task(self, task_name: str) -> int:
-        """As resume_queue, for the jobs of one task."""
-        return self._paused("task", task_name, False)
-
-    async def resume_task_async(self, task_name: str) -> int:
-        return await self._paused_async("task", task_name, False)
-
-    def _list_paused(self) -> Op[list[dict[str, Any]]]:
-        """Paused queues and tasks: kind ('queue' or 'task'), name, paused_at."""
-        return Op("paused_list", {}, "all", list)
-
-    list_paused, list_paused_async = paired(_list_paused)
-
-    def list_paused_queues(self) -> list[str]:
-        """Names of the paused queues."""
-        return [row["name"] for row in self.list_paused() if row["kind"] == "queue"]
-
-    async def list_paused_queues_async(self) -> list[str]:
-        return [row["name"] for row in await self.list_paused_async() if row["kind"] == "queue"]
-
-    def list_paused_tasks(self) -> list[str]:
-        """Names of the paused tasks."""
-        return [row["name"] for row in self.list_paused() if row["kind"] == "task"]
-
-    async def list_paused_tasks_async(self) -> list[str]:
-        return [row["name"] for row in await self.list_paused_async() if row["kind"] == "task"]

@@ -353,7 +353,10 @@ SELECT count(*) AS promoted FROM promoted;
 -- pcq_defer_flow (migration 0008); returns one row per item: ord (1-based),
 -- id, outcome ('inserted', 'ignored', 'replaced', 'conflict', 'skipped') and
 -- conflict_id. A conflict never raises (the caller's transaction goes on).
--- Plan per unique item: an Index Scan on pcq_jobs_unique_idx (unique_key, status).
+-- Plan per unique item: an Index Scan on pcq_jobs_unique_idx (unique_key, status);
+-- the key's settling reads pcq_jobs_limit_queue_idx (best waiting job) and
+-- pcq_jobs_limit_holders_idx (count of holders). 1.2 ms for one limited,
+-- unique job beside 1,000,000 limited, 1,000,000 paused and 1,000,000 finished rows.
 SELECT ord, id, outcome, conflict_id
 FROM pcq_defer_flow(%(jobs)s::jsonb, %(all_or_nothing)s::boolean);
 

@@ -432,9 +432,9 @@ def test_a_conflict_does_not_abort_the_callers_transaction(db_dsn):
 
 
 async def test_pause_and_resume_go_in_bounded_batches(every_connector, monkeypatch):
-    from procrastinate_core import manager
+    from procrastinate_core import flow_manager
 
-    monkeypatch.setattr(manager, "PAUSE_BATCH_SIZE", 3)
+    monkeypatch.setattr(flow_manager, "PAUSE_BATCH_SIZE", 3)
     app = every_connector.app()
     async with app.open_async():
         m = app.job_manager
