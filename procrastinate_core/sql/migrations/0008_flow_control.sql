@@ -454,6 +454,31 @@ DECLARE
     conflicts bigint[] := '{}';
     any_conflict boolean := false;
 BEGIN
+    -- Without unique keys: one set-based insert (one trigger run for the batch);
+    -- ids grow in array order, as in job_defer_many.
+    IF NOT EXISTS (
+        SELECT 1 FROM jsonb_array_elements(jobs) AS e WHERE e.value->>'unique_key' IS NOT NULL
+    ) THEN
+        RETURN QUERY
+        WITH inserted AS (
+            INSERT INTO pcq_jobs (queue_name, task_name, priority, lock, queueing_lock, args,
+                                  scheduled_at, concurrency_key, concurrency_limit)
+            SELECT j.queue_name, j.task_name, coalesce(j.priority, 0), j.lock, j.queueing_lock,
+                   coalesce(j.args, '{}'::jsonb), j.scheduled_at, j.concurrency_key, j.concurrency_limit
+            FROM ROWS FROM (
+                jsonb_to_recordset(jobs) AS (
+                    queue_name text, task_name text, priority integer, lock text, queueing_lock text,
+                    args jsonb, scheduled_at timestamptz, concurrency_key text, concurrency_limit integer
+                )
+            ) WITH ORDINALITY AS j(queue_name, task_name, priority, lock, queueing_lock, args,
+                                   scheduled_at, concurrency_key, concurrency_limit, j_ord)
+            ORDER BY j.j_ord
+            RETURNING pcq_jobs.id AS new_job_id
+        )
+        SELECT row_number() OVER (ORDER BY i.new_job_id), i.new_job_id, 'inserted'::text, NULL::bigint
+        FROM inserted AS i;
+        RETURN;
+    END IF;
     FOR one_key IN
         SELECT DISTINCT e.value->>'unique_key' AS k
         FROM jsonb_array_elements(jobs) AS e
