@@ -141,14 +141,14 @@ class App(Blueprint):
             # Through *this* app's connector, even for a task registered on the app
             # this one was made from with with_connector().
             configured = task.configure(**options)
-            return JobDeferrer(self.job_manager, configured.job, configured.flow)
+            return JobDeferrer(self.job_manager, configured.job, flow_options=configured.flow)
         if not allow_unknown:
             raise exceptions.TaskNotFound(
                 f"task {name!r} is not registered; known tasks: {sorted(self.tasks)}. "
                 f"Import paths: {self.import_paths}."
             )
         flow_options = {k: options.pop(k) for k in list(options) if k in flow.OPTION_NAMES}
-        return JobDeferrer(self.job_manager, make_job(name, **options), flow.build(**flow_options))
+        return JobDeferrer(self.job_manager, make_job(name, **options), flow_options=flow.build(**flow_options))
 
     # -- opening and closing -------------------------------------------------
     def open(self, pool_or_engine: Any = None) -> App:

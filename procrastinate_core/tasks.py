@@ -95,7 +95,7 @@ def _scheduled_at(
 class JobDeferrer:
     """A job template (task, queue, lock, schedule...) ready to be deferred once or many times."""
 
-    def __init__(self, job_manager: JobManager, job: Job, flow_options: flow.FlowOptions | None = None) -> None:
+    def __init__(self, job_manager: JobManager, job: Job, *, flow_options: flow.FlowOptions | None = None) -> None:
         self.job_manager = job_manager
         self.job = job
         #: concurrency limit / unique key (#13): such jobs go through job_defer_flow_many
@@ -282,7 +282,7 @@ class Task(Generic[P, R, Args]):
             schedule_at=schedule_at,
             schedule_in=schedule_in,
         )
-        return JobDeferrer(self.app.job_manager, job, self.flow.evolve(**flow_options))
+        return JobDeferrer(self.app.job_manager, job, flow_options=self.flow.evolve(**flow_options))
 
     def _default_deferrer(self) -> JobDeferrer:
         """configure() with no overrides, its validated template built once: defer() is a hot path."""
@@ -290,7 +290,7 @@ class Task(Generic[P, R, Args]):
         cached = self._default_job
         if cached is None or cached[0] != key:
             cached = self._default_job = (key, self.configure().job)
-        return JobDeferrer(self.app.job_manager, cached[1], self.flow)
+        return JobDeferrer(self.app.job_manager, cached[1], flow_options=self.flow)
 
     def _no_positional(self, args: tuple[Any, ...]) -> None:
         if args:
