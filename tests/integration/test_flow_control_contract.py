@@ -443,3 +443,18 @@ async def test_pause_and_resume_go_in_bounded_batches(every_connector, monkeypat
         assert await claim(m, await m.register_worker_async()) == []
         assert await m.resume_queue_async("big") == 7
         assert await claim(m, await m.register_worker_async()) == ids
+
+
+def test_resume_notifies_listening_workers_and_pause_survives_a_new_app(app, db_dsn):
+    """Resume NOTIFYs the queue's channel at commit; the paused state is a table another app reads."""
+    m = app.job_manager
+    app.configure_task("x", queue="mail").defer()
+    assert m.pause_queue("mail") == 1
+    other = pc.App(connector=pc.SyncPsycopgConnector(conninfo=db_dsn))
+    with other.open():
+        assert other.job_manager.list_paused_queues() == ["mail"]
+    with psycopg.connect(db_dsn, autocommit=True) as listener:
+        listener.execute("LISTEN pcq_q_mail")
+        assert m.resume_queue("mail") == 1
+        received = [n.channel for n in listener.notifies(timeout=10, stop_after=1)]
+    assert received == ["pcq_q_mail"]
