@@ -10,7 +10,7 @@ from collections.abc import Generator, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
-from procrastinate_core import builtin_tasks, exceptions, validation
+from procrastinate_core import builtin_tasks, exceptions, flow, validation
 from procrastinate_core.blueprints import Blueprint
 from procrastinate_core.connectors.base import BaseConnector
 from procrastinate_core.manager import JobManager
@@ -139,13 +139,22 @@ class App(Blueprint):
         if task is not None:
             # Through *this* app's connector, even for a task registered on the app
             # this one was made from with with_connector().
-            return JobDeferrer(self.job_manager, task.configure(**options).job, connection=connection)
+            configured = task.configure(**options)
+            return JobDeferrer(
+                self.job_manager, configured.job, connection=connection, flow_options=configured.flow
+            )
         if not allow_unknown:
             raise exceptions.TaskNotFound(
                 f"task {name!r} is not registered; known tasks: {sorted(self.tasks)}. "
                 f"Import paths: {self.import_paths}."
             )
-        return JobDeferrer(self.job_manager, make_job(name, **options), connection=connection)
+        flow_options = {k: options.pop(k) for k in list(options) if k in flow.OPTION_NAMES}
+        return JobDeferrer(
+            self.job_manager,
+            make_job(name, **options),
+            connection=connection,
+            flow_options=flow.build(**flow_options),
+        )
 
     # -- opening and closing -------------------------------------------------
     def open(self, pool_or_engine: Any = None) -> App:

@@ -60,6 +60,7 @@ class Blueprint:
         timeout: float | None = None,
         task_middleware: list[Any] | None = None,
         check_kwargs: bool = True,
+        **flow_options: Any,
     ) -> Callable[[F], Task[Any, Any, Any]]: ...
 
     def task(
@@ -77,6 +78,7 @@ class Blueprint:
         timeout: float | None = None,
         task_middleware: list[Any] | None = None,
         check_kwargs: bool = True,
+        **flow_options: Any,
     ) -> Any:
         """Register a sync or async function as a task; usable with or without ().
 
@@ -101,6 +103,7 @@ class Blueprint:
                 timeout=timeout,
                 task_middleware=task_middleware,
                 check_kwargs=check_kwargs,
+                **flow_options,  # concurrency_limit=, unique_key=...: docs/flow-control.md
             )
             self._register_task(task)
             return task

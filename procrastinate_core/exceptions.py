@@ -13,6 +13,7 @@
     │   ├── DatabaseConnectionError   cannot reach the server (never shows the password)
     │   └── UniqueViolation           a unique constraint, with its name
     ├── AlreadyEnqueued               a job with this queueing lock is already waiting
+    │   └── UniqueJobConflict         a job with this unique key exists (flow.py, #13)
     ├── TaskNotFound                  no task of that name among the registered ones
     ├── JobNotFound (also LookupError)  no job with that id
     ├── LoadFromPathError             a dotted path that does not import
@@ -133,3 +134,18 @@ class OutcomeRefused(ProcrastinateException):
 class PoisonJob(ProcrastinateException):
     """A job whose worker died while running it `max_stalled_recoveries` times; it ends
     failed with this error type (written by the database, never raised)."""
+
+
+class UniqueJobConflict(AlreadyEnqueued):
+    """A job with the same unique key is in one of the key's states (flow.py).
+
+    `job_ids`: per deferred item, the id inserted, or None (conflicting or
+    skipped); `conflict_ids`: per item, the job it conflicted with, or None.
+    """
+
+    def __init__(
+        self, *args: object, job_ids: list[int | None] | None = None, conflict_ids: list[int | None] | None = None
+    ) -> None:
+        super().__init__(*args)
+        self.job_ids = list(job_ids or [])
+        self.conflict_ids = list(conflict_ids or [])

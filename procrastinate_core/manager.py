@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from procrastinate_core import exceptions, serialization, validation
 from procrastinate_core.connectors.base import BaseConnector
+from procrastinate_core.flow_manager import FlowOperations
 from procrastinate_core.jobs import Job, Status
 from procrastinate_core.plans import HasConnector, Op, Plan, either_colour, paired
 
@@ -113,7 +114,7 @@ def _pivot_counts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(by_name.values())
 
 
-class JobManager(HasConnector):
+class JobManager(FlowOperations, HasConnector):  # FlowOperations: flow control (#13)
     """Reads and changes jobs; the only code that knows which query does what."""
 
     def __init__(

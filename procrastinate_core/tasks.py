@@ -9,7 +9,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, TypeVar
 
-from procrastinate_core import exceptions, middleware, serialization, validation
+from procrastinate_core import exceptions, flow, middleware, serialization, validation
 from procrastinate_core import retry as retry_module
 from procrastinate_core.jobs import Job
 
@@ -84,6 +84,8 @@ class JobDeferrer:
         job: Job,
         check: Callable[[dict[str, Any]], None] | None = None,
         connection: Any = None,
+        *,
+        flow_options: flow.FlowOptions | None = None,
     ) -> None:
         self.job_manager = job_manager
         self.job = job
@@ -92,6 +94,10 @@ class JobDeferrer:
         #: The caller's connection (psycopg, psycopg2, SQLAlchemy...): the insert runs
         #: on it, inside its transaction, and commits or rolls back with it.
         self.connection = connection
+        #: concurrency limit / unique key (#13): such jobs go through job_defer_flow_many
+        self.flow = flow_options if flow_options is not None and flow_options.active else None
+        if self.flow is not None:
+            flow.check_with_job(self.flow, job)
 
     def make_new_job(self, **task_kwargs: Any) -> Job:
         """The job to insert for these arguments; raises if they cannot be stored."""
@@ -117,12 +123,16 @@ class JobDeferrer:
 
     def defer(self, **task_kwargs: Any) -> int:
         """Insert one job; its id. Runs in the caller's transaction when there is one."""
+        if self.flow is not None:
+            return self._flow_defer([self._merged(task_kwargs)])[0]
         [job_id] = self.job_manager.defer_from_template(
             self.job, [self._encoded(self._merged(task_kwargs))], connection=self.connection
         )
         return job_id
 
     async def defer_async(self, **task_kwargs: Any) -> int:
+        if self.flow is not None:
+            return (await self._flow_defer_async([self._merged(task_kwargs)]))[0]
         [job_id] = await self.job_manager.defer_from_template_async(
             self.job, [self._encoded(self._merged(task_kwargs))], connection=self.connection
         )
@@ -130,15 +140,34 @@ class JobDeferrer:
 
     def batch_defer(self, *task_kwargs: dict[str, Any]) -> list[int]:
         """Insert one job per kwargs dict, all or none (a huge batch in several statements of one transaction); their ids."""
+        if self.flow is not None:
+            return self._flow_defer([self._merged(kwargs) for kwargs in task_kwargs])
         texts = [self._encoded(self._merged(kwargs)) for kwargs in task_kwargs]
         return self.job_manager.defer_from_template(self.job, texts, connection=self.connection)
 
     async def batch_defer_async(self, *task_kwargs: dict[str, Any]) -> list[int]:
+        if self.flow is not None:
+            return await self._flow_defer_async([self._merged(kwargs) for kwargs in task_kwargs])
         texts = [self._encoded(self._merged(kwargs)) for kwargs in task_kwargs]
         return await self.job_manager.defer_from_template_async(
             self.job, texts, connection=self.connection
         )
 
+
+    # -- flow control (#13): each item decided on its own, see flow.py ------------
+    def _flow_defer(self, kwargs_list: list[dict[str, Any]]) -> list[int]:
+        assert self.flow is not None
+        texts = [self._encoded(kwargs) for kwargs in kwargs_list]
+        results = self.job_manager.defer_flow(self.job, self.flow, kwargs_list, texts, connection=self.connection)
+        return flow.ids_or_raise(self.job.task_name, results)
+
+    async def _flow_defer_async(self, kwargs_list: list[dict[str, Any]]) -> list[int]:
+        assert self.flow is not None
+        texts = [self._encoded(kwargs) for kwargs in kwargs_list]
+        results = await self.job_manager.defer_flow_async(
+            self.job, self.flow, kwargs_list, texts, connection=self.connection
+        )
+        return flow.ids_or_raise(self.job.task_name, results)
 
 class ArgumentCheck:
     """Checks a job's keyword arguments against its task's signature, at defer.
@@ -255,6 +284,7 @@ class Task(Generic[P, R, Args]):
         timeout: float | None = None,
         task_middleware: list[Any] | None = None,
         check_kwargs: bool = True,
+        **flow_options: Any,
     ) -> None:
         self.func = func
         self.blueprint = blueprint
@@ -272,6 +302,10 @@ class Task(Generic[P, R, Args]):
         self.priority = validation.check_priority(priority, where=where)
         self.lock = validation.check_optional_name("lock", lock, where=where)
         self.queueing_lock = validation.check_optional_name("queueing_lock", queueing_lock, where=where)
+        #: concurrency_key/_limit, unique_key/_states/_for, on_conflict (flow.py, #13)
+        self.flow = flow.build(**flow_options)
+        if self.flow.concurrency_limit is not None:
+            flow.check_with_job(self.flow, make_job(self.name, lock=self.lock))
         if timeout is not None and (isinstance(timeout, bool) or not timeout > 0):
             raise exceptions.ConfigurationError(
                 f"task {self.name!r}: timeout={timeout!r} must be a positive number of seconds"
@@ -318,12 +352,15 @@ class Task(Generic[P, R, Args]):
         queue: str | None = None,
         priority: int | None = None,
         connection: Any = None,
+        **flow_options: Any,
     ) -> JobDeferrer:
         """A deferrer with some of the task's defaults overridden for this job.
 
         `connection`: a connection of yours (psycopg 3 sync or async, psycopg2,
         SQLAlchemy): the job is inserted inside its transaction and commits or
-        rolls back with it; you commit.
+        rolls back with it; you commit. flow_options (#13, docs/flow-control.md):
+        concurrency_key, concurrency_limit, unique_key, unique_states, unique_for,
+        on_conflict, all_or_nothing.
         """
         job = make_job(
             self.name,
@@ -335,7 +372,13 @@ class Task(Generic[P, R, Args]):
             schedule_at=schedule_at,
             schedule_in=schedule_in,
         )
-        return JobDeferrer(self.app.job_manager, job, self._argument_check(), connection=connection)
+        return JobDeferrer(
+            self.app.job_manager,
+            job,
+            self._argument_check(),
+            connection=connection,
+            flow_options=self.flow.evolve(**flow_options),
+        )
 
     def _argument_check(self) -> Callable[[dict[str, Any]], None] | None:
         if not self.check_kwargs:
@@ -350,7 +393,7 @@ class Task(Generic[P, R, Args]):
         cached = self._default_job
         if cached is None or cached[0] != key:
             cached = self._default_job = (key, self.configure().job)
-        return JobDeferrer(self.app.job_manager, cached[1], self._argument_check())
+        return JobDeferrer(self.app.job_manager, cached[1], self._argument_check(), flow_options=self.flow)
 
     def _no_positional(self, args: tuple[Any, ...]) -> None:
         if args:

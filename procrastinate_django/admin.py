@@ -30,7 +30,7 @@ from django.utils.safestring import mark_safe
 from procrastinate_core import exceptions, validation
 from procrastinate_core.connectors import errors
 from procrastinate_core.jobs import Status
-from procrastinate_django import admin_actions
+from procrastinate_django import admin_actions, admin_flow_actions
 from procrastinate_django import models as models_module
 from procrastinate_django.models import ProcrastinateJob
 
@@ -96,6 +96,7 @@ class ProcrastinateJobAdmin(admin.ModelAdmin):
         admin_actions.cancel_jobs,
         admin_actions.abort_jobs,
         admin_actions.delete_jobs,
+        *admin_flow_actions.ACTIONS,  # pause / resume queues and tasks (#13)
     ]
     fields = [
         "id",

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from procrastinate_core import exceptions
+from procrastinate_core.cli import flow_commands
 from procrastinate_core.jobs import Job, Status
 from procrastinate_core.options import WorkerOptions
 
@@ -99,6 +100,7 @@ def _build_command_parsers() -> dict[str, CommandParser]:
         help="heartbeat age that makes a worker stalled (default: the app's stalled_worker_timeout)",
     )
     new("list_workers", "List registered workers and the age of their last heartbeat.")
+    flow_commands.add_parsers(new)  # pause_queue, resume_queue, ... (#13)
     return parsers
 
 
@@ -147,7 +149,7 @@ def _describe(job: Job, details: bool) -> str:
     return line
 
 
-class ShellCommands:
+class ShellCommands(flow_commands.FlowShellCommands):
     """The commands themselves; each writes to `out` and returns an exit code."""
 
     def __init__(self, app: Any, out: TextIO) -> None:

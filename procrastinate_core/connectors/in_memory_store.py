@@ -15,10 +15,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from procrastinate_core import sql
+from procrastinate_core.connectors.in_memory_flow import FlowTables
 from procrastinate_core.connectors.in_memory_tables import (
     FINAL_STATUSES,
     Clock,
-    InMemoryTables,
     Notify,
     after,
     timestamp,
@@ -28,7 +28,7 @@ from procrastinate_core.connectors.in_memory_tables import (
 __all__ = ["Clock", "InMemoryStore", "Notify", "utc_now"]
 
 
-class InMemoryStore(InMemoryTables):
+class InMemoryStore(FlowTables):  # flow control (#13): in_memory_flow.py
     """One method per named query, named like it; `run(name, params)` dispatches."""
 
     def run(self, name: str, params: Mapping[str, Any] | None) -> list[dict[str, Any]]:

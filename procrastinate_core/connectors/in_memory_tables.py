@@ -87,12 +87,15 @@ class InMemoryTables:
     def _inserted(self, job: dict[str, Any]) -> None:
         self._check_queueing_lock(job)
         job["waiting_for"] = self._wait_reason(job)
+        if _is_ready(job):
+            self._gate(job, None)  # flow control (#13): a paused queue or task holds it
         self.jobs[job["id"]] = job
         self._event(job, "deferred" if job["scheduled_at"] is None else "scheduled")
         if _is_ready(job):
             self._wake(job["queue_name"])
         if job["status"] == "todo" and job["waiting_for"] == "lock":
             self._settle(job["lock"])  # a head it makes ready wakes workers itself
+        self._after_change(None, job)  # flow control (#13): concurrency slots
 
     def _update(self, job: dict[str, Any], **changes: Any) -> None:
         old = dict(job)
@@ -105,6 +108,8 @@ class InMemoryTables:
                 or new["scheduled_at"] != old["scheduled_at"])) \
                 or (new["status"] != "todo" and old["waiting_for"] is not None):
             new["waiting_for"] = changes["waiting_for"] = self._wait_reason(new)
+        if _is_ready(new) and not _is_ready(old):
+            self._gate(new, changes)  # flow control (#13): a paused queue or task holds it
         job.update(changes)
         if new["status"] != old["status"]:
             if new["status"] == "doing":
@@ -122,6 +127,7 @@ class InMemoryTables:
                 self.notify("pcq_abort", str(job["id"]))
         for lock in self._locks_to_settle(old, new):
             self._settle(lock)
+        self._after_change(old, new)  # flow control (#13): concurrency slots
         if _is_ready(new) and not _is_ready(old):
             self._wake(new["queue_name"])
 
@@ -130,6 +136,14 @@ class InMemoryTables:
         self.events = [e for e in self.events if e["job_id"] != job_id]
         if old["lock"] is not None and _holds_or_heads(old):
             self._settle(old["lock"])
+        self._after_change(old, None)  # flow control (#13): concurrency slots
+
+    # -- flow control hooks (migration 0008; in_memory_flow.py fills them) -------
+    def _gate(self, new: dict[str, Any], changes: dict[str, Any] | None) -> None:
+        """The pause gate, for a job becoming ready (changes: the update's, or None)."""
+
+    def _after_change(self, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> None:
+        """After a job was inserted (old None), updated, or deleted (new None)."""
 
     # -- readiness (migration 0006) ------------------------------------------
     def _wait_reason(self, job: Mapping[str, Any]) -> str | None:
@@ -163,7 +177,7 @@ class InMemoryTables:
         jobs = [j for j in self.jobs.values() if j["lock"] == lock]
         if any(j["status"] == "doing" for j in jobs):
             return
-        heads = [j for j in jobs if _is_ready(j)]
+        heads = [j for j in jobs if j["status"] == "todo" and j["waiting_for"] in (None, "pause")]
         waiting = [j for j in jobs if j["status"] == "todo" and j["waiting_for"] == "lock"]
         if not waiting:
             return
@@ -233,5 +247,5 @@ def _is_ready(job: Mapping[str, Any]) -> bool:
 
 
 def _holds_or_heads(job: Mapping[str, Any]) -> bool:
-    """Runs a job of its lock, or is the lock's ready head."""
-    return job["status"] == "doing" or _is_ready(job)
+    """Runs a job of its lock, or is the lock's ready (or ready but paused, 0008) head."""
+    return job["status"] == "doing" or (job["status"] == "todo" and job.get("waiting_for") in (None, "pause"))

@@ -1,0 +1,231 @@
+"""Flow control options of a task or job: concurrency limits and unique jobs.
+
+A job with a concurrency key waits (as 'limit', migration 0008) until fewer
+than `concurrency_limit` jobs of its key run or are ready; a job with a unique
+key is not inserted, or replaces the waiting one, when another job of that key
+is in one of `unique_states`. Both are decided by the database at defer time
+(pcq_defer_flow) and by its triggers afterwards, so they hold across every
+worker and every process that defers. Pause and resume are JobManager
+operations (they change no job option); see docs/flow-control.md.
+
+This module only validates options and builds the defer payload; the SQL is
+in queries.sql (job_defer_flow_many) and migration 0008.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+from procrastinate_core import exceptions
+from procrastinate_core.jobs import Job
+
+OnConflict = Literal["raise", "ignore", "replace"]
+#: a key, or a function of the job's keyword arguments returning the key
+Key = str | Callable[..., str]
+
+ON_CONFLICT = ("raise", "ignore", "replace")
+UNIQUE_STATES = ("todo", "doing", "succeeded", "failed", "cancelled", "aborted")
+FINISHED = ("succeeded", "failed", "cancelled", "aborted")
+DEFAULT_UNIQUE_STATES = ("todo", "doing")
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowOptions:
+    """Validated flow-control options; `FlowOptions()` means none."""
+
+    concurrency_key: Key | None = None
+    concurrency_limit: int | None = None
+    unique_key: Key | None = None
+    unique_states: tuple[str, ...] = DEFAULT_UNIQUE_STATES
+    #: seconds a finished job (of a state in unique_states) keeps its key; None: forever
+    unique_for: float | None = None
+    on_conflict: OnConflict = "raise"
+    #: in batch_defer: one conflict (on_conflict="raise") inserts none of the batch
+    all_or_nothing: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.concurrency_limit is not None or self.unique_key is not None
+
+    def evolve(self, **changes: Any) -> FlowOptions:
+        """These options with the given ones (None: keep) overridden, validated."""
+        given = {k: v for k, v in changes.items() if v is not None}
+        return build(**{**dataclasses.asdict(self), **given})
+
+
+def _check_key(option: str, value: Any) -> Key | None:
+    if value is None or callable(value):
+        return value
+    if not isinstance(value, str) or not value:
+        raise exceptions.ConfigurationError(
+            f"{option}={value!r}: expected a non-empty string, or a function of the job's "
+            "keyword arguments returning one (e.g. lambda customer_id, **_: f'customer:{customer_id}')"
+        )
+    return value
+
+
+OPTION_NAMES = frozenset(
+    {"concurrency_key", "concurrency_limit", "unique_key", "unique_states", "unique_for",
+     "on_conflict", "all_or_nothing"}
+)
+
+
+def build(
+    **options: Any,
+) -> FlowOptions:
+    """FlowOptions from user input; a ConfigurationError names the bad option and the fix."""
+    unknown = sorted(set(options) - OPTION_NAMES)
+    if unknown:
+        raise TypeError(f"unknown task option(s) {unknown}; flow-control options are {sorted(OPTION_NAMES)}")
+    return _build(**options)
+
+
+def _build(
+    *,
+    concurrency_key: Any = None,
+    concurrency_limit: Any = None,
+    unique_key: Any = None,
+    unique_states: Any = DEFAULT_UNIQUE_STATES,
+    unique_for: Any = None,
+    on_conflict: Any = "raise",
+    all_or_nothing: Any = False,
+) -> FlowOptions:
+    key = _check_key("concurrency_key", concurrency_key)
+    if concurrency_limit is not None and (
+        isinstance(concurrency_limit, bool) or not isinstance(concurrency_limit, int)
+        or not 1 <= concurrency_limit < 2**31
+    ):
+        raise exceptions.ConfigurationError(
+            f"concurrency_limit={concurrency_limit!r}: expected a whole number of jobs >= 1"
+        )
+    if key is not None and concurrency_limit is None:
+        raise exceptions.ConfigurationError(
+            f"concurrency_key={key!r} needs concurrency_limit=N (how many of its jobs may run at once)"
+        )
+    ukey = _check_key("unique_key", unique_key)
+    states = tuple(unique_states) if not isinstance(unique_states, str) else (unique_states,)
+    bad = [s for s in states if s not in UNIQUE_STATES]
+    if bad or not states:
+        raise exceptions.ConfigurationError(
+            f"unique_states={unique_states!r}: expected some of {list(UNIQUE_STATES)}"
+        )
+    if isinstance(unique_for, datetime.timedelta):
+        unique_for = unique_for.total_seconds()
+    if unique_for is not None:
+        if isinstance(unique_for, bool) or not isinstance(unique_for, int | float) or not unique_for > 0:
+            raise exceptions.ConfigurationError(
+                f"unique_for={unique_for!r}: expected a positive number of seconds or a timedelta"
+            )
+        if not set(states) & set(FINISHED):
+            raise exceptions.ConfigurationError(
+                f"unique_for={unique_for!r} bounds how long finished jobs keep their unique key, "
+                f"but unique_states={states!r} has no finished state; add 'succeeded' (for example)"
+            )
+    if on_conflict not in ON_CONFLICT:
+        raise exceptions.ConfigurationError(
+            f"on_conflict={on_conflict!r}: expected one of {list(ON_CONFLICT)}"
+        )
+    if not isinstance(all_or_nothing, bool):
+        raise exceptions.ConfigurationError(f"all_or_nothing={all_or_nothing!r}: expected True or False")
+    return FlowOptions(
+        concurrency_key=key,
+        concurrency_limit=concurrency_limit,
+        unique_key=ukey,
+        unique_states=states,
+        unique_for=None if unique_for is None else float(unique_for),
+        on_conflict=on_conflict,
+        all_or_nothing=all_or_nothing,
+    )
+
+
+def check_with_job(flow: FlowOptions, job: Job) -> None:
+    """A job has a lock or a concurrency limit, not both (a lock is the limit of 1)."""
+    if flow.concurrency_limit is not None and job.lock is not None:
+        raise exceptions.ConfigurationError(
+            f"task {job.task_name!r}: lock={job.lock!r} and concurrency_limit="
+            f"{flow.concurrency_limit} cannot be combined; a lock is a concurrency limit of 1 "
+            "in order: use one or the other"
+        )
+
+
+def _resolve(option: str, key: Key | None, kwargs: dict[str, Any], task_name: str) -> str | None:
+    if key is None or isinstance(key, str):
+        return key
+    value = key(**kwargs)
+    if not isinstance(value, str) or not value:
+        raise exceptions.ConfigurationError(
+            f"task {task_name!r}: {option} function returned {value!r}; it must return a non-empty string"
+        )
+    return value
+
+
+def payload(
+    template: Job, flow: FlowOptions, kwargs_list: Sequence[dict[str, Any]], args_json: Sequence[str]
+) -> str:
+    """job_defer_flow_many's JSON array: one object per job, its args as already-encoded text."""
+    name = template.task_name
+    concurrency_key = flow.concurrency_key if flow.concurrency_key is not None else (
+        name if flow.concurrency_limit is not None else None
+    )
+    common = {
+        "queue_name": template.queue,
+        "task_name": name,
+        "priority": template.priority,
+        "lock": template.lock,
+        "queueing_lock": template.queueing_lock,
+        "scheduled_at": template.scheduled_at.isoformat() if template.scheduled_at else None,
+        "schedule_in_seconds": template.schedule_in_seconds,
+        "concurrency_limit": flow.concurrency_limit,
+        "unique_states": list(flow.unique_states),
+        "unique_seconds": flow.unique_for,
+        "on_conflict": flow.on_conflict,
+    }
+    items = []
+    for kwargs, args in zip(kwargs_list, args_json, strict=True):
+        fields = {
+            **common,
+            "concurrency_key": _resolve("concurrency_key", concurrency_key, kwargs, name),
+            "unique_key": _resolve("unique_key", flow.unique_key, kwargs, name),
+        }
+        items.append('{"args":' + args + "," + json.dumps(fields)[1:])
+    return "[" + ",".join(items) + "]"
+
+
+@dataclasses.dataclass(frozen=True)
+class DeferResult:
+    """What became of one item of a flow-controlled defer."""
+
+    #: the inserted job, or (outcome "ignored") the job already holding the key; None otherwise
+    job_id: int | None
+    outcome: Literal["inserted", "ignored", "replaced", "conflict", "skipped"]
+    #: the job that conflicted (ignored, replaced or conflict)
+    conflict_id: int | None
+
+
+def parse_results(rows: list[dict[str, Any]]) -> list[DeferResult]:
+    ordered = sorted(rows, key=lambda row: row["ord"])
+    return [DeferResult(row["id"], row["outcome"], row["conflict_id"]) for row in ordered]
+
+
+def ids_or_raise(task_name: str, results: list[DeferResult]) -> list[int]:
+    """The ids to hand back; AlreadyEnqueued (UniqueJobConflict) if an item conflicted."""
+    conflicts = [r for r in results if r.outcome == "conflict"]
+    if conflicts:
+        inserted = [r.job_id for r in results]
+        nothing = all(r.outcome in ("conflict", "skipped") for r in results)
+        raise exceptions.UniqueJobConflict(
+            f"task {task_name!r}: {len(conflicts)} of {len(results)} job(s) conflict with a job "
+            f"of the same unique key (job ids {[r.conflict_id for r in conflicts]}); "
+            + ("nothing was inserted. " if nothing else "the others were inserted (see job_ids). ")
+            + "Catch AlreadyEnqueued, or use on_conflict='ignore' or 'replace'.",
+            job_ids=inserted,
+            conflict_ids=[r.conflict_id for r in results],
+        )
+    return [r.job_id for r in results]  # type: ignore[misc]
+
+
+__all__ = ["DeferResult", "FlowOptions", "OnConflict", "build", "check_with_job", "payload"]

@@ -1,0 +1,113 @@
+"""JobManager's flow-control operations (#13): defers with limits or unique keys, pause/resume.
+
+A mixin of JobManager (manager.py), written like it: each operation is a
+builder returning an Op or a plan, `plans.paired()` makes the sync and async
+pair. The SQL is in queries.sql (job_defer_flow_many, paused_set, paused_list)
+and migration 0008; see docs/flow-control.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+from procrastinate_core import exceptions, flow
+from procrastinate_core.jobs import Job
+from procrastinate_core.plans import HasConnector, Op, Plan, paired
+
+#: jobs held or released per transaction by pause_* / resume_*
+PAUSE_BATCH_SIZE = 1000
+
+
+def _first(column: str) -> Callable[[Any], Any]:
+    return lambda row: None if row is None else row[column]
+
+
+class FlowOperations(HasConnector):
+    """Flow-control operations of the JobManager."""
+
+    def _defer_flow(
+        self,
+        template: Job,
+        flow_options: flow.FlowOptions,
+        kwargs_list: Sequence[dict[str, Any]],
+        args_json: Sequence[str],
+        connection: Any = None,
+    ) -> Op[list[flow.DeferResult]]:
+        """Insert jobs with a concurrency limit or a unique key; what became of each.
+
+        Conflicts do not raise here (flow.ids_or_raise decides): each item is
+        decided on its own, and nothing is inserted with all_or_nothing.
+        """
+        params = {
+            "jobs": flow.payload(template, flow_options, kwargs_list, args_json),
+            "all_or_nothing": flow_options.all_or_nothing,
+        }
+        return Op("job_defer_flow_many", params, "all", flow.parse_results, connection)
+
+    defer_flow, defer_flow_async = paired(_defer_flow)
+
+    def _set_paused(self, kind: Literal["queue", "task"], name: str, paused: bool) -> Plan[int]:
+        """Pause or resume, holding or releasing its jobs in bounded batches; how many."""
+        if not isinstance(name, str) or not name:
+            raise exceptions.ConfigurationError(f"{kind} name {name!r}: expected a non-empty string")
+        params = {"kind": kind, "name": name, "paused": paused, "batch": PAUSE_BATCH_SIZE}
+        total = 0
+        while True:
+            changed = yield Op("paused_set", params, "one", _first("changed"))
+            total += changed
+            if changed < PAUSE_BATCH_SIZE:
+                return total
+
+    _paused, _paused_async = paired(_set_paused)
+
+    def pause_queue(self, queue: str) -> int:
+        """Stop every worker from starting jobs of `queue` (running ones finish); survives restarts.
+
+        Returns how many ready jobs it held. Jobs deferred to it later wait too.
+        """
+        return self._paused("queue", queue, True)
+
+    async def pause_queue_async(self, queue: str) -> int:
+        return await self._paused_async("queue", queue, True)
+
+    def resume_queue(self, queue: str) -> int:
+        """Let workers start jobs of `queue` again (they are woken); how many jobs it released."""
+        return self._paused("queue", queue, False)
+
+    async def resume_queue_async(self, queue: str) -> int:
+        return await self._paused_async("queue", queue, False)
+
+    def pause_task(self, task_name: str) -> int:
+        """As pause_queue, for the jobs of one task (in every queue)."""
+        return self._paused("task", task_name, True)
+
+    async def pause_task_async(self, task_name: str) -> int:
+        return await self._paused_async("task", task_name, True)
+
+    def resume_task(self, task_name: str) -> int:
+        """As resume_queue, for the jobs of one task."""
+        return self._paused("task", task_name, False)
+
+    async def resume_task_async(self, task_name: str) -> int:
+        return await self._paused_async("task", task_name, False)
+
+    def _list_paused(self) -> Op[list[dict[str, Any]]]:
+        """Paused queues and tasks: kind ('queue' or 'task'), name, paused_at."""
+        return Op("paused_list", {}, "all", list)
+
+    list_paused, list_paused_async = paired(_list_paused)
+
+    def list_paused_queues(self) -> list[str]:
+        """Names of the paused queues."""
+        return [row["name"] for row in self.list_paused() if row["kind"] == "queue"]
+
+    async def list_paused_queues_async(self) -> list[str]:
+        return [row["name"] for row in await self.list_paused_async() if row["kind"] == "queue"]
+
+    def list_paused_tasks(self) -> list[str]:
+        """Names of the paused tasks."""
+        return [row["name"] for row in self.list_paused() if row["kind"] == "task"]
+
+    async def list_paused_tasks_async(self) -> list[str]:
+        return [row["name"] for row in await self.list_paused_async() if row["kind"] == "task"]
