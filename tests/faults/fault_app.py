@@ -149,7 +149,7 @@ _POISON = {"SystemExit": SystemExit, "KeyboardInterrupt": KeyboardInterrupt, "Ge
 
 @app.task(pass_context=True, name="exits_sync", retry=pc.RetryStrategy(max_attempts=1))
 def exits_sync(context: JobContext, raises: str = "SystemExit") -> None:
-    row = ledger.start(context.job.id or 0, context.job.attempts)
+    row = ledger.start(context.job.id or 0, context.job.claims)
     ledger.finish(row, "error")
     if raises == "exit":
         import sys
@@ -160,7 +160,7 @@ def exits_sync(context: JobContext, raises: str = "SystemExit") -> None:
 
 @app.task(pass_context=True, name="exits_async")
 async def exits_async(context: JobContext, raises: str = "SystemExit") -> None:
-    row = ledger.start(context.job.id or 0, context.job.attempts)
+    row = ledger.start(context.job.id or 0, context.job.claims)
     ledger.finish(row, "error")
     raise _POISON[raises]()
 
@@ -169,8 +169,8 @@ async def exits_async(context: JobContext, raises: str = "SystemExit") -> None:
 def kills_worker(context: JobContext, until_attempt: int = 1000, how: str = "exit") -> str:
     """Kills its process on attempts before `until_attempt` (os._exit(1), or a real
     segfault with how="segfault"); then succeeds."""
-    row = ledger.start(context.job.id or 0, context.job.attempts)
-    if context.job.attempts < until_attempt:
+    row = ledger.start(context.job.id or 0, context.job.claims)
+    if context.job.claims < until_attempt:
         if how == "segfault":
             import ctypes
 

@@ -44,7 +44,7 @@ async def claim(m: JobManager, worker: int, limit: int = 10, queues: list[str] |
 
 async def finish(m: JobManager, worker: int, job_id: int, status: str, **fields: Any) -> None:
     [job] = await m.list_jobs_async(id=job_id)
-    assert await m.finish_jobs_async([JobOutcome(job_id, worker, job.attempts, status, **fields)]) == {job_id}
+    assert await m.finish_jobs_async([JobOutcome(job_id, worker, job.claims, status, **fields)]) == {job_id}
 
 
 # -- concurrency limits -------------------------------------------------------------
@@ -326,7 +326,7 @@ def test_concurrent_claims_never_exceed_a_limit(app, db_dsn):
             w = m.register_worker()
             while not stop.is_set():
                 for job in m.fetch_jobs(w, None, 4):
-                    m.finish_jobs([JobOutcome(job.id, w, job.attempts, pc.Status.SUCCEEDED)])  # type: ignore[arg-type]
+                    m.finish_jobs([JobOutcome(job.id, w, job.claims, pc.Status.SUCCEEDED)])  # type: ignore[arg-type]
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 

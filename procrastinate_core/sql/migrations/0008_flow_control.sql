@@ -19,22 +19,24 @@
 -- with its own ordering rules). This file replaces 0006's pcq_job_wait_reason,
 -- pcq_settle_locks and the three statement trigger functions: the only
 -- change to their lock logic is that a paused ready job still heads its lock.
+-- Written so that running it again is harmless.
 
 ALTER TABLE pcq_jobs
-    ADD COLUMN concurrency_key text,
-    ADD COLUMN concurrency_limit integer,
-    ADD COLUMN unique_key text;
+    ADD COLUMN IF NOT EXISTS concurrency_key text,
+    ADD COLUMN IF NOT EXISTS concurrency_limit integer,
+    ADD COLUMN IF NOT EXISTS unique_key text;
 
 ALTER TABLE pcq_jobs DROP CONSTRAINT IF EXISTS pcq_jobs_waiting_for_valid;
 ALTER TABLE pcq_jobs ADD CONSTRAINT pcq_jobs_waiting_for_valid
     CHECK (waiting_for IN ('schedule', 'lock', 'limit', 'pause')) NOT VALID;
+ALTER TABLE pcq_jobs DROP CONSTRAINT IF EXISTS pcq_jobs_concurrency_valid;
 ALTER TABLE pcq_jobs ADD CONSTRAINT pcq_jobs_concurrency_valid CHECK (
     (concurrency_key IS NULL AND concurrency_limit IS NULL)
     OR (concurrency_key IS NOT NULL AND concurrency_limit >= 1 AND lock IS NULL)
 ) NOT VALID;
 
 -- Paused queues and tasks; survives restarts, read by the pause gate.
-CREATE TABLE pcq_paused (
+CREATE TABLE IF NOT EXISTS pcq_paused (
     kind text NOT NULL CHECK (kind IN ('queue', 'task')),
     name text NOT NULL,
     paused_at timestamptz NOT NULL DEFAULT now(),
@@ -42,23 +44,23 @@ CREATE TABLE pcq_paused (
 );
 
 -- The next slot takers of a key.
-CREATE INDEX pcq_jobs_limit_queue_idx ON pcq_jobs (concurrency_key, priority DESC, id)
+CREATE INDEX IF NOT EXISTS pcq_jobs_limit_queue_idx ON pcq_jobs (concurrency_key, priority DESC, id)
     WHERE status = 'todo' AND waiting_for = 'limit';
 -- The slot holders of a key (counted under its advisory lock). The coalesce
 -- form, used by the count too, keeps the planner on this index: written with
 -- IS NULL / = 'pause' it ANDed the ready and paused indexes (47 ms at 1,000,000
 -- paused rows instead of 0.05 ms).
-CREATE INDEX pcq_jobs_limit_holders_idx ON pcq_jobs (concurrency_key)
+CREATE INDEX IF NOT EXISTS pcq_jobs_limit_holders_idx ON pcq_jobs (concurrency_key)
     WHERE concurrency_key IS NOT NULL
       AND (status = 'doing' OR (status = 'todo' AND coalesce(waiting_for, 'pause') = 'pause'));
 -- Paused jobs, for resume; and a paused head of a lock.
-CREATE INDEX pcq_jobs_paused_idx ON pcq_jobs (queue_name, task_name)
+CREATE INDEX IF NOT EXISTS pcq_jobs_paused_idx ON pcq_jobs (queue_name, task_name)
     WHERE status = 'todo' AND waiting_for = 'pause';
-CREATE INDEX pcq_jobs_lock_paused_idx ON pcq_jobs (lock)
+CREATE INDEX IF NOT EXISTS pcq_jobs_lock_paused_idx ON pcq_jobs (lock)
     WHERE status = 'todo' AND waiting_for = 'pause' AND lock IS NOT NULL;
 -- Unique jobs: every job of a key, whatever its state (finished ones count
 -- within a period).
-CREATE INDEX pcq_jobs_unique_idx ON pcq_jobs (unique_key, status) WHERE unique_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS pcq_jobs_unique_idx ON pcq_jobs (unique_key, status) WHERE unique_key IS NOT NULL;
 
 -- What a job waits for when it enters `todo` (0006's reasons, then 'limit').
 CREATE OR REPLACE FUNCTION pcq_job_wait_reason() RETURNS trigger
@@ -91,7 +93,7 @@ CREATE TRIGGER pcq_jobs_wait_reason_inserted BEFORE INSERT ON pcq_jobs
 -- queue and task involved, which pcq_set_paused takes exclusively: a defer
 -- or promotion in flight while a queue is paused is either seen by the
 -- pause's update or sees the pause row. Returns whether any of them is paused.
-CREATE FUNCTION pcq_paused_among(queues text[], tasks text[]) RETURNS boolean
+CREATE OR REPLACE FUNCTION pcq_paused_among(queues text[], tasks text[]) RETURNS boolean
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_advisory_xact_lock_shared(5279, hashtext(k))
@@ -117,7 +119,7 @@ $$;
 -- written by the first call: from its commit on no job of the queue becomes
 -- ready, and the ready ones are held batch by batch. Both take the gate's
 -- lock exclusively (see pcq_paused_among).
-CREATE FUNCTION pcq_set_paused(p_kind text, p_name text, paused boolean, batch integer) RETURNS bigint
+CREATE OR REPLACE FUNCTION pcq_set_paused(p_kind text, p_name text, paused boolean, batch integer) RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
     changed bigint;
@@ -223,7 +225,7 @@ $$;
 -- a finish, cancel or delete whose own settling comes after ours and gives
 -- the slot then. As for locks, waiting rows are taken with SKIP LOCKED and no
 -- row is waited for while the advisory lock is held.
-CREATE FUNCTION pcq_settle_limits(keys text[]) RETURNS void
+CREATE OR REPLACE FUNCTION pcq_settle_limits(keys text[]) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     one_key text;
@@ -459,7 +461,7 @@ $$;
 -- Each unique key is serialized by pg_advisory_xact_lock(5278, ...), taken in
 -- key order before any insert and held to commit: two batches with one key
 -- cannot both insert it.
-CREATE FUNCTION pcq_defer_flow(jobs jsonb, all_or_nothing boolean)
+CREATE OR REPLACE FUNCTION pcq_defer_flow(jobs jsonb, all_or_nothing boolean)
 RETURNS TABLE (ord bigint, id bigint, outcome text, conflict_id bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
