@@ -21,7 +21,10 @@ from dataclasses import dataclass, field
 
 import psycopg
 
+from bench import broker_runs
+from bench.broker_runs import applies as broker_applies
 from bench.floor import Floor
+from bench.peers_broker import BrokerSystem
 from bench.server import Server, Snapshot, proc_cpu_seconds, proc_rss_mib, scalar
 from bench.systems import System
 
@@ -67,6 +70,8 @@ class Outcome:
 
 
 def applies(system: System, scenario: str) -> bool:
+    if not broker_applies(system, scenario):
+        return False
     if isinstance(system, Floor):
         return scenario not in NOT_FOR_FLOOR
     return scenario not in FLOOR_ONLY
@@ -87,6 +92,8 @@ async def _settled(server: Server, dbname: str) -> Snapshot:
 
 
 async def run(server: Server, system: System, scenario: str, sizes: Sizes) -> Outcome:
+    if isinstance(system, BrokerSystem):
+        return await _broker_run(system, scenario, sizes)
     dbname = await asyncio.to_thread(server.scratch, system)
     dsn = server.dsn(dbname)
     try:
@@ -345,3 +352,18 @@ async def _memory(server: Server, system: System, dbname: str, sizes: Sizes) -> 
     return Outcome(
         ratio, n, {"rss_first_mib": rss_first, "rss_last_mib": rss_last, "jobs_per_s": n / seconds}
     )
+
+
+async def _broker_run(system: BrokerSystem, scenario: str, sizes: Sizes) -> Outcome:
+    """A broker peer (bench/broker_runs.py): no scratch database, the broker's own counts."""
+    if scenario == "latency":
+        await asyncio.to_thread(system.reset)
+        return await _latency(system, "-", sizes["latency"])
+    if scenario in DRAINS:
+        processes, concurrency = DRAINS[scenario]
+        n = sizes["drain"]
+        value, extra = await broker_runs.drain(system, processes, concurrency, n)
+        return Outcome(value, n, extra)
+    n = sizes["batch_defer"] if scenario == "batch_defer" else sizes["defer"]
+    value, extra = await broker_runs.defer(system, scenario, n, sizes["batch"])
+    return Outcome(value, n, extra)
