@@ -6,16 +6,16 @@ from django.conf import settings
 
 from bench.django_site.benchapp.models import Order
 
-
-def _confirm(order_id: int) -> None:
-    Order.objects.filter(pk=order_id).exists()
-
-
 if settings.SYSTEM == "ours":
     from procrastinate_django import app
 
-    confirm_order = app.task(name="confirm_order")(_confirm)
+    @app.task(name="confirm_order")
+    def confirm_order(order_id: int) -> None:
+        Order.objects.filter(pk=order_id).exists()
+
 else:
     from django.tasks import task
 
-    confirm_order = task()(_confirm)
+    @task()
+    def confirm_order(order_id: int) -> None:  # the module path must name the task
+        Order.objects.filter(pk=order_id).exists()
