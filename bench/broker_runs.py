@@ -90,7 +90,10 @@ async def defer(system: BrokerSystem, scenario: str, n: int, batch: int) -> tupl
     if stored != n:
         raise RuntimeError(f"{system.name} {scenario}: {n} jobs deferred but {stored} stored")
     await asyncio.to_thread(system.reset)
-    extra = {"client_cpu_ms_per_job": cpu * 1000 / n, "broker_cpu_ms_per_job": broker_used * 1000 / n}
+    extra = {
+        "client_cpu_ms_per_job": cpu * 1000 / n,
+        "broker_cpu_ms_per_job": broker_used * 1000 / n,
+    }
     return n / seconds, extra
 
 
@@ -101,8 +104,9 @@ class CountingWorkers:
         cmd = [sys.executable, "-m", "bench.worker_proc", system.name, "-", "-c",
                str(concurrency), "--count"]  # fmt: skip
         self.procs = [
-            subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                             cwd=_ROOT)  # fmt: skip
+            subprocess.Popen(
+                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=_ROOT
+            )  # fmt: skip
             for _ in range(processes)
         ]
         self.counts = [0] * processes
@@ -172,7 +176,9 @@ async def drain(
             await asyncio.to_thread(workers.changed.wait, 0.5)
             workers.check_alive()
             if time.perf_counter() > deadline:
-                raise RuntimeError(f"{sum(workers.counts)} of {n} jobs done after {deadline - start:.0f}s")
+                raise RuntimeError(
+                    f"{sum(workers.counts)} of {n} jobs done after {deadline - start:.0f}s"
+                )
         seconds = time.perf_counter() - start
         worker_cpu, broker_used = workers.cpu() - cpu_before, broker_cpu(system) - broker_before
     finally:
