@@ -216,11 +216,24 @@ class ChancySystem(System):
             return await _timed_batches(n, batch, push)
 
 
+def _end_with_children(*_: Any) -> None:
+    """SIGTERM: chancy's worker starts multiprocessing helpers; end them with us."""
+    import multiprocessing
+    import os
+
+    for child in multiprocessing.active_children():
+        child.kill()
+    os._exit(0)
+
+
 async def run_chancy(dsn: str, concurrency: int, record: Any, go: Any) -> None:
     global RECORD
+    import signal
+
     from chancy import Worker
 
     RECORD = record
+    signal.signal(signal.SIGTERM, _end_with_children)
     async with _chancy_app(dsn, concurrency + 2) as chancy:
         await chancy.declare(ChancySystem.queue(concurrency), upsert=True)
         await go()
