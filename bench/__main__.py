@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import json
 import os
@@ -20,8 +21,14 @@ from typing import Any
 
 from bench import report, scenarios
 from bench.floor import Floor
+from bench.peers_broker import BROKER_SYSTEMS
+from bench.peers_pg import PG_PEERS
 from bench.server import Server, find_server
 from bench.systems import SYSTEMS, System
+
+#: Every system by name: ours, the PostgreSQL peers, then the broker peers.
+ALL_SYSTEMS: dict[str, type[System]] = {**SYSTEMS, **PG_PEERS, **BROKER_SYSTEMS}
+PEER_NAMES = ",".join(name for name in ALL_SYSTEMS if name != "ours")
 
 
 def _machine(server: Server) -> str:
@@ -42,7 +49,17 @@ def _machine(server: Server) -> str:
 
 async def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
     server = find_server(args.dsn, args.private_server)
-    systems: list[System] = [SYSTEMS[name]() for name in args.systems if name in SYSTEMS]
+    systems: list[System] = []
+    for name in args.systems:
+        if name not in ALL_SYSTEMS:
+            continue
+        system = ALL_SYSTEMS[name]()
+        reason = system.unavailable() if hasattr(system, "unavailable") else None
+        if reason:
+            print(f"# skipped {name}: {reason}", flush=True)
+            args.skipped[name] = reason
+            continue
+        systems.append(system)
     if "sql-floor" in args.systems:
         systems.append(Floor())
     sizes = scenarios.Sizes(args.scale)
@@ -73,6 +90,10 @@ async def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
                     print(f"  rep {rep + 1} {scenario:16} {system.name:14} {shown}", flush=True)
     finally:
         server.cleanup()
+        for system in systems:
+            if hasattr(system, "cleanup"):
+                with contextlib.suppress(Exception):
+                    system.cleanup()
     return rows
 
 
@@ -97,17 +118,19 @@ def main(argv: list[str] | None = None) -> int:
     cmd.add_argument(
         "--systems",
         default="ours,procrastinate,pgqueuer,sql-floor",
-        help="comma-separated subset of ours,procrastinate,pgqueuer,sql-floor",
+        help=f"comma-separated subset of ours,{PEER_NAMES},sql-floor; 'peers' means all",
     )
     cmd.add_argument("--json", help="also write every run's numbers to this file")
     cmd.add_argument("-v", "--verbose", action="store_true", help="print tracebacks of failed runs")
     args = parser.parse_args(argv)
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    unknown = set(args.systems) - {*SYSTEMS, "sql-floor"}
+    if "peers" in args.systems:
+        at = args.systems.index("peers")
+        args.systems[at : at + 1] = [n for n in ALL_SYSTEMS if n != "ours"]
+    unknown = set(args.systems) - {*ALL_SYSTEMS, "sql-floor"}
     if unknown:
-        parser.error(
-            f"unknown systems {sorted(unknown)}; known: ours, procrastinate, pgqueuer, sql-floor"
-        )
+        parser.error(f"unknown systems {sorted(unknown)}; known: ours, {PEER_NAMES}, sql-floor")
+    args.skipped = {}
     if not args.scenario:
         args.scenario = list(scenarios.SCENARIOS)
     elif "all" in args.scenario:
@@ -118,8 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM ends the run like Ctrl-C: scratch databases and a private server are removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     rows = asyncio.run(run_all(args))
+    shown = [name for name in args.systems if name not in args.skipped]
     print()
-    print(report.render(rows, args.scenario, args.systems))
+    print(report.render(rows, args.scenario, shown))
+    for name, reason in args.skipped.items():
+        print(f"- {name} not run: {reason}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "rows": rows}, f, indent=1)

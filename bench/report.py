@@ -14,6 +14,7 @@ EXTRAS = (
     ("client_cpu_ms_per_job", "client CPU ms/job", "{:.3f}"),
     ("worker_cpu_ms_per_job", "worker CPU ms/job", "{:.3f}"),
     ("pg_cpu_ms_per_job", "PG CPU ms/job", "{:.3f}"),
+    ("broker_cpu_ms_per_job", "broker CPU ms/job", "{:.3f}"),
     ("worker_cpu_share", "worker CPU share", "{:.0%}"),
     ("p95", "p95 ms", "{:.2f}"),
     ("p99", "p99 ms", "{:.2f}"),

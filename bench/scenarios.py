@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from bench import backlog
+from bench import backlog, broker_runs
+from bench.broker_runs import applies as broker_applies
 from bench.floor import Floor
+from bench.peers_broker import BrokerSystem
 from bench.server import Server, Snapshot, proc_cpu_seconds, proc_rss_mib, scalar
 from bench.systems import System
 
@@ -70,6 +72,8 @@ class Outcome:
 
 
 def applies(system: System, scenario: str) -> bool:
+    if not broker_applies(system, scenario):
+        return False
     if scenario in ONLY_FOR:
         return system.name == ONLY_FOR[scenario]
     if isinstance(system, Floor):
@@ -95,6 +99,9 @@ async def run(server: Server, system: System, scenario: str, sizes: Sizes) -> Ou
     if scenario == "backlog":  # one fresh database per shape
         worst, jobs, extra = await backlog.run(server, system, sizes.scale)
         return Outcome(worst, jobs, extra)
+
+    if isinstance(system, BrokerSystem):
+        return await _broker_run(system, scenario, sizes)
     dbname = await asyncio.to_thread(server.scratch, system)
     dsn = server.dsn(dbname)
     try:
@@ -353,3 +360,18 @@ async def _memory(server: Server, system: System, dbname: str, sizes: Sizes) -> 
     return Outcome(
         ratio, n, {"rss_first_mib": rss_first, "rss_last_mib": rss_last, "jobs_per_s": n / seconds}
     )
+
+
+async def _broker_run(system: BrokerSystem, scenario: str, sizes: Sizes) -> Outcome:
+    """A broker peer (bench/broker_runs.py): no scratch database, the broker's own counts."""
+    if scenario == "latency":
+        await asyncio.to_thread(system.reset)
+        return await _latency(system, "-", sizes["latency"])
+    if scenario in DRAINS:
+        processes, concurrency = DRAINS[scenario]
+        n = sizes["drain"]
+        value, extra = await broker_runs.drain(system, processes, concurrency, n)
+        return Outcome(value, n, extra)
+    n = sizes["batch_defer"] if scenario == "batch_defer" else sizes["defer"]
+    value, extra = await broker_runs.defer(system, scenario, n, sizes["batch"])
+    return Outcome(value, n, extra)

@@ -87,16 +87,69 @@ async def run_pgqueuer(dsn: str, concurrency: int, record: Any) -> None:
         await qm.run(batch_size=max(1, concurrency // 2), max_concurrent_tasks=concurrency)
 
 
-RUNNERS = {"ours": run_ours, "procrastinate": run_procrastinate, "pgqueuer": run_pgqueuer}
+async def run_oban(dsn: str, concurrency: int, record: Any) -> None:
+    from bench.peers_pg import run_oban
+
+    await run_oban(dsn, concurrency, record, _go)
+
+
+async def run_chancy(dsn: str, concurrency: int, record: Any) -> None:
+    from bench.peers_pg import run_chancy
+
+    await run_chancy(dsn, concurrency, record, _go)
+
+
+RUNNERS = {
+    "ours": run_ours,
+    "procrastinate": run_procrastinate,
+    "pgqueuer": run_pgqueuer,
+    "oban": run_oban,
+    "chancy": run_chancy,
+}
+
+
+def _report_done(counter: Any) -> None:
+    """Print "done N" whenever this worker's count of finished tasks moves (broker peers)."""
+    last = -1
+    while True:
+        value = counter.value
+        if value != last:
+            print(f"done {value}", flush=True)
+            last = value
+        time.sleep(0.002)
+
+
+def run_broker(name: str, concurrency: int, record: Any, count: bool) -> None:
+    """A Celery or dramatiq worker in this process; its tasks bump a shared counter."""
+    from bench import peers_broker
+
+    system = peers_broker.BROKER_SYSTEMS[name]()
+    peers_broker.RECORD = record
+    peers_broker.DONE = peers_broker.new_counter()
+
+    def go() -> None:
+        print("ready", flush=True)
+        sys.stdin.readline()
+        threading.Thread(target=_exit_with_parent, daemon=True).start()
+        if count:
+            threading.Thread(target=_report_done, args=(peers_broker.DONE,), daemon=True).start()
+
+    system.run_worker(concurrency, go)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.worker_proc")
-    parser.add_argument("system", choices=sorted(RUNNERS))
+    from bench.peers_broker import BROKER_SYSTEMS
+
+    parser.add_argument("system", choices=sorted([*RUNNERS, *BROKER_SYSTEMS]))
     parser.add_argument("dsn")
     parser.add_argument("-c", "--concurrency", type=int, default=1)
     parser.add_argument("--record")
+    parser.add_argument("--count", action="store_true", help='print "done N" (broker peers)')
     args = parser.parse_args()
+    if args.system in BROKER_SYSTEMS:
+        run_broker(args.system, args.concurrency, _recorder(args.record), args.count)
+        return
     asyncio.run(RUNNERS[args.system](args.dsn, args.concurrency, _recorder(args.record)))
 
 

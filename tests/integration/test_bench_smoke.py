@@ -80,3 +80,66 @@ def test_bench_runs_every_scenario_for_the_peers(pg_server: TestServer, tmp_path
         )
     systems = ["procrastinate", "pgqueuer"]
     check_rows(run_bench(pg_server, tmp_path, systems), systems)
+
+
+# -- the peers of issue 18: each on tiny sizes, skipped (with why) when it cannot run --
+NEW_PEERS = [
+    "oban",
+    "chancy",
+    "celery-redis",
+    "celery-redis-threads",
+    "celery-rabbitmq",
+    "celery-rabbitmq-threads",
+    "celery-rabbitmq-confirm",
+    "dramatiq-redis",
+]
+PEER_SCENARIOS = ["defer_sync", "defer_async", "batch_defer", "drain_c10", "latency"]
+
+
+def _skip_reason(name: str) -> str | None:
+    from bench.__main__ import ALL_SYSTEMS
+
+    return ALL_SYSTEMS[name]().unavailable()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("name", NEW_PEERS)
+def test_bench_runs_each_new_peer(pg_server: TestServer, tmp_path: Path, name: str) -> None:
+    from bench import scenarios
+    from bench.__main__ import ALL_SYSTEMS
+
+    reason = _skip_reason(name)
+    if reason:
+        pytest.skip(f"{name}: {reason}")
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "-m", "bench", "run", "--scale", "0.002", "--reps", "1",
+           "--dsn", pg_server.conninfo(), "--systems", name, "--json", str(out), "-v"]  # fmt: skip
+    for scenario in PEER_SCENARIOS:
+        cmd += ["--scenario", scenario]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, f"bench failed:\n{proc.stdout}\n{proc.stderr}"
+    rows = {row["scenario"]: row for row in json.loads(out.read_text())["rows"]}
+    system = ALL_SYSTEMS[name]()
+    expected = [s for s in PEER_SCENARIOS if scenarios.applies(system, s)]
+    assert sorted(rows) == sorted(expected)
+    for scenario, row in rows.items():
+        assert row.get("error") is None, f"{scenario} / {name}: {row.get('error')}"
+        assert row["value"] > 0 and row["jobs"] > 0, row
+        if scenario == "latency":
+            assert 0 < row["extra"]["p50"] <= row["extra"]["p99"], row
+        if scenario == "drain_c10":
+            assert row["extra"]["worker_cpu_ms_per_job"] > 0, row  # the worker did the jobs
+
+
+def test_bench_django_scenario(pg_server: TestServer) -> None:
+    for module in ("django", "django_tasks_db"):
+        pytest.importorskip(module, reason="the Django scenario needs the 'bench' extra")
+    cmd = [sys.executable, "-m", "bench.django_bench", "--jobs", "20", "--reps", "1",
+           "--dsn", pg_server.conninfo()]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, f"django bench failed:\n{proc.stdout}\n{proc.stderr}"
+    table = {
+        line.split("|")[1].strip(): line
+        for line in proc.stdout.splitlines()
+        if line.startswith("| django")
+    }
+    assert set(table) == {"django-ours", "django-tasks-db"}, proc.stdout

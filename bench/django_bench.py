@@ -1,0 +1,178 @@
+"""`python -m bench.django_bench`: the Django scenario, ours against django-tasks-db.
+
+A view (bench/django_site) writes an order and defers its job inside
+`transaction.atomic()` through Django's own connection; N requests go through
+Django's test client (the full request path, no network) one after another.
+Then the site's worker command drains them: `manage.py procrastinate worker
+--concurrency C` for ours, `manage.py db_worker` for django-tasks-db (one task
+at a time per process, its only mode). The drain clock starts when the first
+job leaves the queue (so Django's start-up is not counted) and stops when none
+is waiting or running. Repetitions are interleaved and the order alternates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+import psycopg
+
+from bench.server import find_server, proc_cpu_seconds, scalar
+from bench.systems import Ours
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PENDING = {
+    "ours": Ours.pending_count_sql,
+    "django-tasks-db": "SELECT count(*) FROM django_tasks_database_dbtaskresult"
+    " WHERE status IN ('READY', 'RUNNING')",
+}
+
+
+class DjangoSite:
+    """One of the two configurations of the site, as a system the Server can template."""
+
+    def __init__(self, system: str) -> None:
+        self.system = system
+        self.name = f"django-{system}".replace("django-django", "django")
+
+    def env(self, dsn: str) -> dict[str, str]:
+        return {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "bench.django_site.settings",
+            "BENCH_DJANGO_DSN": dsn,
+            "BENCH_DJANGO_SYSTEM": self.system,
+        }
+
+    def manage(self, dsn: str, *args: str) -> list[str]:
+        return [sys.executable, "-m", "bench.django_site.manage", *args]
+
+    def install(self, dsn: str) -> None:
+        subprocess.run(
+            self.manage(dsn, "migrate", "-v", "0"), env=self.env(dsn), cwd=ROOT, check=True
+        )
+
+    def worker_cmd(self, dsn: str, concurrency: int) -> list[str]:
+        if self.system == "ours":
+            return self.manage(dsn, "procrastinate", "worker", "--concurrency", str(concurrency))
+        return self.manage(dsn, "db_worker", "--interval", "0.1", "--no-startup-delay")
+
+
+def _client_main(n: int) -> None:
+    """In a child process with the site's settings: n requests, print seconds and CPU."""
+    import django
+
+    django.setup()
+    from django.test import Client
+
+    client = Client()
+    first = client.get("/order/0")  # connect, warm caches
+    if first.status_code != 200:
+        raise SystemExit(f"view answered {first.status_code}: {first.content[:300]!r}")
+    cpu = time.process_time()
+    start = time.perf_counter()
+    for i in range(1, n):
+        response = client.get(f"/order/{i}")
+        if response.status_code != 200:
+            raise SystemExit(f"view answered {response.status_code}")
+    seconds = time.perf_counter() - start
+    print(f"{seconds} {time.process_time() - cpu}")
+
+
+def run_once(server: Any, site: DjangoSite, n: int, concurrency: int) -> dict[str, float]:
+    dbname = server.scratch(site)
+    dsn = server.dsn(dbname)
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "bench.django_bench", "--client", str(n)],
+            env=site.env(dsn), cwd=ROOT, capture_output=True, text=True,
+        )  # fmt: skip
+        if out.returncode:
+            raise RuntimeError(f"{site.name} client failed:\n{out.stderr[-2000:]}")
+        seconds, cpu = map(float, out.stdout.split())
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            stored = scalar(conn, PENDING[site.system])
+            if stored != n:
+                raise RuntimeError(f"{site.name}: {n} views ran but {stored} jobs stored")
+            conn.execute("VACUUM ANALYZE")
+            worker = subprocess.Popen(
+                site.worker_cmd(dsn, concurrency), env=site.env(dsn), cwd=ROOT,
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            try:
+                deadline = time.perf_counter() + 120 + n / 20
+                while scalar(conn, PENDING[site.system]) >= n:
+                    if worker.poll() is not None or time.perf_counter() > deadline:
+                        raise RuntimeError(f"{site.name} worker did not start: {worker.stderr}")
+                    time.sleep(0.005)
+                start, cpu_start = time.perf_counter(), proc_cpu_seconds(worker.pid)
+                while scalar(conn, PENDING[site.system]) > 0:
+                    if worker.poll() is not None or time.perf_counter() > deadline:
+                        raise RuntimeError(f"{site.name} worker stopped or too slow")
+                    time.sleep(0.02)
+                drain = time.perf_counter() - start
+                worker_cpu = proc_cpu_seconds(worker.pid) - cpu_start
+            finally:
+                worker.terminate()
+                try:
+                    worker.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    worker.kill()
+                    worker.wait()
+        return {
+            "view_defers_per_s": (n - 1) / seconds,
+            "view_cpu_ms_per_request": cpu * 1000 / (n - 1),
+            "drain_jobs_per_s": (n - 1) / drain,
+            "worker_cpu_ms_per_job": worker_cpu * 1000 / (n - 1),
+        }
+    finally:
+        server.drop(dbname)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.django_bench", description=__doc__)
+    parser.add_argument("--jobs", type=int, default=2000, help="requests, then jobs drained")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=10, help="ours' worker concurrency")
+    parser.add_argument("--systems", default="ours,django-tasks-db")
+    parser.add_argument("--dsn")
+    parser.add_argument("--client", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.client:
+        _client_main(args.client)
+        return 0
+    sites = [DjangoSite(s.strip()) for s in args.systems.split(",") if s.strip()]
+    server = find_server(args.dsn, False)
+    results: dict[str, list[dict[str, float]]] = {site.name: [] for site in sites}
+    print(f"# django scenario: {args.jobs} jobs, {args.reps} reps, ours at -c {args.concurrency}")
+    try:
+        for rep in range(args.reps):
+            order = sites if rep % 2 == 0 else sites[::-1]
+            for site in order:
+                row = run_once(server, site, args.jobs, args.concurrency)
+                results[site.name].append(row)
+                shown = ", ".join(f"{k} {v:,.2f}" for k, v in row.items())
+                print(f"  rep {rep + 1} {site.name:16} {shown}", flush=True)
+    finally:
+        server.cleanup()
+    keys = ["view_defers_per_s", "view_cpu_ms_per_request", "drain_jobs_per_s",
+            "worker_cpu_ms_per_job"]  # fmt: skip
+    print("\n| system | " + " | ".join(f"{k} median (min–max)" for k in keys) + " |")
+    print("|---" * (len(keys) + 1) + "|")
+    for name, rows in results.items():
+        cells = []
+        for k in keys:
+            values = [r[k] for r in rows]
+            cells.append(
+                f"{statistics.median(values):,.2f} ({min(values):,.2f}–{max(values):,.2f})"
+            )
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,20 @@
+"""The view: write an order and defer its job in one transaction, as a shop would."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import transaction
+from django.http import HttpRequest, HttpResponse
+
+from bench.django_site.benchapp.jobs import confirm_order
+from bench.django_site.benchapp.models import Order
+
+
+def place_order(request: HttpRequest, number: int) -> HttpResponse:
+    with transaction.atomic():
+        order = Order.objects.create(number=number)
+        if settings.SYSTEM == "ours":
+            confirm_order.defer(order_id=order.pk)  # through Django's connection
+        else:
+            confirm_order.enqueue(order_id=order.pk)  # an ORM insert, same transaction
+    return HttpResponse(str(order.pk))
