@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
@@ -54,6 +55,16 @@ class JobOutcome:
             "result": self.result,
             "error": self.error,
         }
+
+
+def _error_history(row: dict[str, Any] | None) -> list[dict[str, Any]]:
+    if row is None:
+        return []
+    entries: list[dict[str, Any]] = json.loads(row["errors"])
+    for entry in entries:
+        if isinstance(entry.get("at"), str):
+            entry["at"] = datetime.datetime.fromisoformat(entry["at"])
+    return entries
 
 
 def _first(column: str) -> Callable[[Any], Any]:
@@ -297,6 +308,13 @@ class JobManager(HasConnector):
         return Op("job_events_list", {"job_id": job_id}, "all", list)
 
     list_job_events, list_job_events_async = paired(_list_job_events)
+
+    def _list_job_errors(self, job_id: int) -> Op[list[dict[str, Any]]]:
+        """Every failed attempt's error, oldest first: attempt, worker_id, at, type, message,
+        traceback (the latest 50; `Job.error` is the last one). Empty for an unknown job."""
+        return Op("job_errors_list", {"job_id": job_id}, "one", _error_history)
+
+    list_job_errors, list_job_errors_async = paired(_list_job_errors)
 
     def _cancel_job_by_id(self, job_id: int, abort: bool = False, delete_job: bool = False) -> Op[bool]:
         """Cancel a waiting job (or delete it); with abort=True, ask a running one to stop.

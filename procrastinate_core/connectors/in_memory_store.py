@@ -123,6 +123,10 @@ class InMemoryStore(InMemoryTables):
             )
         return done
 
+    def job_errors_list(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        job = self.jobs.get(p["job_id"])
+        return [] if job is None else [{"errors": json.dumps(job["errors"])}]
+
     def job_recover_stalled(self, p: dict[str, Any]) -> list[dict[str, Any]]:
         now = self.clock()
         limit = now - datetime.timedelta(seconds=float(p["stalled_seconds"]))

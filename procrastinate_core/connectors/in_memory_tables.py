@@ -19,6 +19,8 @@ from procrastinate_core import exceptions
 
 QUEUEING_LOCK_INDEX = "pcq_jobs_queueing_lock_uniq"
 FINAL_STATUSES = ("succeeded", "failed", "cancelled", "aborted")
+#: entries kept in a job's error history (migration 0007)
+ERROR_HISTORY = 50
 _JOB_COLUMNS = (
     "id queue_name task_name priority lock queueing_lock args status scheduled_at attempts "
     "worker_id abort_requested created_at started_at finished_at result error"
@@ -100,6 +102,16 @@ class InMemoryTables:
                 or new["scheduled_at"] != old["scheduled_at"])) \
                 or (new["status"] != "todo" and old["waiting_for"] is not None):
             new["waiting_for"] = changes["waiting_for"] = self._wait_reason(new)
+        if changes.get("error") is not None and changes["error"] != old["error"]:
+            # the row trigger pcq_jobs_error_history (migration 0007)
+            error = changes["error"]
+            entry = {
+                "attempt": new["attempts"],
+                "worker_id": new["worker_id"] if new["worker_id"] is not None else old["worker_id"],
+                "at": self.clock().isoformat(),
+                **(error if isinstance(error, dict) else {"message": error}),
+            }
+            changes["errors"] = [*old["errors"][-(ERROR_HISTORY - 1):], entry]
         job.update(changes)
         if new["status"] != old["status"]:
             if new["status"] == "doing":
@@ -207,7 +219,7 @@ class InMemoryTables:
             "status": "todo", "scheduled_at": timestamp(record.get("scheduled_at")),
             "attempts": 0, "worker_id": None, "abort_requested": False,
             "created_at": self.clock(), "started_at": None, "finished_at": None,
-            "result": None, "error": None, "waiting_for": None,
+            "result": None, "error": None, "waiting_for": None, "errors": [],
         }
 
     @staticmethod

@@ -346,3 +346,9 @@ promoted AS (
     RETURNING j.id
 )
 SELECT count(*) AS promoted FROM promoted;
+
+-- name: job_errors_list
+-- Returns the error history of one job (a JSON array, oldest first, one object per
+-- failed attempt: attempt, worker_id, at, type, message, traceback); nothing if
+-- the job does not exist.
+SELECT errors::text AS errors FROM pcq_jobs WHERE id = %(job_id)s;
