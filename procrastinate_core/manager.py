@@ -57,6 +57,7 @@ class JobOutcome:
         }
 
 
+<<<<<<< HEAD
 def _error_history(row: dict[str, Any] | None) -> list[dict[str, Any]]:
     if row is None:
         return []
@@ -65,6 +66,21 @@ def _error_history(row: dict[str, Any] | None) -> list[dict[str, Any]]:
         if isinstance(entry.get("at"), str):
             entry["at"] = datetime.datetime.fromisoformat(entry["at"])
     return entries
+=======
+@dataclasses.dataclass(frozen=True)
+class QueueStats:
+    """One queue's live state: how many jobs wait and run, and how old the oldest are.
+
+    `oldest_ready_age` is the queue's latency: seconds since the oldest job that
+    could run now became due (None when none can). Ages are on the database clock.
+    """
+
+    queue_name: str
+    todo: int
+    doing: int
+    oldest_ready_age: float | None
+    oldest_running_age: float | None
+>>>>>>> main
 
 
 def _first(column: str) -> Callable[[Any], Any]:
@@ -423,6 +439,7 @@ class JobManager(HasConnector):
 
     check_connection, check_connection_async = paired(_check_connection)
 
+<<<<<<< HEAD
     # -- readiness (migration 0006) ------------------------------------------------
     def _promote_due_jobs(self, limit: int = 1000) -> Op[int]:
         """Make up to `limit` scheduled jobs whose time has come (database clock) claimable.
@@ -433,3 +450,11 @@ class JobManager(HasConnector):
         return Op("job_promote_due", {"limit": int(limit)}, "one", _first("promoted"))
 
     promote_due_jobs, promote_due_jobs_async = paired(_promote_due_jobs)
+=======
+    # -- queue statistics (metrics, dashboards) ------------------------------------
+    def _get_queue_stats(self) -> Op[list[QueueStats]]:
+        """Per queue with waiting or running jobs: counts and ages; finished jobs are not read."""
+        return Op("queue_stats", {}, "all", lambda rows: [QueueStats(**row) for row in rows])
+
+    get_queue_stats, get_queue_stats_async = paired(_get_queue_stats)
+>>>>>>> main

@@ -8,9 +8,12 @@ abort_job, delete_procrastinatejob). Seeing jobs needs view_procrastinatejob.
 
 from __future__ import annotations
 
+import datetime
 import json
+import re
 from typing import Any
 
+import django
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Q, QuerySet, TextField
@@ -18,7 +21,10 @@ from django.db.models.functions import Cast
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
+from django.utils import timezone
+from django.utils.dateformat import format as date_format
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from procrastinate_core.jobs import Status
 from procrastinate_django import admin_actions
@@ -35,26 +41,41 @@ _STATUS_COLOURS = {
 }
 
 
+def _when(value: datetime.datetime | None) -> str:
+    """A time to the second, in the site's time zone (Django's default format stops at minutes)."""
+    if value is None:
+        return "-"
+    if timezone.is_aware(value):
+        value = timezone.localtime(value)
+    return date_format(value, "Y-m-d H:i:s")
+
+
+def _breakable(name: str) -> str:
+    """A dotted or dashed name the browser may wrap after each separator (long task paths)."""
+    parts = re.split(r"(?<=[._-])", name)
+    return format_html_join(mark_safe("<wbr>"), "{}", ((part,) for part in parts))
+
+
 def _pretty_json(value: Any) -> str:
     return format_html("<pre>{}</pre>", json.dumps(value, indent=2, sort_keys=True, default=str))
 
 
 @admin.register(ProcrastinateJob)
 class ProcrastinateJobAdmin(admin.ModelAdmin):
+    # Eight columns fit a 1280 px screen: the four timestamps are folded into
+    # "created" and "last change" (which says what changed), with seconds.
     list_display = [
         "id",
         "status_badge",
-        "task_name",
-        "queue_name",
+        "task",
+        "queue",
         "priority",
-        "lock",
+        "lock_name",
         "attempts",
-        "scheduled_at",
-        "created_at",
-        "started_at",
-        "finished_at",
+        "created",
+        "last_change",
     ]
-    list_display_links = ["id", "task_name"]
+    list_display_links = ["id", "task"]
     list_filter = ["status", "queue_name", "task_name", "created_at", "finished_at"]
     search_fields = ["=id", "task_name", "lock", "queueing_lock"]
     date_hierarchy = "created_at"
@@ -75,11 +96,11 @@ class ProcrastinateJobAdmin(admin.ModelAdmin):
         "queueing_lock",
         "attempts",
         "worker_id",
-        "abort_requested",
-        "scheduled_at",
-        "created_at",
-        "started_at",
-        "finished_at",
+        "abort_was_requested",
+        "scheduled",
+        "created",
+        "started",
+        "finished",
         "arguments",
         "outcome",
         "history",
@@ -130,6 +151,57 @@ class ProcrastinateJobAdmin(admin.ModelAdmin):
     def status_badge(self, job: ProcrastinateJob) -> str:
         colour = _STATUS_COLOURS.get(job.status, "#777")
         return format_html('<b style="color: {}">{}</b>', colour, job.status)
+
+    @admin.display(description="task", ordering="task_name")
+    def task(self, job: ProcrastinateJob) -> str:
+        return _breakable(job.task_name)
+
+    @admin.display(description="queue", ordering="queue_name")
+    def queue(self, job: ProcrastinateJob) -> str:
+        return _breakable(job.queue_name)
+
+    @admin.display(description="lock", ordering="lock")
+    def lock_name(self, job: ProcrastinateJob) -> str:
+        return _breakable(job.lock) if job.lock else "-"
+
+    @admin.display(description="created", ordering="created_at")
+    def created(self, job: ProcrastinateJob) -> str:
+        return _when(job.created_at)
+
+    @admin.display(description="scheduled for", ordering="scheduled_at")
+    def scheduled(self, job: ProcrastinateJob) -> str:
+        return _when(job.scheduled_at)
+
+    @admin.display(description="started", ordering="started_at")
+    def started(self, job: ProcrastinateJob) -> str:
+        return _when(job.started_at)
+
+    @admin.display(description="finished", ordering="finished_at")
+    def finished(self, job: ProcrastinateJob) -> str:
+        return _when(job.finished_at)
+
+    @admin.display(description="last change")
+    def last_change(self, job: ProcrastinateJob) -> str:
+        """The newest of the job's times, named: what a person scanning the list wants."""
+        for label, value in (
+            ("finished", job.finished_at),
+            ("started", job.started_at),
+            ("scheduled for", job.scheduled_at),
+        ):
+            if value is not None:
+                return f"{label} {_when(value)}"
+        return "-"
+
+    @admin.display(description="abort requested", boolean=True)
+    def abort_was_requested(self, job: ProcrastinateJob) -> bool:
+        """Whether an abort was ever asked for this attempt, not only while it runs.
+
+        The flag on the row is cleared once the attempt ends; an aborted job (or
+        one whose history records the request) was asked all the same.
+        """
+        if job.abort_requested or job.status == Status.ABORTED.value:
+            return True
+        return job.events.filter(type="abort_requested", attempt=job.attempts).exists()
 
     @admin.display(description="arguments")
     def arguments(self, job: ProcrastinateJob) -> str:
@@ -208,6 +280,8 @@ class ProcrastinateJobAdmin(admin.ModelAdmin):
             "by_queue": grouped("queue_name"),
             "by_task": grouped("task_name"),
             "changelist_url": reverse("admin:procrastinate_django_procrastinatejob_changelist"),
+            # Django 6 draws breadcrumbs as a list, earlier versions as a div.
+            "breadcrumbs_as_list": django.VERSION >= (6, 0),
         }
         return TemplateResponse(request, "admin/procrastinate_django/summary.html", context)
 

@@ -2,7 +2,8 @@
 
 Each action declares the permission it needs (Django hides it from, and refuses
 it to, users without it), acts only on jobs in the status it is meant for, and
-reports how many jobs it changed and how many it left alone, and why.
+reports how many jobs it changed and how many it left alone, and why. Each
+change is logged as a Django admin LogEntry, so the job's HISTORY page lists it.
 """
 
 from __future__ import annotations
@@ -41,17 +42,19 @@ def _apply(
     statuses = tuple(statuses)
     manager = _job_manager()
     done, skipped, refused = 0, 0, []
-    for job_id, status in queryset.values_list("id", "status"):
-        if status not in statuses:
+    for job in queryset.only("id", "status", "task_name"):
+        if job.status not in statuses:
             skipped += 1
             continue
         try:
-            changed = change(manager, job_id)
+            changed = change(manager, job.pk)
         except exceptions.AlreadyEnqueued as exc:
-            refused.append(f"job {job_id}: {exc}")
+            refused.append(f"job {job.pk}: {exc}")
             continue
         if changed:
             done += 1
+            # Shown by the job page's HISTORY button: who did what, and when.
+            modeladmin.log_change(request, job, f"{verb} (was {job.status}) by an admin action")
         else:
             skipped += 1  # its status changed meanwhile
     wanted = " or ".join(statuses)

@@ -47,6 +47,9 @@ class Defaults:
     #: False lets tests save and delete queue rows through the ORM models (fixtures);
     #: for tests only: the ORM knows none of the queue's rules (locks, statuses).
     READONLY_MODELS: bool = True
+    #: A secret a Prometheus scraper sends as `Authorization: Bearer <token>` to read
+    #: procrastinate_django.metrics.metrics_view; None: only staff who may view jobs.
+    METRICS_TOKEN: str | None = None
 
 
 DEFAULTS = Defaults()

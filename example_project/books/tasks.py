@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from example_project.books.models import Book, LibraryStat, Report
 from procrastinate_core import JobContext, RetryStrategy
+from procrastinate_core.job_context import AbortReason
 from procrastinate_django import app
 
 logger = logging.getLogger(__name__)
@@ -37,14 +38,22 @@ async def generate_report(context: JobContext, report_id: int) -> str:
     report.status = "running"
     report.progress = 0
     await report.asave()
-    for step in range(1, 6):
-        await asyncio.sleep(REPORT_STEP_SECONDS)
-        report.progress = step * 20
-        await report.asave(update_fields=["progress"])
-        if step == 2 and context.job.attempts == 1:
-            report.status = "failed, will retry"
-            await report.asave(update_fields=["status"])
-            raise RuntimeError("first attempt fails on purpose: watch the retry in the admin")
+    try:
+        for step in range(1, 6):
+            await asyncio.sleep(REPORT_STEP_SECONDS)
+            report.progress = step * 20
+            await report.asave(update_fields=["progress"])
+            if step == 2 and context.job.attempts == 1:
+                report.status = "failed, will retry"
+                await report.asave(update_fields=["status"])
+                raise RuntimeError("first attempt fails on purpose: watch the retry in the admin")
+    except asyncio.CancelledError:
+        # Aborted from the admin (or the worker is stopping): say so instead of
+        # leaving the report "running" forever. A shutdown requeues the job.
+        aborted = context.abort_reason() is AbortReason.USER_REQUEST
+        report.status = "aborted" if aborted else "interrupted, will resume"
+        await report.asave(update_fields=["status"])
+        raise
     count = await Book.objects.acount()
     report.content = f"{count} books in the library at {timezone.now():%H:%M:%S}"
     report.status = "done"

@@ -6,6 +6,7 @@ from django import forms
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 
 from example_project.books.models import Book, LibraryStat, Report
 from example_project.books.tasks import generate_report, index_book
@@ -25,7 +26,12 @@ def book_list(request: HttpRequest) -> HttpResponse:
             book = form.save()
             index_book.defer(book_id=book.pk)  # rolled back with the book if anything fails
         return redirect("book_list")
-    context = {"form": form, "books": Book.objects.all()[:50], "stat": LibraryStat.objects.first()}
+    context = {
+        "form": form,
+        "books": Book.objects.all()[:50],
+        "stat": LibraryStat.objects.first(),
+        "reindexed": request.GET.get("reindexed", ""),
+    }
     return render(request, "books/book_list.html", context)
 
 
@@ -40,13 +46,19 @@ def reports(request: HttpRequest) -> HttpResponse:
 
 
 async def reindex_all(request: HttpRequest) -> HttpResponse:
-    """Async view: defer the indexing of every book with defer_async."""
+    """Async view: defer the indexing of every book with defer_async.
+
+    A browser's form post goes back to the book list, which says how many were
+    deferred; a client asking for JSON gets the count as JSON.
+    """
     if request.method != "POST":
         return JsonResponse({"error": "POST to reindex every book"}, status=405)
     ids = [pk async for pk in Book.objects.values_list("pk", flat=True)]
     for pk in ids:
         await index_book.defer_async(book_id=pk)
-    return JsonResponse({"deferred": len(ids)})
+    if "application/json" in request.headers.get("Accept", ""):
+        return JsonResponse({"deferred": len(ids)})
+    return redirect(f"{reverse('book_list')}?reindexed={len(ids)}")
 
 
 async def status(request: HttpRequest) -> HttpResponse:

@@ -43,9 +43,19 @@ def opened_for_sync(app: Any) -> Iterator[Any]:
 
 
 # -- worker ----------------------------------------------------------------------
-async def _run_worker(app: Any, options: dict[str, Any]) -> None:
+async def _run_worker(app: Any, options: dict[str, Any], args: argparse.Namespace) -> None:
     async with app.open_async():
-        await app.run_worker_async(**options)
+        port = getattr(args, "metrics_port", None)
+        if port is None:
+            await app.run_worker_async(**options)
+            return
+        from procrastinate_core.metrics import WorkerExporter
+
+        async with WorkerExporter(app.job_manager, port, host=args.metrics_host) as exporter:
+            middleware = WorkerOptions.build(app.worker_defaults, options).worker_middleware
+            await app.run_worker_async(
+                **{**options, "worker_middleware": (*middleware, exporter.job_metrics)}
+            )
 
 
 def worker(app: Any, args: argparse.Namespace, out: TextIO) -> int:
@@ -54,8 +64,12 @@ def worker(app: Any, args: argparse.Namespace, out: TextIO) -> int:
 
     options = worker_flags.worker_options_from(args)
     WorkerOptions.build(app.worker_defaults, options)  # bad values: error before connecting
+    if getattr(args, "metrics_port", None) is not None:
+        from procrastinate_core import metrics
+
+        metrics.require_prometheus()  # a missing extra is said before connecting
     app.perform_import_paths()
-    asyncio.run(_run_worker(app, options))
+    asyncio.run(_run_worker(app, options, args))
     return 0
 
 

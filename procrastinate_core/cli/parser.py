@@ -32,6 +32,20 @@ def _add_worker(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         "and run them until stopped by SIGINT/SIGTERM, or until idle with --one-shot.",
     )
     worker_flags.add_worker_flags(parser)
+    metrics = parser.add_argument_group("metrics (needs the metrics extra: prometheus_client)")
+    metrics.add_argument(
+        "--metrics-port",
+        type=shell.non_negative_int,
+        metavar="PORT",
+        help="serve Prometheus metrics on this port at /metrics (0: any free port; "
+        "default: no metrics server)",
+    )
+    metrics.add_argument(
+        "--metrics-host",
+        default="0.0.0.0",
+        metavar="HOST",
+        help="address the metrics server listens on (default: 0.0.0.0)",
+    )
 
 
 def _add_defer(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

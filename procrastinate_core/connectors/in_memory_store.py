@@ -288,6 +288,31 @@ class InMemoryStore(InMemoryTables):
             for _, row in sorted(self.workers.items())
         ]
 
+    def queue_stats(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        now = self.clock()
+        queues: dict[str, dict[str, Any]] = {}
+        for job in self.jobs.values():
+            if job["status"] not in ("todo", "doing"):
+                continue
+            row = queues.setdefault(
+                job["queue_name"],
+                {"queue_name": job["queue_name"], "todo": 0, "doing": 0,
+                 "oldest_ready_age": None, "oldest_running_age": None},
+            )
+            row[job["status"]] += 1
+            if job["status"] == "todo":
+                due = job["waiting_for"] is None or (
+                    job["waiting_for"] == "schedule" and job["scheduled_at"] <= now
+                )
+                if due:
+                    due_at = job["scheduled_at"] or job["created_at"]
+                    age = (now - due_at).total_seconds()
+                    row["oldest_ready_age"] = max(row["oldest_ready_age"] or age, age)
+            elif job["started_at"] is not None:
+                age = (now - job["started_at"]).total_seconds()
+                row["oldest_running_age"] = max(row["oldest_running_age"] or age, age)
+        return [queues[name] for name in sorted(queues)]
+
     # -- periodic ticks ----------------------------------------------------------
     def periodic_defer(self, p: dict[str, Any]) -> list[dict[str, Any]]:
         key = (p["task_name"], p.get("periodic_id") or "", int(p["defer_timestamp"]))

@@ -352,3 +352,38 @@ SELECT count(*) AS promoted FROM promoted;
 -- failed attempt: attempt, worker_id, at, type, message, traceback); nothing if
 -- the job does not exist.
 SELECT errors::text AS errors FROM pcq_jobs WHERE id = %(job_id)s;
+
+-- name: queue_stats
+-- Returns one row per queue that has waiting or running jobs: how many wait
+-- (todo: ready, scheduled or behind a lock) and run (doing), the age in seconds
+-- of the oldest job that could run now (queue latency) and of the longest-running one. Reads the todo and doing
+-- rows only (their partial indexes), never the finished ones, so its cost does
+-- not grow with history.
+WITH waiting AS (
+    SELECT queue_name,
+           count(*) AS todo,
+           -- ready, or due and not yet promoted by the stager; not behind a lock
+           extract(epoch FROM now() - min(coalesce(scheduled_at, created_at))
+               FILTER (WHERE waiting_for IS NULL
+                          OR (waiting_for = 'schedule' AND scheduled_at <= now())))::float8
+               AS oldest_ready_age
+    FROM pcq_jobs
+    WHERE status = 'todo'
+    GROUP BY queue_name
+),
+running AS (
+    SELECT queue_name,
+           count(*) AS doing,
+           extract(epoch FROM now() - min(started_at))::float8 AS oldest_running_age
+    FROM pcq_jobs
+    WHERE status = 'doing'
+    GROUP BY queue_name
+)
+SELECT coalesce(w.queue_name, r.queue_name) AS queue_name,
+       coalesce(w.todo, 0) AS todo,
+       coalesce(r.doing, 0) AS doing,
+       w.oldest_ready_age,
+       r.oldest_running_age
+FROM waiting AS w
+FULL JOIN running AS r ON r.queue_name = w.queue_name
+ORDER BY 1;

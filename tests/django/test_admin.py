@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -234,19 +235,15 @@ def test_filters_and_search(operator: Client, jobs: dict[str, int]) -> None:
     assert _listed(operator, q="lock-a") == {jobs["todo"]}
     assert _listed(operator, q="second") == {jobs["failed2"]}
     assert _listed(operator, q="testapp.tasks.fail") == {jobs["failed"], jobs["failed2"]}
+    _set(jobs["succeeded"], finished_at="2026-11-30 12:34:56+00")
     page = operator.get(CHANGELIST).content.decode()
-    for column in (
-        "status",
-        "task",
-        "queue",
-        "priority",
-        "lock",
-        "attempts",
-        "created at",
-        "started at",
-        "finished at",
-    ):
+    for column in ("status", "task", "queue", "priority", "lock", "attempts", "created", "last change"):
         assert column in page.lower(), column
+    # Times are shown to the second, the newest one named ("finished 2026-...").
+    assert re.search(r"finished 2026-11-30 \d\d:34:56", page), page
+    results = page.split('id="result_list"')[1].split("</thead>")[0]
+    headers = re.findall(r'<th scope="col"', results)
+    assert len(headers) == 10  # checkbox + 9 columns: fits 1280 px (the browser test measures it)
 
 
 def test_detail_shows_arguments_outcome_and_history(operator: Client, jobs: dict[str, int]) -> None:
@@ -265,6 +262,50 @@ def test_detail_shows_arguments_outcome_and_history(operator: Client, jobs: dict
     succeeded = operator.get(f"{CHANGELIST}{jobs['succeeded']}/change/").content.decode()
     assert "&quot;done&quot;" in succeeded  # the result, as JSON
     assert "&quot;value&quot;: &quot;done&quot;" in succeeded  # the arguments
+
+
+def test_actions_are_listed_in_the_jobs_history(operator: Client, jobs: dict[str, int]) -> None:
+    """The job page's HISTORY button shows what staff did to the job."""
+    history_url = f"{CHANGELIST}{jobs['failed']}/history/"
+    assert "Retried (was failed) by an admin action" not in operator.get(history_url).content.decode()
+    _act(operator, "retry_jobs", jobs["failed"])
+    page = operator.get(history_url).content.decode()
+    assert "Retried (was failed) by an admin action" in page
+    assert "operator" in page  # who did it
+    # A job the action left alone has nothing logged.
+    _act(operator, "retry_jobs", jobs["doing"])
+    assert "by an admin action" not in operator.get(f"{CHANGELIST}{jobs['doing']}/history/").content.decode()
+
+
+def test_an_aborted_job_shows_that_its_abort_was_requested(
+    operator: Client, jobs: dict[str, int]
+) -> None:
+    def shown(job_id: int) -> bool:
+        page = operator.get(f"{CHANGELIST}{job_id}/change/").content.decode()
+        field = page.split("Abort requested:")[1].split("</div>")[0]
+        assert "icon-yes" in field or "icon-no" in field, field
+        return "icon-yes" in field
+
+    assert not shown(jobs["doing"])
+    _act(operator, "abort_jobs", jobs["doing"])
+    assert shown(jobs["doing"])
+    # The attempt ends aborted: the row's flag is cleared, the page still says it was asked.
+    _set(jobs["doing"], status="aborted", abort_requested=False, finished_at="now")
+    assert shown(jobs["doing"])
+
+
+@pytest.mark.parametrize("list_style", [True, False])
+def test_summary_breadcrumbs_follow_the_django_version(
+    operator: Client, jobs: dict[str, int], list_style: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import django
+
+    monkeypatch.setattr(django, "VERSION", (6, 0, 0, "final", 0) if list_style else (5, 2, 0, "final", 0))
+    page = operator.get(SUMMARY).content.decode()
+    if list_style:
+        assert '<ol class="breadcrumbs">' in page and '<li aria-current="page">Summary</li>' in page
+    else:
+        assert '<div class="breadcrumbs">' in page
 
 
 def test_summary_counts_by_status_queue_and_task(operator: Client, jobs: dict[str, int]) -> None:

@@ -129,3 +129,30 @@ def test_retry_a_failed_job_from_the_admin_and_see_the_worker_run_it(
     history = browser.find_element(By.CSS_SELECTOR, "table.pcq-history").text
     for event in ("deferred", "failed", "retried", "started", "succeeded"):
         assert event in history, (event, history)
+
+
+def test_the_job_list_fits_a_1280_px_window(browser: Any, live_server: Any) -> None:
+    """Every column of the job list is visible at 1280 px without scrolling sideways."""
+    from selenium.webdriver.common.by import By
+
+    User.objects.create_superuser("boss", "boss@example.invalid", "s3cret-pass")
+    for value in ("a", "b"):
+        record.configure(lock=f"lock-for-{value}", queue="a-rather-long-queue-name").defer(value=value)
+    _failed_job()
+    browser.set_window_size(1280, 900)
+    changelist = f"{live_server.url}/admin/procrastinate_django/procrastinatejob/"
+    browser.get(f"{live_server.url}/admin/login/?next=/admin/procrastinate_django/procrastinatejob/")
+    browser.find_element(By.NAME, "username").send_keys("boss")
+    browser.find_element(By.NAME, "password").send_keys("s3cret-pass")
+    browser.find_element(By.CSS_SELECTOR, "input[type=submit], button[type=submit]").click()
+    wait_until(lambda: browser.current_url.startswith(changelist), what="the job list after login")
+    browser.find_element(By.ID, "result_list")
+    overflow = browser.execute_script(
+        "const r = document.querySelector('#changelist .results');"
+        "return [r.scrollWidth, r.clientWidth, document.documentElement.scrollWidth, window.innerWidth];"
+    )
+    results_scroll, results_width, page_scroll, page_width = overflow
+    if os.environ.get("PCQ_SCREENSHOT"):
+        browser.save_screenshot(os.environ["PCQ_SCREENSHOT"])
+    assert results_scroll <= results_width, overflow
+    assert page_scroll <= page_width, overflow

@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 
+import procrastinate_core as pc
 from tests.support import database
 from tests.support.waiting import wait_until
 
@@ -43,8 +44,9 @@ class Browser:
         with self.opener.open(self.base + path, timeout=10) as response:
             return response.read().decode()
 
-    def post_form(self, path: str, fields: dict[str, str]) -> str:
-        page = self.get(path)
+    def post_form(self, path: str, fields: dict[str, str], form_page: str | None = None) -> str:
+        """Post like the form on `form_page` (default: `path` itself) would."""
+        page = self.get(form_page or path)
         token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)
         assert token, f"no CSRF token on {path}"
         data = urllib.parse.urlencode({**fields, "csrfmiddlewaretoken": token.group(1)}).encode()
@@ -139,6 +141,35 @@ def test_form_post_defers_a_job_the_worker_runs_and_the_admin_shows(
 
     [book] = wait_until(indexed, timeout=30, what="the book indexed by the worker")
     assert book["search_terms"] == "hunt pragmatic programmer the"
+
+    # "Re-index all" (an async view) goes back to the book list and says what it did.
+    after = visitor.post_form("/reindex/", {}, form_page="/")
+    assert 'id="reindexed"' in after and "Deferred 1 indexing job;" in after
+    assert 'id="books"' in after
+
+    # A report aborted while it runs says so, instead of "running" forever.
+    visitor.post_form("/reports/", {})
+
+    def running_report() -> Any:
+        reports = json.loads(visitor.get("/status.json"))["reports"]
+        return reports[0] if reports and reports[0]["status"] == "running" else None
+
+    wait_until(running_report, timeout=30, what="the report to start")
+    with psycopg.connect(example_db, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT id FROM pcq_jobs WHERE task_name LIKE %s AND status = 'doing'",
+            ["%generate_report"],
+        ).fetchone()
+    assert row is not None
+    aborter = pc.App(connector=pc.SyncPsycopgConnector(conninfo=example_db))
+    with aborter.open():
+        assert aborter.job_manager.cancel_job_by_id(row[0], abort=True)
+
+    def aborted_report() -> Any:
+        reports = json.loads(visitor.get("/status.json"))["reports"]
+        return reports[0] if reports and reports[0]["status"] == "aborted" else None
+
+    wait_until(aborted_report, timeout=30, what="the aborted report to say so")
 
     staff = Browser(example.base)
     staff.post_form("/admin/login/?next=/admin/", {"username": "admin", "password": "admin"})

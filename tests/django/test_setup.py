@@ -228,6 +228,9 @@ def test_manage_py_subprocess_stops_on_bad_settings(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "PROCRASTINATE_WORKER_DEFAULTS: concurrency='ten': expected an int >= 1" in result.stderr
+    # Printed as Django prints it, not "SystemCheckError: SystemCheckError: ..."
+    assert result.stderr.startswith("SystemCheckError: System check identified"), result.stderr
+    assert "SystemCheckError: SystemCheckError" not in result.stderr
 
 
 @pytest.mark.django_db(transaction=True)

@@ -17,7 +17,7 @@ import pytest
 from tests.integration.test_connector_contract import url_of
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
-PAGES = ["connectors.md"]
+PAGES = ["connectors.md", "observability.md"]
 _BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
 ENVIRONMENT = {"host": "PGHOST", "port": "PGPORT", "dbname": "PGDATABASE", "user": "PGUSER", "password": "PGPASSWORD"}
 

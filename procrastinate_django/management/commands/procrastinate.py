@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, SystemCheckError
 
 from procrastinate_core import cli, exceptions
 from procrastinate_core.app import App
@@ -71,7 +71,9 @@ class Command(BaseCommand):
         try:
             code = self.run_cli(_without_django_options(argv[2:]))
         except CommandError as exc:
-            self.stderr.write(f"{type(exc).__name__}: {exc}")
+            # A SystemCheckError's text already starts with its name, as Django prints it.
+            text = str(exc) if isinstance(exc, SystemCheckError) else f"{type(exc).__name__}: {exc}"
+            self.stderr.write(text)
             sys.exit(exc.returncode)
         if code:
             sys.exit(code)
