@@ -57,7 +57,6 @@ class JobOutcome:
         }
 
 
-<<<<<<< HEAD
 def _error_history(row: dict[str, Any] | None) -> list[dict[str, Any]]:
     if row is None:
         return []
@@ -66,7 +65,8 @@ def _error_history(row: dict[str, Any] | None) -> list[dict[str, Any]]:
         if isinstance(entry.get("at"), str):
             entry["at"] = datetime.datetime.fromisoformat(entry["at"])
     return entries
-=======
+
+
 @dataclasses.dataclass(frozen=True)
 class QueueStats:
     """One queue's live state: how many jobs wait and run, and how old the oldest are.
@@ -80,7 +80,6 @@ class QueueStats:
     doing: int
     oldest_ready_age: float | None
     oldest_running_age: float | None
->>>>>>> main
 
 
 def _first(column: str) -> Callable[[Any], Any]:
