@@ -438,7 +438,6 @@ class JobManager(HasConnector):
 
     check_connection, check_connection_async = paired(_check_connection)
 
-<<<<<<< HEAD
     # -- readiness (migration 0006) ------------------------------------------------
     def _promote_due_jobs(self, limit: int = 1000) -> Op[int]:
         """Make up to `limit` scheduled jobs whose time has come (database clock) claimable.
@@ -449,11 +448,10 @@ class JobManager(HasConnector):
         return Op("job_promote_due", {"limit": int(limit)}, "one", _first("promoted"))
 
     promote_due_jobs, promote_due_jobs_async = paired(_promote_due_jobs)
-=======
+
     # -- queue statistics (metrics, dashboards) ------------------------------------
     def _get_queue_stats(self) -> Op[list[QueueStats]]:
         """Per queue with waiting or running jobs: counts and ages; finished jobs are not read."""
         return Op("queue_stats", {}, "all", lambda rows: [QueueStats(**row) for row in rows])
 
     get_queue_stats, get_queue_stats_async = paired(_get_queue_stats)
->>>>>>> main
