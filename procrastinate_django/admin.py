@@ -56,6 +56,21 @@ def _breakable(name: str) -> str:
     return format_html_join(mark_safe("<wbr>"), "{}", ((part,) for part in parts))
 
 
+#: History events that end an attempt: where that attempt's error is shown.
+_ATTEMPT_ENDS = frozenset({"failed", "deferred_for_retry", "recovered", "aborted", "cancelled"})
+
+
+def _attempt_error(entry: dict[str, Any] | None) -> str:
+    if entry is None:
+        return ""
+    return format_html(
+        '<details class="pcq-attempt-error"><summary><b>{}</b>: {}</summary><pre>{}</pre></details>',
+        entry.get("type", "error"),
+        entry.get("message", ""),
+        entry.get("traceback", ""),
+    )
+
+
 def _pretty_json(value: Any) -> str:
     return format_html("<pre>{}</pre>", json.dumps(value, indent=2, sort_keys=True, default=str))
 
@@ -223,18 +238,26 @@ class ProcrastinateJobAdmin(admin.ModelAdmin):
 
     @admin.display(description="history")
     def history(self, job: ProcrastinateJob) -> str:
+        """Every event, and on each attempt's end the error it raised (all attempts, not the last)."""
         events = job.events.order_by("id").values_list("type", "attempt", "at", "worker_id")
+        errors = {entry.get("attempt"): entry for entry in admin_actions.job_manager().list_job_errors(job.pk)}
         rows = format_html_join(
             "",
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             (
-                (type_, attempt, at.isoformat(sep=" ", timespec="seconds"), "-" if worker is None else worker)
+                (
+                    type_,
+                    attempt,
+                    at.isoformat(sep=" ", timespec="seconds"),
+                    "-" if worker is None else worker,
+                    _attempt_error(errors.get(attempt)) if type_ in _ATTEMPT_ENDS else "",
+                )
                 for type_, attempt, at, worker in events
             ),
         )
         return format_html(
             '<table class="pcq-history"><thead><tr><th>event</th><th>attempt</th><th>at</th>'
-            "<th>worker</th></tr></thead><tbody>{}</tbody></table>",
+            "<th>worker</th><th>error</th></tr></thead><tbody>{}</tbody></table>",
             rows,
         )
 

@@ -102,7 +102,10 @@ class InMemoryTables:
                 or new["scheduled_at"] != old["scheduled_at"])) \
                 or (new["status"] != "todo" and old["waiting_for"] is not None):
             new["waiting_for"] = changes["waiting_for"] = self._wait_reason(new)
-        if changes.get("error") is not None and changes["error"] != old["error"]:
+        last_attempt = old["errors"][-1]["attempt"] if old["errors"] else None
+        if changes.get("error") is not None and (
+            changes["error"] != old["error"] or last_attempt != new["attempts"]
+        ):
             # the row trigger pcq_jobs_error_history (migration 0007)
             error = changes["error"]
             entry = {

@@ -3,7 +3,8 @@
 -- pcq_jobs.error keeps the latest attempt's error (what procrastinate users
 -- read); pcq_jobs.errors is the history: one object per failed attempt, in
 -- order, each {attempt, worker_id, at, type, message, traceback}. A row
--- trigger appends to it whenever `error` is set to a new value, so every path
+-- trigger appends to it whenever `error` is set to a new value (or an attempt
+-- raises the same error as the one before it), so every path
 -- that records an error (a worker's outcome, a recovery, an UPDATE by hand) is
 -- kept, and claims (which never set `error`) do not even call it. The history
 -- is bounded: past 50 entries the oldest is dropped (a job retried forever must
@@ -38,7 +39,10 @@ $$;
 
 CREATE TRIGGER pcq_jobs_error_history BEFORE UPDATE OF error ON pcq_jobs
     FOR EACH ROW
-    WHEN (NEW.error IS NOT NULL AND NEW.error IS DISTINCT FROM OLD.error)
+    -- a new error, or the same error raised again by a later attempt
+    WHEN (NEW.error IS NOT NULL
+          AND (NEW.error IS DISTINCT FROM OLD.error
+               OR (OLD.errors -> -1 ->> 'attempt')::integer IS DISTINCT FROM NEW.attempts))
     EXECUTE FUNCTION pcq_keep_error_history();
 
 INSERT INTO pcq_migrations (version, name) VALUES (7, 'error_history');
