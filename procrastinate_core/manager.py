@@ -20,6 +20,8 @@ from procrastinate_core.jobs import Job, Status
 from procrastinate_core.plans import HasConnector, Op, paired
 
 QUEUEING_LOCK_CONSTRAINT = "pcq_jobs_queueing_lock_uniq"
+#: Hours of per-minute outcome counts workers keep (the dashboard shows the last one).
+OUTCOME_STATS_HOURS = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -455,3 +457,16 @@ class JobManager(HasConnector):
         return Op("queue_stats", {}, "all", lambda rows: [QueueStats(**row) for row in rows])
 
     get_queue_stats, get_queue_stats_async = paired(_get_queue_stats)
+
+    def _get_outcome_stats(self, minutes: int = 60) -> Op[list[dict[str, Any]]]:
+        """Outcomes recorded per minute and queue over the last `minutes` (database clock):
+        dicts of minute, queue_name, outcome (succeeded, failed, retried, ...) and count."""
+        return Op("outcome_stats_recent", {"minutes": int(minutes)}, "all", list)
+
+    get_outcome_stats, get_outcome_stats_async = paired(_get_outcome_stats)
+
+    def _prune_outcome_stats(self, hours: float = OUTCOME_STATS_HOURS) -> Op[int]:
+        """Forget per-minute outcome counts older than `hours`; how many rows went."""
+        return Op("outcome_stats_prune", {"hours": int(hours)}, "one", _first("deleted"))
+
+    prune_outcome_stats, prune_outcome_stats_async = paired(_prune_outcome_stats)

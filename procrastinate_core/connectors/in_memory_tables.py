@@ -62,6 +62,8 @@ class InMemoryTables:
         """Forget every job, event, worker and periodic tick (ids start again at 1)."""
         with self.lock:
             self.jobs: dict[int, dict[str, Any]] = {}
+            #: pcq_outcome_stats: (minute, queue, outcome) -> count
+            self.outcome_stats: dict[tuple[datetime.datetime, str, str], int] = {}
             self.events: list[dict[str, Any]] = []
             self.workers: dict[int, dict[str, Any]] = {}
             self.periodic_defers: dict[tuple[str, str, int], int | None] = {}

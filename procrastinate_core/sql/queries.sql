@@ -51,7 +51,9 @@ RETURNING j.id, j.queue_name, j.task_name, j.priority, j.lock, j.queueing_lock,
 -- Records the outcomes of a JSON array of finished attempts, each fenced on
 -- (job, worker, attempt, still running); returns the ids actually recorded.
 -- A retry whose queueing lock is now held by another waiting job ends failed:
--- the waiting job will do the same work.
+-- the waiting job will do the same work. Each recorded outcome is counted in
+-- pcq_outcome_stats (per minute, queue and outcome; one row per backend, so
+-- concurrent workers never wait on each other's counters).
 WITH outcome AS (
     SELECT *
     FROM jsonb_to_recordset(%(outcomes)s::jsonb) AS o(
@@ -66,7 +68,7 @@ deleted AS (
     WHERE o.delete_job
       AND j.id = o.id AND j.worker_id = o.worker_id AND j.attempts = o.attempt
       AND j.status = 'doing'
-    RETURNING j.id
+    RETURNING j.id, j.queue_name, o.status
 ),
 updated AS (
     UPDATE pcq_jobs AS j
@@ -89,7 +91,16 @@ updated AS (
     WHERE NOT coalesce(o.delete_job, false)
       AND j.id = o.id AND j.worker_id = o.worker_id AND j.attempts = o.attempt
       AND j.status = 'doing'
-    RETURNING j.id
+    RETURNING j.id, j.queue_name, j.status
+),
+counted AS (
+    INSERT INTO pcq_outcome_stats AS s (minute, queue_name, outcome, backend, count)
+    SELECT date_trunc('minute', now()), f.queue_name,
+           CASE WHEN f.status = 'todo' THEN 'retried' ELSE f.status END,
+           pg_backend_pid(), count(*)
+    FROM (SELECT queue_name, status FROM deleted UNION ALL SELECT queue_name, status FROM updated) AS f
+    GROUP BY 1, 2, 3
+    ON CONFLICT (minute, queue_name, outcome, backend) DO UPDATE SET count = s.count + excluded.count
 )
 SELECT id FROM deleted
 UNION ALL
@@ -387,3 +398,23 @@ SELECT coalesce(w.queue_name, r.queue_name) AS queue_name,
 FROM waiting AS w
 FULL JOIN running AS r ON r.queue_name = w.queue_name
 ORDER BY 1;
+
+-- name: outcome_stats_recent
+-- Returns the outcomes recorded per minute and queue over the last %(minutes)s
+-- minutes (database clock), oldest first: minute, queue_name, outcome
+-- (succeeded, failed, retried, aborted, ...), count. Reads the small per-minute
+-- table, never the jobs.
+SELECT minute, queue_name, outcome, sum(count)::bigint AS count
+FROM pcq_outcome_stats
+WHERE minute > date_trunc('minute', now()) - make_interval(mins => %(minutes)s)
+GROUP BY 1, 2, 3
+ORDER BY 1, 2, 3;
+
+-- name: outcome_stats_prune
+-- Forgets per-minute outcome counts older than %(hours)s hours; returns how many rows.
+WITH deleted AS (
+    DELETE FROM pcq_outcome_stats
+    WHERE minute < now() - make_interval(hours => %(hours)s)
+    RETURNING 1
+)
+SELECT count(*) AS deleted FROM deleted;

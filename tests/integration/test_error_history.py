@@ -102,7 +102,7 @@ def test_the_migration_keeps_the_error_of_jobs_that_failed_before_it(pg_server, 
 
     from procrastinate_core import sql
 
-    [ours] = [m for m in sql.migrations() if m.name == "error_history"]
+    [ours] = [m for m in sql.migrations() if m.name == "observability"]
     dsn = pg_server.conninfo(empty_db_name)
     with psycopg.connect(dsn, autocommit=True) as conn:
         for migration in sql.migrations():

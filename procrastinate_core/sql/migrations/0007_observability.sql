@@ -1,4 +1,5 @@
--- 0007: every attempt's error is kept, not only the last one.
+-- 0007: observability. Every attempt's error is kept, not only the last one;
+-- outcomes are counted per minute.
 --
 -- pcq_jobs.error keeps the latest attempt's error (what procrastinate users
 -- read); pcq_jobs.errors is the history: one object per failed attempt, in
@@ -45,4 +46,18 @@ CREATE TRIGGER pcq_jobs_error_history BEFORE UPDATE OF error ON pcq_jobs
                OR (OLD.errors -> -1 ->> 'attempt')::integer IS DISTINCT FROM NEW.attempts))
     EXECUTE FUNCTION pcq_keep_error_history();
 
-INSERT INTO pcq_migrations (version, name) VALUES (7, 'error_history');
+-- Outcomes per minute, for dashboards: job_finish_many adds to them. One row per
+-- (minute, queue, outcome, backend pid): each connection counts in its own row,
+-- so concurrent workers never wait on one another's counter (the upsert of a row
+-- already written this minute by the same connection is a HOT update). Readers
+-- sum over backends; outcome_stats_prune forgets old minutes.
+CREATE TABLE pcq_outcome_stats (
+    minute     timestamptz NOT NULL,
+    queue_name text        NOT NULL,
+    outcome    text        NOT NULL,
+    backend    integer     NOT NULL,
+    count      bigint      NOT NULL,
+    PRIMARY KEY (minute, queue_name, outcome, backend)
+);
+
+INSERT INTO pcq_migrations (version, name) VALUES (7, 'observability');
