@@ -470,3 +470,14 @@ class JobManager(HasConnector):
         return Op("outcome_stats_prune", {"hours": int(hours)}, "one", _first("deleted"))
 
     prune_outcome_stats, prune_outcome_stats_async = paired(_prune_outcome_stats)
+
+    def _count_running_jobs_by_worker(self) -> Op[dict[int, int]]:
+        """How many jobs each worker is running now (workers running none are absent)."""
+        return Op(
+            "worker_running_counts", {}, "all",
+            lambda rows: {int(row["worker_id"]): int(row["running"]) for row in rows},
+        )
+
+    count_running_jobs_by_worker, count_running_jobs_by_worker_async = paired(
+        _count_running_jobs_by_worker
+    )

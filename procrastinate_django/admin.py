@@ -268,7 +268,34 @@ class ProcrastinateJobAdmin(admin.ModelAdmin):
             self.admin_site.admin_view(self.summary_view),
             name="procrastinate_django_procrastinatejob_summary",
         )
-        return [summary, *super().get_urls()]
+        dashboard = path(
+            "dashboard/",
+            self.admin_site.admin_view(self.dashboard_view),
+            name="procrastinate_django_procrastinatejob_dashboard",
+        )
+        return [summary, dashboard, *super().get_urls()]
+
+    def dashboard_view(self, request: HttpRequest) -> HttpResponse:
+        """Queues, throughput over the last hour, workers and periodic ticks; refreshes itself."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        from procrastinate_django import dashboard
+        from procrastinate_django.procrastinate_app import app
+
+        try:
+            refresh = max(int(request.GET.get("refresh", "10")), 0)
+        except ValueError:
+            refresh = 10
+        context = {
+            **self.admin_site.each_context(request),
+            **dashboard.build(app),
+            "title": "Task queue dashboard",
+            "opts": self.model._meta,
+            "refresh": refresh,
+            "changelist_url": reverse("admin:procrastinate_django_procrastinatejob_changelist"),
+            "breadcrumbs_as_list": django.VERSION >= (6, 0),
+        }
+        return TemplateResponse(request, "admin/procrastinate_django/dashboard.html", context)
 
     def summary_view(self, request: HttpRequest) -> HttpResponse:
         """Counts of jobs by status, by queue and by task."""
@@ -314,6 +341,7 @@ class ProcrastinateJobAdmin(admin.ModelAdmin):
         extra = {
             **(extra_context or {}),
             "summary_url": reverse("admin:procrastinate_django_procrastinatejob_summary"),
+            "dashboard_url": reverse("admin:procrastinate_django_procrastinatejob_dashboard"),
         }
         return super().changelist_view(request, extra)
 

@@ -307,6 +307,13 @@ class InMemoryStore(InMemoryTables):
         self.workers.pop(p["worker_id"], None)
         return []
 
+    def worker_running_counts(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        counts: dict[int, int] = {}
+        for job in self.jobs.values():
+            if job["status"] == "doing" and job["worker_id"] is not None:
+                counts[job["worker_id"]] = counts.get(job["worker_id"], 0) + 1
+        return [{"worker_id": w, "running": n} for w, n in sorted(counts.items())]
+
     def worker_list(self, p: dict[str, Any]) -> list[dict[str, Any]]:
         now = self.clock()
         return [

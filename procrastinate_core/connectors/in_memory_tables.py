@@ -19,7 +19,7 @@ from procrastinate_core import exceptions
 
 QUEUEING_LOCK_INDEX = "pcq_jobs_queueing_lock_uniq"
 FINAL_STATUSES = ("succeeded", "failed", "cancelled", "aborted")
-#: entries kept in a job's error history (migration 0007)
+#: entries kept in a job's error history (migration 0009)
 ERROR_HISTORY = 50
 _JOB_COLUMNS = (
     "id queue_name task_name priority lock queueing_lock args status scheduled_at attempts "
@@ -108,7 +108,7 @@ class InMemoryTables:
         if changes.get("error") is not None and (
             changes["error"] != old["error"] or last_attempt != new["attempts"]
         ):
-            # the row trigger pcq_jobs_error_history (migration 0007)
+            # the row trigger pcq_jobs_error_history (migration 0009)
             error = changes["error"]
             entry = {
                 "attempt": new["attempts"],

@@ -418,3 +418,11 @@ WITH deleted AS (
     RETURNING 1
 )
 SELECT count(*) AS deleted FROM deleted;
+
+-- name: worker_running_counts
+-- Returns (worker_id, running) for every worker holding running jobs
+-- (the running-jobs partial index; finished jobs are not read).
+SELECT worker_id, count(*) AS running
+FROM pcq_jobs
+WHERE status = 'doing' AND worker_id IS NOT NULL
+GROUP BY worker_id;

@@ -1,4 +1,4 @@
-"""Every attempt's error is kept (migration 0007), on every connector, and bounded."""
+"""Every attempt's error is kept (migration 0009), on every connector, and bounded."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
--- 0007: observability. Every attempt's error is kept, not only the last one;
+-- 0009: observability. Every attempt's error is kept, not only the last one;
 -- outcomes are counted per minute.
 --
 -- pcq_jobs.error keeps the latest attempt's error (what procrastinate users
@@ -60,4 +60,4 @@ CREATE TABLE pcq_outcome_stats (
     PRIMARY KEY (minute, queue_name, outcome, backend)
 );
 
-INSERT INTO pcq_migrations (version, name) VALUES (7, 'observability');
+INSERT INTO pcq_migrations (version, name) VALUES (9, 'observability');
