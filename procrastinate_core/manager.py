@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
@@ -26,6 +27,8 @@ DELETE_OLD_JOBS_BATCH_SIZE = 10_000
 #: no jsonb array nears PostgreSQL's 255 MiB limit (each job alone may be up to
 #: max_payload_bytes). Small batches, the common case, stay one statement.
 DEFER_CHUNK_BYTES = 32 * 1024 * 1024
+#: Hours of per-minute outcome counts workers keep (the dashboard shows the last one).
+OUTCOME_STATS_HOURS = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +70,16 @@ class JobOutcome:
             "result": self.result,
             "error": self.error,
         }
+
+
+def _error_history(row: dict[str, Any] | None) -> list[dict[str, Any]]:
+    if row is None:
+        return []
+    entries: list[dict[str, Any]] = json.loads(row["errors"])
+    for entry in entries:
+        if isinstance(entry.get("at"), str):
+            entry["at"] = datetime.datetime.fromisoformat(entry["at"])
+    return entries
 
 
 @dataclasses.dataclass(frozen=True)
@@ -387,6 +400,13 @@ class JobManager(FlowOperations, HasConnector):  # FlowOperations: flow control 
 
     list_job_events, list_job_events_async = paired(_list_job_events)
 
+    def _list_job_errors(self, job_id: int) -> Op[list[dict[str, Any]]]:
+        """Every failed attempt's error, oldest first: attempt, worker_id, at, type, message,
+        traceback (the latest 50; `Job.error` is the last one). Empty for an unknown job."""
+        return Op("job_errors_list", {"job_id": job_id}, "one", _error_history)
+
+    list_job_errors, list_job_errors_async = paired(_list_job_errors)
+
     def _cancel_job_by_id(
         self, job_id: int, abort: bool = False, delete_job: bool = False, connection: Any = None
     ) -> Op[bool]:
@@ -595,6 +615,7 @@ class JobManager(FlowOperations, HasConnector):  # FlowOperations: flow control 
     _retry_job_sync, retry_job_async = paired(_retry_job)
     retry_job = either_colour(_retry_job_sync, retry_job_async)
 
+
     # -- readiness (migration 0006) ------------------------------------------------
     def _promote_due_jobs(self, limit: int = 1000) -> Op[int]:
         """Make up to `limit` scheduled jobs whose time has come (database clock) claimable.
@@ -611,3 +632,27 @@ class JobManager(FlowOperations, HasConnector):  # FlowOperations: flow control 
         return Op("database_now", {}, "one", lambda row: float(row["now"]))
 
     database_now, database_now_async = paired(_database_now)
+
+    def _get_outcome_stats(self, minutes: int = 60) -> Op[list[dict[str, Any]]]:
+        """Outcomes recorded per minute and queue over the last `minutes` (database clock):
+        dicts of minute, queue_name, outcome (succeeded, failed, retried, ...) and count."""
+        return Op("outcome_stats_recent", {"minutes": int(minutes)}, "all", list)
+
+    get_outcome_stats, get_outcome_stats_async = paired(_get_outcome_stats)
+
+    def _prune_outcome_stats(self, hours: float = OUTCOME_STATS_HOURS) -> Op[int]:
+        """Forget per-minute outcome counts older than `hours`; how many rows went."""
+        return Op("outcome_stats_prune", {"hours": int(hours)}, "one", _first("deleted"))
+
+    prune_outcome_stats, prune_outcome_stats_async = paired(_prune_outcome_stats)
+
+    def _count_running_jobs_by_worker(self) -> Op[dict[int, int]]:
+        """How many jobs each worker is running now (workers running none are absent)."""
+        return Op(
+            "worker_running_counts", {}, "all",
+            lambda rows: {int(row["worker_id"]): int(row["running"]) for row in rows},
+        )
+
+    count_running_jobs_by_worker, count_running_jobs_by_worker_async = paired(
+        _count_running_jobs_by_worker
+    )

@@ -2,7 +2,7 @@
 
 Start order: the essential services (outcome recorder, heartbeat, abort
 watcher), which must outlive running jobs, then the feeders (stalled-job
-sweeper, stager, listener, periodic deferrer), which bring work and stop first. Each
+sweeper, stager, stats pruner, listener, periodic deferrer), which bring work and stop first. Each
 Supervisor stops its services in reverse. The worker hands in callbacks,
 never itself.
 """
@@ -30,6 +30,7 @@ from procrastinate_core.periodic_deferrer import PeriodicConfig, PeriodicDeferre
 from procrastinate_core.service import Service, Supervisor, TestSignal
 from procrastinate_core.stager import Stager
 from procrastinate_core.stalled_sweeper import StalledJobSweeper, SweeperConfig
+from procrastinate_core.stats_pruner import StatsPruner
 
 
 class WorkerSignals:
@@ -97,7 +98,7 @@ def build_services(
     )
     # Due scheduled jobs become claimable through the stager (readiness, migration 0006).
     stager = Stager(manager, on_promoted=lambda _count: callbacks.wake())
-    feeders: list[Service] = [sweeper, stager]
+    feeders: list[Service] = [sweeper, stager, StatsPruner(manager)]
     listener = None
     if options.listen_notify:
         listener = NotificationListener(

@@ -59,6 +59,21 @@ def _breakable(name: str) -> str:
     return format_html_join(mark_safe("<wbr>"), "{}", ((part,) for part in parts))
 
 
+#: History events that end an attempt: where that attempt's error is shown.
+_ATTEMPT_ENDS = frozenset({"failed", "deferred_for_retry", "recovered", "aborted", "cancelled"})
+
+
+def _attempt_error(entry: dict[str, Any] | None) -> str:
+    if entry is None:
+        return ""
+    return format_html(
+        '<details class="pcq-attempt-error"><summary><b>{}</b>: {}</summary><pre>{}</pre></details>',
+        entry.get("type", "error"),
+        entry.get("message", ""),
+        entry.get("traceback", ""),
+    )
+
+
 def _pretty_json(value: Any) -> str:
     return format_html("<pre>{}</pre>", json.dumps(value, indent=2, sort_keys=True, default=str))
 
@@ -235,18 +250,26 @@ class ProcrastinateJobAdmin(admin.ModelAdmin):
 
     @admin.display(description="history")
     def history(self, job: ProcrastinateJob) -> str:
+        """Every event, and on each attempt's end the error it raised (all attempts, not the last)."""
         events = job.events.order_by("id").values_list("type", "attempt", "at", "worker_id")
+        errors = {entry.get("attempt"): entry for entry in admin_actions.job_manager().list_job_errors(job.pk)}
         rows = format_html_join(
             "",
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             (
-                (type_, attempt, at.isoformat(sep=" ", timespec="seconds"), "-" if worker is None else worker)
+                (
+                    type_,
+                    attempt,
+                    at.isoformat(sep=" ", timespec="seconds"),
+                    "-" if worker is None else worker,
+                    _attempt_error(errors.get(attempt)) if type_ in _ATTEMPT_ENDS else "",
+                )
                 for type_, attempt, at, worker in events
             ),
         )
         return format_html(
             '<table class="pcq-history"><thead><tr><th>event</th><th>attempt</th><th>at</th>'
-            "<th>worker</th></tr></thead><tbody>{}</tbody></table>",
+            "<th>worker</th><th>error</th></tr></thead><tbody>{}</tbody></table>",
             rows,
         )
 
@@ -257,7 +280,34 @@ class ProcrastinateJobAdmin(admin.ModelAdmin):
             self.admin_site.admin_view(self.summary_view),
             name="procrastinate_django_procrastinatejob_summary",
         )
-        return [summary, *super().get_urls()]
+        dashboard = path(
+            "dashboard/",
+            self.admin_site.admin_view(self.dashboard_view),
+            name="procrastinate_django_procrastinatejob_dashboard",
+        )
+        return [summary, dashboard, *super().get_urls()]
+
+    def dashboard_view(self, request: HttpRequest) -> HttpResponse:
+        """Queues, throughput over the last hour, workers and periodic ticks; refreshes itself."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        from procrastinate_django import dashboard
+        from procrastinate_django.procrastinate_app import app
+
+        try:
+            refresh = max(int(request.GET.get("refresh", "10")), 0)
+        except ValueError:
+            refresh = 10
+        context = {
+            **self.admin_site.each_context(request),
+            **dashboard.build(app),
+            "title": "Task queue dashboard",
+            "opts": self.model._meta,
+            "refresh": refresh,
+            "changelist_url": reverse("admin:procrastinate_django_procrastinatejob_changelist"),
+            "breadcrumbs_as_list": django.VERSION >= (6, 0),
+        }
+        return TemplateResponse(request, "admin/procrastinate_django/dashboard.html", context)
 
     def summary_view(self, request: HttpRequest) -> HttpResponse:
         """Counts of jobs by status, by queue and by task."""
@@ -314,6 +364,7 @@ class ProcrastinateJobAdmin(admin.ModelAdmin):
         extra = {
             **(extra_context or {}),
             "summary_url": reverse("admin:procrastinate_django_procrastinatejob_summary"),
+            "dashboard_url": reverse("admin:procrastinate_django_procrastinatejob_dashboard"),
         }
         try:
             # A savepoint: after a missing-table error the request's transaction (a test's,

@@ -23,7 +23,8 @@ def _plural(count: int) -> str:
     return f"{count} job" if count == 1 else f"{count} jobs"
 
 
-def _job_manager() -> JobManager:
+def job_manager() -> JobManager:
+    """The project's JobManager (the lazy procrastinate_django.app's)."""
     from procrastinate_django.procrastinate_app import app
 
     return app.job_manager
@@ -40,7 +41,7 @@ def _apply(
 ) -> None:
     """Run `change` on each selected job in `statuses`; one message with the counts."""
     statuses = tuple(statuses)
-    manager = _job_manager()
+    manager = job_manager()
     done, skipped, refused = 0, 0, []
     for job in queryset.only("id", "status", "task_name"):
         if job.status not in statuses:

@@ -15,7 +15,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from procrastinate_django.admin_actions import _job_manager
+from procrastinate_django.admin_actions import job_manager
 
 
 def _set_paused(
@@ -23,7 +23,7 @@ def _set_paused(
 ) -> None:
     column = "queue_name" if kind == "queue" else "task_name"
     names = sorted(set(queryset.values_list(column, flat=True)))
-    manager = _job_manager()
+    manager = job_manager()
     verb = "pause" if paused else "resume"
     changed = sum(getattr(manager, f"{verb}_{kind}")(name) for name in names)
     held = "held" if paused else "released"

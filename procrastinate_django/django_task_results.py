@@ -137,13 +137,22 @@ def load_task(payload: Mapping[str, Any], job: Job) -> Task:
     )
 
 
-def _stored_errors(job: Job) -> list[TaskError]:
+def _task_error(error: Mapping[str, Any]) -> TaskError:
+    kind = str(error.get("type") or "Exception")
+    path = kind if "." in kind else f"builtins.{kind}"
+    return TaskError(exception_class_path=path, traceback=str(error.get("traceback") or ""))
+
+
+def _stored_errors(job: Job, history: Sequence[Mapping[str, Any]] = ()) -> list[TaskError]:
+    """The error of each execution, in order (Django: the errors "raised as part of each
+    execution"): the job's error history when read, else its last error."""
+    if history:
+        errors = [_task_error(entry) for entry in history]
+        if job.status in (Status.CANCELLED, Status.ABORTED) and not job.error:
+            errors.extend(_stored_errors(job))
+        return errors
     if job.error:
-        kind = str(job.error.get("type") or "Exception")
-        path = kind if "." in kind else f"builtins.{kind}"
-        return [
-            TaskError(exception_class_path=path, traceback=str(job.error.get("traceback") or ""))
-        ]
+        return [_task_error(job.error)]
     if job.status in (Status.CANCELLED, Status.ABORTED):
         reason = f"job {job.id} was {job.status} through the queue (admin, job manager or CLI)"
         return [
@@ -182,8 +191,13 @@ def task_result(
     payload: Mapping[str, Any],
     events: Iterable[Mapping[str, Any]],
     alias: str,
+    error_history: Sequence[Mapping[str, Any]] = (),
 ) -> TaskResult:
-    """The TaskResult of a job: status, return value, errors, attempts and timestamps."""
+    """The TaskResult of a job: status, return value, errors, attempts and timestamps.
+
+    `error_history` (job_manager.list_job_errors) gives the error of every attempt;
+    without it only the last error is known.
+    """
     events = list(events)  # read twice
     status = _STATUSES[Status(job.status)]
     finished = Status(job.status).is_final
@@ -198,7 +212,7 @@ def task_result(
         args=list(payload.get("args") or []),
         kwargs=dict(payload.get("kwargs") or {}),
         backend=alias,
-        errors=_stored_errors(job),
+        errors=_stored_errors(job, error_history),
         worker_ids=worker_ids(job, events),
     )
     if status == TaskResultStatus.SUCCESSFUL:

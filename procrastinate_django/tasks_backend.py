@@ -49,8 +49,8 @@ def _job_id(result_id: Any) -> int:
 
 
 def _history_needed(job: Job) -> bool:
-    """Whether the job's events add anything to its row: the first start and the worker
-    of earlier attempts, or of an attempt whose job was recovered (it forgot its worker)."""
+    """Whether the job's history adds anything to its row: the first start, the worker and
+    the error of earlier attempts, or the worker of an attempt whose job was recovered."""
     return job.claims > 1 or (job.claims == 1 and job.worker_id is None)
 
 
@@ -116,7 +116,13 @@ class ProcrastinateBackend(BaseTaskBackend):
     # aenqueue: BaseTaskBackend runs enqueue() in Django's thread-sensitive thread, the
     # one the async ORM uses, so an async defer shares its connection and transaction.
 
-    def _result(self, jobs: list[Job], events: list[dict[str, Any]], result_id: Any) -> TaskResult:
+    def _result(
+        self,
+        jobs: list[Job],
+        events: list[dict[str, Any]],
+        result_id: Any,
+        error_history: list[dict[str, Any]] | None = None,
+    ) -> TaskResult:
         if not jobs:
             raise TaskResultDoesNotExist(
                 f"no job with id {result_id!r} (it never existed, was rolled back, or was "
@@ -130,24 +136,26 @@ class ProcrastinateBackend(BaseTaskBackend):
             )
         payload = job.task_kwargs
         task = django_task_results.load_task(payload, job)
-        return django_task_results.task_result(task, job, payload, events, self.alias)
+        return django_task_results.task_result(
+            task, job, payload, events, self.alias, error_history or ()
+        )
 
     def get_result(self, result_id: Any) -> TaskResult:
         """The task's current state, read from its job; TaskResultDoesNotExist for an unknown id."""
         job_id = _job_id(result_id)
         jobs = app.job_manager.list_jobs(id=job_id)
-        events = app.job_manager.list_job_events(job_id) if jobs and _history_needed(jobs[0]) else []
-        return self._result(jobs, events, result_id)
+        needed = bool(jobs) and _history_needed(jobs[0])
+        events = app.job_manager.list_job_events(job_id) if needed else []
+        errors = app.job_manager.list_job_errors(job_id) if needed else []
+        return self._result(jobs, events, result_id, errors)
 
     async def aget_result(self, result_id: Any) -> TaskResult:
         job_id = _job_id(result_id)
         jobs = await app.job_manager.list_jobs_async(id=job_id)
-        events = (
-            await app.job_manager.list_job_events_async(job_id)
-            if jobs and _history_needed(jobs[0])
-            else []
-        )
-        return self._result(jobs, events, result_id)
+        needed = bool(jobs) and _history_needed(jobs[0])
+        events = await app.job_manager.list_job_events_async(job_id) if needed else []
+        errors = await app.job_manager.list_job_errors_async(job_id) if needed else []
+        return self._result(jobs, events, result_id, errors)
 
     def check(self, **kwargs: Any) -> list[checks.CheckMessage]:
         """The queue must be installed for tasks to be stored and run."""

@@ -28,6 +28,10 @@ from procrastinate_core.connectors.in_memory_tables import (
 __all__ = ["Clock", "InMemoryStore", "Notify", "utc_now"]
 
 
+def _minute(at: datetime.datetime) -> datetime.datetime:
+    return at.replace(second=0, microsecond=0)
+
+
 class InMemoryStore(FlowTables):  # flow control (#13): in_memory_flow.py
     """One method per named query, named like it; `run(name, params)` dispatches."""
 
@@ -104,6 +108,7 @@ class InMemoryStore(FlowTables):  # flow control (#13): in_memory_flow.py
                 continue  # fenced out: the worker lost this job
             done.append({"id": job["id"]})
             if o.get("delete_job"):
+                self._count_outcome(now, job["queue_name"], o["status"])
                 self._delete(job["id"])
                 continue
             retry = o["status"] == "todo"
@@ -123,7 +128,32 @@ class InMemoryStore(FlowTables):  # flow control (#13): in_memory_flow.py
                 result=o.get("result"),
                 error=o.get("error"),
             )
+            self._count_outcome(now, job["queue_name"], job["status"])
         return done
+
+    def _count_outcome(self, now: datetime.datetime, queue: str, status: str) -> None:
+        """The pcq_outcome_stats upsert of job_finish_many (one backend here)."""
+        key = (_minute(now), queue, "retried" if status == "todo" else status)
+        self.outcome_stats[key] = self.outcome_stats.get(key, 0) + 1
+
+    def outcome_stats_recent(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        since = _minute(self.clock()) - datetime.timedelta(minutes=int(p["minutes"]))
+        return [
+            {"minute": minute, "queue_name": queue, "outcome": outcome, "count": count}
+            for (minute, queue, outcome), count in sorted(self.outcome_stats.items())
+            if minute > since
+        ]
+
+    def outcome_stats_prune(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        before = self.clock() - datetime.timedelta(hours=int(p["hours"]))
+        doomed = [key for key in self.outcome_stats if key[0] < before]
+        for key in doomed:
+            del self.outcome_stats[key]
+        return [{"deleted": len(doomed)}]
+
+    def job_errors_list(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        job = self.jobs.get(p["job_id"])
+        return [] if job is None else [{"errors": json.dumps(job["errors"])}]
 
     def job_recover_stalled(self, p: dict[str, Any]) -> list[dict[str, Any]]:
         now = self.clock()
@@ -292,6 +322,13 @@ class InMemoryStore(FlowTables):  # flow control (#13): in_memory_flow.py
     def worker_unregister(self, p: dict[str, Any]) -> list[dict[str, Any]]:
         self.workers.pop(p["worker_id"], None)
         return []
+
+    def worker_running_counts(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        counts: dict[int, int] = {}
+        for job in self.jobs.values():
+            if job["status"] == "doing" and job["worker_id"] is not None:
+                counts[job["worker_id"]] = counts.get(job["worker_id"], 0) + 1
+        return [{"worker_id": w, "running": n} for w, n in sorted(counts.items())]
 
     def worker_list(self, p: dict[str, Any]) -> list[dict[str, Any]]:
         now = self.clock()

@@ -19,6 +19,8 @@ from procrastinate_core import exceptions
 
 QUEUEING_LOCK_INDEX = "pcq_jobs_queueing_lock_uniq"
 FINAL_STATUSES = ("succeeded", "failed", "cancelled", "aborted")
+#: entries kept in a job's error history (migration 0009)
+ERROR_HISTORY = 50
 _JOB_COLUMNS = (
     "id queue_name task_name priority lock queueing_lock args status scheduled_at attempts "
     "worker_id abort_requested created_at started_at finished_at result error"
@@ -65,6 +67,8 @@ class InMemoryTables:
         """Forget every job, event, worker and periodic tick (ids start again at 1)."""
         with self.lock:
             self.jobs: dict[int, dict[str, Any]] = {}
+            #: pcq_outcome_stats: (minute, queue, outcome) -> count
+            self.outcome_stats: dict[tuple[datetime.datetime, str, str], int] = {}
             self.events: list[dict[str, Any]] = []
             self.workers: dict[int, dict[str, Any]] = {}
             self.periodic_defers: dict[tuple[str, str, int], int | None] = {}
@@ -110,6 +114,19 @@ class InMemoryTables:
             new["waiting_for"] = changes["waiting_for"] = self._wait_reason(new)
         if _is_ready(new) and not _is_ready(old):
             self._gate(new, changes)  # flow control (#13): a paused queue or task holds it
+        last_attempt = old["errors"][-1]["attempt"] if old["errors"] else None
+        if changes.get("error") is not None and (
+            changes["error"] != old["error"] or last_attempt != new["attempts"]
+        ):
+            # the row trigger pcq_jobs_error_history (migration 0009)
+            error = changes["error"]
+            entry = {
+                "attempt": new["attempts"],
+                "worker_id": new["worker_id"] if new["worker_id"] is not None else old["worker_id"],
+                "at": self.clock().isoformat(),
+                **(error if isinstance(error, dict) else {"message": error}),
+            }
+            changes["errors"] = [*old["errors"][-(ERROR_HISTORY - 1):], entry]
         job.update(changes)
         if new["status"] != old["status"]:
             if new["status"] == "doing":
@@ -227,7 +244,7 @@ class InMemoryTables:
                 self.clock(), record.get("schedule_in_seconds")),
             "attempts": 0, "worker_id": None, "abort_requested": False,
             "created_at": self.clock(), "started_at": None, "finished_at": None,
-            "result": None, "error": None, "waiting_for": None,
+            "result": None, "error": None, "waiting_for": None, "errors": [],
         }
 
     @staticmethod

@@ -53,7 +53,9 @@ RETURNING j.id, j.queue_name, j.task_name, j.priority, j.lock, j.queueing_lock,
 -- Records the outcomes of a JSON array of finished attempts, each fenced on
 -- (job, worker, attempt, still running); returns the ids actually recorded.
 -- A retry whose queueing lock is now held by another waiting job ends failed:
--- the waiting job will do the same work.
+-- the waiting job will do the same work. Each recorded outcome is counted in
+-- pcq_outcome_stats (per minute, queue and outcome; one row per backend, so
+-- concurrent workers never wait on each other's counters).
 WITH outcome AS (
     SELECT *
     FROM jsonb_to_recordset(%(outcomes)s::jsonb) AS o(
@@ -68,7 +70,7 @@ deleted AS (
     WHERE o.delete_job
       AND j.id = o.id AND j.worker_id = o.worker_id AND j.attempts = o.attempt
       AND j.status = 'doing'
-    RETURNING j.id
+    RETURNING j.id, j.queue_name, o.status
 ),
 updated AS (
     UPDATE pcq_jobs AS j
@@ -92,7 +94,16 @@ updated AS (
     WHERE NOT coalesce(o.delete_job, false)
       AND j.id = o.id AND j.worker_id = o.worker_id AND j.attempts = o.attempt
       AND j.status = 'doing'
-    RETURNING j.id
+    RETURNING j.id, j.queue_name, j.status
+),
+counted AS (
+    INSERT INTO pcq_outcome_stats AS s (minute, queue_name, outcome, backend, count)
+    SELECT date_trunc('minute', now()), f.queue_name,
+           CASE WHEN f.status = 'todo' THEN 'retried' ELSE f.status END,
+           pg_backend_pid(), count(*)
+    FROM (SELECT queue_name, status FROM deleted UNION ALL SELECT queue_name, status FROM updated) AS f
+    GROUP BY 1, 2, 3
+    ON CONFLICT (minute, queue_name, outcome, backend) DO UPDATE SET count = s.count + excluded.count
 )
 SELECT id FROM deleted
 UNION ALL
@@ -464,3 +475,72 @@ SELECT pcq_set_paused(%(kind)s::text, %(name)s::text, %(paused)s::boolean, %(bat
 -- name: paused_list
 -- Returns the paused queues and tasks: kind ('queue' or 'task'), name, paused_at.
 SELECT kind, name, paused_at FROM pcq_paused ORDER BY kind, name;
+
+-- name: job_errors_list
+-- Returns the error history of one job (a JSON array, oldest first, one object per
+-- failed attempt: attempt, worker_id, at, type, message, traceback); nothing if
+-- the job does not exist.
+SELECT errors::text AS errors FROM pcq_jobs WHERE id = %(job_id)s;
+
+-- name: queue_stats
+-- Returns one row per queue that has waiting or running jobs: how many wait
+-- (todo: ready, scheduled or behind a lock) and run (doing), the age in seconds
+-- of the oldest job that could run now (queue latency) and of the longest-running one. Reads the todo and doing
+-- rows only (their partial indexes), never the finished ones, so its cost does
+-- not grow with history.
+WITH waiting AS (
+    SELECT queue_name,
+           count(*) AS todo,
+           -- ready, or due and not yet promoted by the stager; not behind a lock
+           extract(epoch FROM now() - min(coalesce(scheduled_at, created_at))
+               FILTER (WHERE waiting_for IS NULL
+                          OR (waiting_for = 'schedule' AND scheduled_at <= now())))::float8
+               AS oldest_ready_age
+    FROM pcq_jobs
+    WHERE status = 'todo'
+    GROUP BY queue_name
+),
+running AS (
+    SELECT queue_name,
+           count(*) AS doing,
+           extract(epoch FROM now() - min(started_at))::float8 AS oldest_running_age
+    FROM pcq_jobs
+    WHERE status = 'doing'
+    GROUP BY queue_name
+)
+SELECT coalesce(w.queue_name, r.queue_name) AS queue_name,
+       coalesce(w.todo, 0) AS todo,
+       coalesce(r.doing, 0) AS doing,
+       w.oldest_ready_age,
+       r.oldest_running_age
+FROM waiting AS w
+FULL JOIN running AS r ON r.queue_name = w.queue_name
+ORDER BY 1;
+
+-- name: outcome_stats_recent
+-- Returns the outcomes recorded per minute and queue over the last %(minutes)s
+-- minutes (database clock), oldest first: minute, queue_name, outcome
+-- (succeeded, failed, retried, aborted, ...), count. Reads the small per-minute
+-- table, never the jobs.
+SELECT minute, queue_name, outcome, sum(count)::bigint AS count
+FROM pcq_outcome_stats
+WHERE minute > date_trunc('minute', now()) - make_interval(mins => %(minutes)s)
+GROUP BY 1, 2, 3
+ORDER BY 1, 2, 3;
+
+-- name: outcome_stats_prune
+-- Forgets per-minute outcome counts older than %(hours)s hours; returns how many rows.
+WITH deleted AS (
+    DELETE FROM pcq_outcome_stats
+    WHERE minute < now() - make_interval(hours => %(hours)s)
+    RETURNING 1
+)
+SELECT count(*) AS deleted FROM deleted;
+
+-- name: worker_running_counts
+-- Returns (worker_id, running) for every worker holding running jobs
+-- (the running-jobs partial index; finished jobs are not read).
+SELECT worker_id, count(*) AS running
+FROM pcq_jobs
+WHERE status = 'doing' AND worker_id IS NOT NULL
+GROUP BY worker_id;

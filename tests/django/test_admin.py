@@ -257,11 +257,38 @@ def test_detail_shows_arguments_outcome_and_history(operator: Client, jobs: dict
     ]
     # Each event names its worker: none when deferred, worker 7 for the failure.
     rows = [row.split("</tr>")[0] for row in history.split("<tr>")[2:]]
-    assert rows[0].startswith("<td>deferred</td>") and rows[0].endswith("<td>-</td>")
-    assert rows[-1].startswith("<td>failed</td>") and rows[-1].endswith("<td>7</td>")
+    assert rows[0].startswith("<td>deferred</td>") and rows[0].endswith("<td>-</td><td></td>")
+    assert rows[-1].startswith("<td>failed</td>") and "<td>7</td>" in rows[-1]
+    # The failed attempt's row carries its error.
+    assert "<b>ValueError</b>: boom &lt;script&gt;" in rows[-1] and "Traceback ..." in rows[-1]
     succeeded = operator.get(f"{CHANGELIST}{jobs['succeeded']}/change/").content.decode()
     assert "&quot;done&quot;" in succeeded  # the result, as JSON
     assert "&quot;value&quot;: &quot;done&quot;" in succeeded  # the arguments
+
+
+def test_the_history_shows_every_attempts_error_after_a_retry_succeeds(
+    operator: Client, jobs: dict[str, int]
+) -> None:
+    job_id = jobs["doing"]  # attempt 1 is running on worker 7
+    for attempt, (status, error) in enumerate(
+        [("todo", "first"), ("doing", None), ("todo", "second"), ("doing", None), ("succeeded", None)],
+        start=1,
+    ):
+        fields: dict[str, Any] = {"status": status}
+        if error:
+            fields["error"] = json.dumps({"type": "OSError", "message": error, "traceback": f"tb {error}"})
+        elif status == "succeeded":
+            fields["error"] = None
+        if status == "doing":
+            fields["attempts"] = 1 + (attempt + 1) // 2
+        _set(job_id, **fields)
+    page = operator.get(f"{CHANGELIST}{job_id}/change/").content.decode()
+    history = page.split('<table class="pcq-history">')[1].split("</table>")[0]
+    retries = [row for row in history.split("<tr>") if row.startswith("<td>deferred_for_retry</td>")]
+    assert len(retries) == 2
+    assert "<b>OSError</b>: first" in retries[0] and "tb first" in retries[0]
+    assert "<b>OSError</b>: second" in retries[1] and "tb second" in retries[1]
+    assert "succeeded" in history
 
 
 def test_actions_are_listed_in_the_jobs_history(operator: Client, jobs: dict[str, int]) -> None:

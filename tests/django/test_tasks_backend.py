@@ -421,6 +421,20 @@ async def test_signals_of_async_tasks(signals_seen: list[tuple[str, str, str, ty
 
 
 @needs_db
+def test_errors_lists_the_error_of_each_execution_in_order() -> None:
+    """Django documents `errors` as the errors raised as part of each execution."""
+    result = tasks.fail.enqueue("first run")
+    run_worker()
+    assert app.job_manager.retry_job_by_id(int(result.id))
+    run_worker()
+    result.refresh()
+    assert result.status == TaskResultStatus.FAILED and result.attempts == 2
+    assert [error.exception_class for error in result.errors] == [ValueError, ValueError]
+    assert all("first run" in error.traceback for error in result.errors)
+    assert len({id(error) for error in result.errors}) == 2
+
+
+@needs_db
 def test_a_task_retried_through_the_queue_counts_its_attempts() -> None:
     result = tasks.describe_context.enqueue("twice")
     run_worker()
