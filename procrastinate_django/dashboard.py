@@ -50,14 +50,14 @@ def bar_chart(outcome: str, colour: str, minutes: Sequence[datetime.datetime], c
     top = max(counts) or 1
     bars = format_html_join(
         "",
-        '<rect x="{:.1f}" y="{:.1f}" width="{:.1f}" height="{:.1f}" fill="{}">'
+        '<rect x="{}" y="{}" width="{}" height="{}" fill="{}">'
         "<title>{}: {} {}</title></rect>",
         (
             (
-                i * bar,
-                height - (count / top) * height,
-                max(bar - gap, 1),
-                (count / top) * height,
+                f"{i * bar:.1f}",
+                f"{height - (count / top) * height:.1f}",
+                f"{max(bar - gap, 1):.1f}",
+                f"{(count / top) * height:.1f}",
                 colour,
                 minute.strftime("%H:%M"),
                 count,

@@ -31,7 +31,7 @@ def _error(n: int) -> dict[str, Any]:
 async def _attempt(m: JobManager, worker: int, job_id: int, **outcome: Any) -> None:
     [job] = await m.fetch_jobs_async(worker, None, 1)
     assert job.id == job_id
-    assert await m.finish_jobs_async([JobOutcome(job_id, worker, job.attempts, **outcome)]) == {job_id}
+    assert await m.finish_jobs_async([JobOutcome(job_id, worker, job.claims, **outcome)]) == {job_id}
 
 
 async def test_each_failed_attempt_keeps_its_error_after_a_retry_succeeds(every_connector):

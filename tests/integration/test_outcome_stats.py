@@ -28,7 +28,7 @@ def _forget_django_aliases() -> Iterator[None]:
 
 async def _run(m: JobManager, worker: int, queue: str = "qa", **outcome: Any) -> None:
     [job] = await m.fetch_jobs_async(worker, [queue], 1)
-    assert await m.finish_jobs_async([JobOutcome(job.id, worker, job.attempts, **outcome)]) == {job.id}
+    assert await m.finish_jobs_async([JobOutcome(job.id, worker, job.claims, **outcome)]) == {job.id}
 
 
 def _totals(rows: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
