@@ -1,5 +1,5 @@
 -- 0009: observability. Every attempt's error is kept, not only the last one;
--- outcomes are counted per minute.
+-- outcomes are counted per minute. Written so that running it again is harmless.
 --
 -- pcq_jobs.error keeps the latest attempt's error (what procrastinate users
 -- read); pcq_jobs.errors is the history: one object per failed attempt, in
@@ -12,7 +12,7 @@
 -- not grow its row forever). It lives in the job's row, so deleting or
 -- truncating jobs takes it along.
 
-ALTER TABLE pcq_jobs ADD COLUMN errors jsonb NOT NULL DEFAULT '[]'::jsonb;
+ALTER TABLE pcq_jobs ADD COLUMN IF NOT EXISTS errors jsonb NOT NULL DEFAULT '[]'::jsonb;
 
 -- Jobs that failed before this migration keep their one known error.
 UPDATE pcq_jobs
@@ -20,9 +20,9 @@ SET errors = jsonb_build_array(
     jsonb_build_object('attempt', attempts, 'worker_id', worker_id, 'at', finished_at)
     || CASE WHEN jsonb_typeof(error) = 'object' THEN error
             ELSE jsonb_build_object('message', error) END)
-WHERE error IS NOT NULL;
+WHERE error IS NOT NULL AND errors = '[]'::jsonb;
 
-CREATE FUNCTION pcq_keep_error_history() RETURNS trigger
+CREATE OR REPLACE FUNCTION pcq_keep_error_history() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     NEW.errors := CASE WHEN jsonb_array_length(OLD.errors) >= 50 THEN OLD.errors - 0
@@ -38,6 +38,7 @@ BEGIN
 END;
 $$;
 
+DROP TRIGGER IF EXISTS pcq_jobs_error_history ON pcq_jobs;
 CREATE TRIGGER pcq_jobs_error_history BEFORE UPDATE OF error ON pcq_jobs
     FOR EACH ROW
     -- a new error, or the same error raised again by a later attempt
@@ -51,7 +52,7 @@ CREATE TRIGGER pcq_jobs_error_history BEFORE UPDATE OF error ON pcq_jobs
 -- so concurrent workers never wait on one another's counter (the upsert of a row
 -- already written this minute by the same connection is a HOT update). Readers
 -- sum over backends; outcome_stats_prune forgets old minutes.
-CREATE TABLE pcq_outcome_stats (
+CREATE TABLE IF NOT EXISTS pcq_outcome_stats (
     minute     timestamptz NOT NULL,
     queue_name text        NOT NULL,
     outcome    text        NOT NULL,
