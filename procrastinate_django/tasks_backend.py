@@ -23,7 +23,6 @@ from django.tasks import Task, TaskResult, TaskResultStatus
 from django.tasks.backends.base import BaseTaskBackend
 from django.tasks.exceptions import InvalidTask, InvalidTaskBackend, TaskResultDoesNotExist
 from django.tasks.signals import task_enqueued
-from django.utils import timezone
 
 from procrastinate_core import exceptions
 from procrastinate_core.jobs import Job
@@ -96,11 +95,14 @@ class ProcrastinateBackend(BaseTaskBackend):
             schedule_at=django_task_results.schedule_at(task.run_after),
         )
         job_id = deferrer.defer(**payload)
+        # The database's clock, as get_result() reads it: enqueue(...) == get_result(id).
+        # Read back in the caller's transaction, where the new row is visible.
+        [job] = app.job_manager.list_jobs(id=job_id)
         result = TaskResult(
             task=task,
             id=str(job_id),
             status=TaskResultStatus.READY,
-            enqueued_at=timezone.now(),
+            enqueued_at=job.created_at,
             started_at=None,
             finished_at=None,
             last_attempted_at=None,

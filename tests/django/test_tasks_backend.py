@@ -137,6 +137,10 @@ def test_enqueue_run_and_read_the_result() -> None:
     assert result.args == [2, 3] and result.kwargs == {}
     assert result.backend == "default"
     assert result.enqueued_at is not None and result.worker_ids == [] and result.attempts == 0
+    # enqueued_at is the database's, the same value get_result() reads (and equality holds).
+    fetched = tasks.add.get_result(result.id)
+    assert fetched.enqueued_at == result.enqueued_at
+    assert fetched == result
     with pytest.raises(ValueError, match="Task has not finished yet"):
         _ = result.return_value
 
@@ -188,7 +192,8 @@ def test_a_return_value_that_is_not_json_fails_the_task() -> None:
     result.refresh()
     assert result.status == TaskResultStatus.FAILED
     [error] = result.errors
-    assert issubclass(error.exception_class, TypeError)
+    assert error.exception_class is TypeError  # as Django's own backends report it
+    assert error.exception_class_path == "builtins.TypeError"
     assert "returned a set, which cannot be stored as JSON" in error.traceback
 
 
