@@ -294,6 +294,19 @@ class ProcrastinateJobAdmin(admin.ModelAdmin):
         from procrastinate_django import dashboard
         from procrastinate_django.procrastinate_app import app
 
+        if request.method == "POST":
+            # Resume a paused queue or task: the same permission as the list's
+            # pause/resume actions (cancel_job). CSRF-checked by the admin view.
+            if not self.has_cancel_permission(request):
+                raise PermissionDenied
+            kind, name = request.POST.get("kind"), request.POST.get("name", "")
+            if kind not in ("queue", "task") or not name:
+                messages.error(request, "Resume what? Expected a paused queue or task.")
+            else:
+                released = getattr(app.job_manager, f"resume_{kind}")(name)
+                messages.success(request, f"Resumed {kind} {name}: {released} waiting job(s) released.")
+            return HttpResponseRedirect(request.path)
+
         try:
             refresh = max(int(request.GET.get("refresh", "10")), 0)
         except ValueError:
@@ -306,6 +319,7 @@ class ProcrastinateJobAdmin(admin.ModelAdmin):
             "refresh": refresh,
             "changelist_url": reverse("admin:procrastinate_django_procrastinatejob_changelist"),
             "breadcrumbs_as_list": django.VERSION >= (6, 0),
+            "can_resume": self.has_cancel_permission(request),
         }
         return TemplateResponse(request, "admin/procrastinate_django/dashboard.html", context)
 
@@ -389,3 +403,30 @@ class ProcrastinateWorkerAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+@admin.register(models_module.ProcrastinateDashboard)
+class ProcrastinateDashboardAdmin(admin.ModelAdmin):
+    """The admin index's "Dashboard" entry: it opens the jobs' dashboard page."""
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("procrastinate_django.view_procrastinatejob")
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return request.user.has_perm("procrastinate_django.view_procrastinatejob")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        return HttpResponseRedirect(reverse("admin:procrastinate_django_procrastinatejob_dashboard"))

@@ -68,7 +68,7 @@ def bar_chart(outcome: str, colour: str, minutes: Sequence[datetime.datetime], c
     )
     svg = format_html(
         '<svg class="pcq-chart" data-outcome="{}" data-total="{}" viewBox="0 0 {} {}" '
-        'width="100%" height="{}" role="img" aria-label="{} per minute over the last hour">'
+        'width="100%" height="{}" preserveAspectRatio="none" role="img" aria-label="{} per minute over the last hour">'
         '<rect width="{}" height="{}" fill="none" stroke="#ddd"></rect>{}</svg>',
         outcome,
         sum(counts),
@@ -114,6 +114,7 @@ def build(app: App) -> dict[str, Any]:
     outcomes = manager.get_outcome_stats(minutes=WINDOW_MINUTES)
     workers = manager.list_workers()
     running = manager.count_running_jobs_by_worker()
+    paused = manager.list_paused()
 
     last_hour: dict[str, dict[str, int]] = {}
     for row in outcomes:
@@ -157,6 +158,7 @@ def build(app: App) -> dict[str, Any]:
             for worker in workers
         ],
         "periodic": periodic,
+        "paused": paused,
         "window_minutes": WINDOW_MINUTES,
     }
 

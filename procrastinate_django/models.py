@@ -150,3 +150,15 @@ class ProcrastinatePeriodicDefer(ReadOnlyModel):
 
     def __str__(self) -> str:
         return f"{self.task_name}[{self.periodic_id}] at {self.defer_timestamp}"
+
+
+class ProcrastinateDashboard(ProcrastinateJob):
+    """No data of its own: the admin index's "Dashboard" entry (a proxy of the jobs).
+
+    Seeing it needs the jobs' view permission (procrastinate_django.view_procrastinatejob).
+    """
+
+    class Meta:
+        proxy = True
+        verbose_name = "dashboard"
+        verbose_name_plural = "dashboard"

@@ -24,7 +24,12 @@ def pytest_configure(config: pytest.Config) -> None:
     contract.PYTEST_CONFIG = config
 
 
-QUEUE_TABLES = "pcq_events, pcq_jobs, pcq_workers, pcq_periodic_defers"
+#: Every table of the queue but pcq_migrations: the catalog's list, so tables that later
+#: migrations add (pcq_paused, pcq_outcome_stats...) are emptied too.
+QUEUE_TABLES_SQL = (
+    "SELECT string_agg(quote_ident(tablename), ', ') FROM pg_tables "
+    "WHERE schemaname = current_schema() AND tablename LIKE 'pcq\\_%' AND tablename <> 'pcq_migrations'"
+)
 
 
 @pytest.fixture
@@ -38,7 +43,9 @@ def live_db(transactional_db: Any) -> Iterator[None]:
     from django.db import connection
 
     with connection.cursor() as cursor:
-        cursor.execute(f"TRUNCATE {QUEUE_TABLES} RESTART IDENTITY CASCADE")
+        cursor.execute(QUEUE_TABLES_SQL)
+        (tables,) = cursor.fetchone()
+        cursor.execute(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
 
 
 @pytest.fixture

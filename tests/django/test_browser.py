@@ -156,3 +156,43 @@ def test_the_job_list_fits_a_1280_px_window(browser: Any, live_server: Any) -> N
         browser.save_screenshot(os.environ["PCQ_SCREENSHOT"])
     assert results_scroll <= results_width, overflow
     assert page_scroll <= page_width, overflow
+
+
+def test_the_dashboard_charts_what_just_ran_and_resumes_a_paused_queue(
+    browser: Any, live_server: Any
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    from procrastinate_django import app
+
+    User.objects.create_superuser("boss", "boss@example.invalid", "s3cret-pass")
+    done = [record.configure(queue="charted").defer(value=str(i)) for i in range(3)]
+    held = record.configure(queue="held").defer(value="held")
+    app.job_manager.pause_queue("held")
+    with background_worker(concurrency=2):
+        for job_id in done:
+            wait_for_status(job_id, "succeeded")
+    browser.set_window_size(1280, 900)
+    browser.get(f"{live_server.url}/admin/login/?next=/admin/")
+    browser.find_element(By.NAME, "username").send_keys("boss")
+    browser.find_element(By.NAME, "password").send_keys("s3cret-pass")
+    browser.find_element(By.CSS_SELECTOR, "input[type=submit], button[type=submit]").click()
+    # From the admin index to the dashboard.
+    browser.find_element(By.CSS_SELECTOR, "a[href$='/procrastinatedashboard/']").click()
+    wait_until(lambda: browser.current_url.endswith("/dashboard/"), what="the dashboard")
+    chart = browser.find_element(By.CSS_SELECTOR, "svg.pcq-chart[data-outcome='succeeded']")
+    assert chart.get_attribute("data-total") == "3"
+    assert chart.size["width"] > 200 and chart.size["height"] > 50  # drawn, not collapsed
+    bars = [r for r in chart.find_elements(By.TAG_NAME, "rect") if float(r.get_attribute("height")) > 0]
+    assert len(bars) >= 2  # the frame and at least one bar for the last minute
+    row = browser.find_element(By.CSS_SELECTOR, "tr[data-queue='charted']")
+    assert "3" in row.text
+    if os.environ.get("PCQ_SCREENSHOT"):
+        browser.save_screenshot(os.environ["PCQ_SCREENSHOT"].replace(".png", "-dashboard.png"))
+    # Resume the paused queue from the page; its job then runs.
+    browser.find_element(By.CSS_SELECTOR, "tr[data-paused='queue:held'] button").click()
+    message = browser.find_element(By.CSS_SELECTOR, "ul.messagelist li").text
+    assert message == "Resumed queue held: 1 waiting job(s) released."
+    assert not browser.find_elements(By.CSS_SELECTOR, "tr[data-paused='queue:held']")
+    with background_worker(concurrency=1):
+        wait_for_status(held, "succeeded")

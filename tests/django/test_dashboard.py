@@ -98,3 +98,46 @@ def test_charts_put_each_count_in_its_minute() -> None:
     assert succeeded.counts[-1] == 4 and succeeded.counts[-2] == 2 and succeeded.total == 6
     assert failed.total == 0 and retried.counts[-2] == 1
     assert "<title>10:30: 4 succeeded</title>" in succeeded.svg
+
+
+@pytest.mark.django_db
+def test_the_admin_index_links_to_the_dashboard() -> None:
+    client = _viewer()
+    index = client.get("/admin/").content.decode()
+    assert "/admin/procrastinate_django/procrastinatedashboard/" in index and ">Dashboard<" in index
+    response = client.get("/admin/procrastinate_django/procrastinatedashboard/")
+    assert response.status_code == 302 and response["Location"] == DASHBOARD
+    # Staff who may not view jobs see no entry.
+    nobody = User.objects.create_user("nobody", password="pw", is_staff=True)
+    other = Client()
+    other.force_login(nobody)
+    assert "procrastinatedashboard" not in other.get("/admin/").content.decode()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_paused_queue_is_listed_and_resumed_from_the_dashboard(live_db: None) -> None:
+    from procrastinate_django import app
+
+    waiting = record.configure(queue="held").defer(value="later")
+    app.job_manager.pause_queue("held")
+    viewer = _viewer()
+    page = viewer.get(DASHBOARD).content.decode()
+    assert 'data-paused="queue:held"' in page
+    assert ">Resume</button>" not in page  # viewing is not acting
+    assert viewer.post(DASHBOARD, {"kind": "queue", "name": "held"}).status_code == 403
+    assert app.job_manager.list_paused_queues() == ["held"]
+
+    operator = User.objects.create_user("operator", password="pw", is_staff=True)
+    for codename in ("view_procrastinatejob", "cancel_job"):
+        operator.user_permissions.add(
+            Permission.objects.get(codename=codename, content_type__app_label="procrastinate_django")
+        )
+    client = Client()
+    client.force_login(operator)
+    assert ">Resume</button>" in client.get(DASHBOARD).content.decode()
+    done = client.post(DASHBOARD, {"kind": "queue", "name": "held"}, follow=True).content.decode()
+    assert "Resumed queue held: 1 waiting job(s) released." in done
+    assert app.job_manager.list_paused_queues() == []
+    run_deferred_jobs()
+    [job] = app.job_manager.list_jobs(id=waiting)
+    assert job.status == "succeeded"
