@@ -209,11 +209,14 @@ def test_f23_async_task_blocking_the_loop_is_taken_for_dead(harness: Harness) ->
     """Documented limit: an async task that blocks the event loop (time.sleep) longer than
     stalled_worker_timeout stops the heartbeat: the worker logs "Event loop blocked", is
     taken for dead, the job runs again elsewhere and the late outcome is refused. Such a
-    job cannot complete (every run blocks too long); it is never recorded twice."""
-    a = harness.start_worker("A")
+    job cannot complete (every run blocks too long); it is never recorded twice. Each time
+    its worker is taken for dead counts a stalled recovery, so with the default bound
+    (max_stalled_recoveries=3) it would end failed as a poison job before the fix below;
+    the bound is raised here to watch the recoveries themselves."""
+    a = harness.start_worker("A", max_stalled_recoveries=50)
     [job] = harness.defer("blocking_async", kwargs={"seconds": 4})
     wait_until(lambda: harness.starts(job) == 1, what="blocking job running")
-    harness.start_worker("B")
+    harness.start_worker("B", max_stalled_recoveries=50)
     wait_until(lambda: harness.starts(job) == 2, timeout=RECOVERY_WINDOW + 4, what="job run again by B")
     a.wait_log(r"Event loop blocked for [0-9.]+ s", timeout=10)
     a.wait_log(rf"Outcome of job {job} \(attempt 1\) refused", timeout=10)
