@@ -81,7 +81,11 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace")
 
     def wait_log(self, pattern: str, timeout: float = 10) -> None:
-        wait_until(lambda: re.search(pattern, self.logs()), timeout=timeout, what=f"log {pattern!r} of {self.role}")
+        wait_until(
+            lambda: re.search(pattern, self.logs()),
+            timeout=timeout,
+            what=f"log {pattern!r} of {self.role}",
+        )
 
 
 class Harness:
@@ -97,7 +101,14 @@ class Harness:
         self.dbname = self.conn.info.dbname
 
     # -- workers -------------------------------------------------------------
-    def start_worker(self, role: str = "worker", *, wait_ready: bool = True, env: dict[str, str] | None = None, **options: Any) -> WorkerProcess:
+    def start_worker(
+        self,
+        role: str = "worker",
+        *,
+        wait_ready: bool = True,
+        env: dict[str, str] | None = None,
+        **options: Any,
+    ) -> WorkerProcess:
         opts = {**FAST, "name": role, **options}
         log_path = self.tmp / f"{role}-{len(self.workers)}.log"
         environment = {
@@ -120,12 +131,16 @@ class Harness:
         worker = WorkerProcess(proc, log_path, role)
         self.workers.append(worker)
         if wait_ready:
-            wait_until(lambda: self._registered(worker), timeout=15, what=f"worker {role} registered")
+            wait_until(
+                lambda: self._registered(worker), timeout=15, what=f"worker {role} registered"
+            )
         return worker
 
     def _registered(self, worker: WorkerProcess) -> bool:
         if worker.proc.poll() is not None:
-            raise AssertionError(f"worker {worker.role} exited with {worker.proc.returncode}:\n{worker.logs()}")
+            raise AssertionError(
+                f"worker {worker.role} exited with {worker.proc.returncode}:\n{worker.logs()}"
+            )
         return bool(self.one("SELECT count(*) FROM pcq_workers WHERE pid = %s", (worker.pid,)))
 
     def stop_all(self, timeout: float = 20) -> None:
@@ -139,7 +154,9 @@ class Harness:
             except subprocess.TimeoutExpired:
                 worker.proc.kill()
                 worker.wait(5)
-                raise AssertionError(f"worker {worker.role} did not stop within {timeout}s:\n{worker.logs()[-3000:]}") from None
+                raise AssertionError(
+                    f"worker {worker.role} did not stop within {timeout}s:\n{worker.logs()[-3000:]}"
+                ) from None
 
     # -- queries -------------------------------------------------------------
     def one(self, query: str, params: Any = None) -> Any:
@@ -178,13 +195,28 @@ class Harness:
     def starts(self, job_id: int) -> int:
         return int(self.one("SELECT count(*) FROM fault_ledger WHERE job_id = %s", (job_id,)))
 
+    def finished_by(self, pid: int) -> list[int]:
+        """Jobs whose body this process ran to success: killed before its outcome was
+        written, such a job runs again elsewhere (at-least-once), so `check` must allow
+        it a second success."""
+        rows = self.all(
+            "SELECT DISTINCT job_id FROM fault_ledger WHERE pid = %s AND outcome = 'success'",
+            (pid,),
+        )
+        return [row[0] for row in rows]
+
     def successes(self) -> dict[int, int]:
-        return dict(self.all("SELECT job_id, count(*) FROM fault_ledger WHERE outcome = 'success' GROUP BY job_id"))
+        return dict(
+            self.all(
+                "SELECT job_id, count(*) FROM fault_ledger WHERE outcome = 'success' GROUP BY job_id"
+            )
+        )
 
     def wait_status(self, job_ids: list[int], status: str, timeout: float = 20) -> None:
         def done() -> bool:
             return self.one(
-                "SELECT count(*) FROM pcq_jobs WHERE id = ANY(%s) AND status = %s", (job_ids, status)
+                "SELECT count(*) FROM pcq_jobs WHERE id = ANY(%s) AND status = %s",
+                (job_ids, status),
             ) == len(job_ids)
 
         try:
@@ -198,10 +230,15 @@ class Harness:
             if worker.proc.poll() is None:
                 os.kill(worker.pid, signal.SIGUSR1)
         time.sleep(0.3)  # let the stack dumps reach the logs
-        counts = self.all("SELECT status, worker_id, count(*) FROM pcq_jobs GROUP BY 1, 2 ORDER BY 1, 2")
+        counts = self.all(
+            "SELECT status, worker_id, count(*) FROM pcq_jobs GROUP BY 1, 2 ORDER BY 1, 2"
+        )
         counts += self.all("SELECT id, attempts, worker_id FROM pcq_jobs WHERE status = 'doing'")
         workers = self.all("SELECT id, name, pid, now() - last_heartbeat FROM pcq_workers")
-        logs = "\n".join(f"--- {w.role} (pid {w.pid}, rc {w.proc.poll()})\n{w.logs()[-6000:]}" for w in self.workers)
+        logs = "\n".join(
+            f"--- {w.role} (pid {w.pid}, rc {w.proc.poll()})\n{w.logs()[-6000:]}"
+            for w in self.workers
+        )
         return f"jobs: {counts}\nworkers: {workers}\n{logs}"
 
     def backends(self, application_name: str) -> list[int]:
@@ -274,10 +311,12 @@ class Harness:
             assert not mismatched, f"I2: recorded attempt has no ledger success: {mismatched[:20]}"
         # I4
         wait_until(
-            lambda: not self.all(
-                "SELECT application_name FROM pg_stat_activity WHERE datname = %s "
-                "AND application_name LIKE 'fault-%%' AND application_name NOT IN ('fault-test', 'fault-ledger')",
-                (self.dbname,),
+            lambda: (
+                not self.all(
+                    "SELECT application_name FROM pg_stat_activity WHERE datname = %s "
+                    "AND application_name LIKE 'fault-%%' AND application_name NOT IN ('fault-test', 'fault-ledger')",
+                    (self.dbname,),
+                )
             ),
             timeout=10,
             what="I4: worker connections gone",
@@ -288,7 +327,9 @@ class Harness:
             for block in text.split("Traceback (most recent call last)")[1:]:
                 head = block[:4000]
                 if not any(re.search(pattern, head) for pattern in expected_tracebacks):
-                    raise AssertionError(f"I6: unexpected traceback in {worker.role}:\nTraceback{head[:2500]}")
+                    raise AssertionError(
+                        f"I6: unexpected traceback in {worker.role}:\nTraceback{head[:2500]}"
+                    )
 
     def close(self) -> None:
         for worker in self.workers:
@@ -336,7 +377,9 @@ class PrivateServer:
     def __init__(self) -> None:
         self.name = f"fault{os.getpid()}"
         self.port = _free_port()
-        self.kind = "debian" if shutil.which("pg_createcluster") and os.geteuid() == 0 else "pgserver"
+        self.kind = (
+            "debian" if shutil.which("pg_createcluster") and os.geteuid() == 0 else "pgserver"
+        )
         self.version = "15"
         self.embedded: Any = None
         self.folder: str | None = None
@@ -347,11 +390,26 @@ class PrivateServer:
             versions = sorted(os.listdir("/usr/lib/postgresql"))
             self.version = versions[-1]
             subprocess.run(
-                ["pg_createcluster", self.version, self.name, "--port", str(self.port), "--start",
-                 "--", "--auth-local=trust", "--auth-host=trust"],
-                check=True, capture_output=True,
+                [
+                    "pg_createcluster",
+                    self.version,
+                    self.name,
+                    "--port",
+                    str(self.port),
+                    "--start",
+                    "--",
+                    "--auth-local=trust",
+                    "--auth-host=trust",
+                ],
+                check=True,
+                capture_output=True,
             )
-            self.params = {"host": "127.0.0.1", "port": str(self.port), "user": "postgres", "dbname": "postgres"}
+            self.params = {
+                "host": "127.0.0.1",
+                "port": str(self.port),
+                "user": "postgres",
+                "dbname": "postgres",
+            }
         else:  # pragma: no cover - used where Debian's wrappers are missing
             import pgserver
 
@@ -369,7 +427,12 @@ class PrivateServer:
             if not entry.isdigit():
                 continue
             try:
-                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                cmdline = (
+                    Path(f"/proc/{entry}/cmdline")
+                    .read_bytes()
+                    .replace(b"\0", b" ")
+                    .decode(errors="replace")
+                )
             except OSError:
                 continue
             if marker in cmdline and ("postgres" in cmdline):
@@ -377,14 +440,20 @@ class PrivateServer:
                     os.kill(int(entry), signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-        wait_until(lambda: not self._running_processes(marker), timeout=10, what="private server processes gone")
+        wait_until(
+            lambda: not self._running_processes(marker),
+            timeout=10,
+            what="private server processes gone",
+        )
 
     @staticmethod
     def _running_processes(marker: str) -> bool:
         for entry in os.listdir("/proc"):
             if entry.isdigit():
                 try:
-                    if marker in Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    if marker in Path(f"/proc/{entry}/cmdline").read_bytes().replace(
+                        b"\0", b" "
+                    ).decode(errors="replace"):
                         return True
                 except OSError:
                     continue
@@ -403,17 +472,28 @@ class PrivateServer:
         errors: list[str] = []
         for attempt in range(6):
             result = subprocess.run(
-                ["pg_ctlcluster", self.version, self.name, "start"], capture_output=True, text=True, timeout=60
+                ["pg_ctlcluster", self.version, self.name, "start"],
+                capture_output=True,
+                text=True,
+                timeout=60,
             )
             if result.returncode == 0 or self.reachable():
                 return
-            errors.append(f"attempt {attempt + 1}: exit {result.returncode}: {result.stderr.strip()}")
+            errors.append(
+                f"attempt {attempt + 1}: exit {result.returncode}: {result.stderr.strip()}"
+            )
             if attempt >= 1 and self._running_processes(marker):
                 self._kill_processes()
             time.sleep(1 + attempt)
         log = Path(f"/var/log/postgresql/postgresql-{self.version}-{self.name}.log")
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:]) if log.exists() else "(no log)"
-        raise RuntimeError("private server would not start:\n" + "\n".join(errors) + "\nserver log:\n" + tail)
+        tail = (
+            "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+            if log.exists()
+            else "(no log)"
+        )
+        raise RuntimeError(
+            "private server would not start:\n" + "\n".join(errors) + "\nserver log:\n" + tail
+        )
 
     def dsn(self, dbname: str = "postgres") -> str:
         return psycopg.conninfo.make_conninfo(**{**self.params, "dbname": dbname})
@@ -469,7 +549,10 @@ class PrivateServer:
     def remove(self) -> None:
         if self.kind == "debian":
             # immediate: a fast stop waits for a checkpoint we do not need
-            subprocess.run(["pg_ctlcluster", self.version, self.name, "stop", "-m", "immediate"], capture_output=True)
+            subprocess.run(
+                ["pg_ctlcluster", self.version, self.name, "stop", "-m", "immediate"],
+                capture_output=True,
+            )
             subprocess.run(["pg_dropcluster", self.version, self.name], capture_output=True)
         elif self.embedded is not None:  # pragma: no cover
             self.embedded.cleanup()
@@ -487,14 +570,21 @@ def private_server() -> Iterator[PrivateServer]:
 
 
 @pytest.fixture(params=CONNECTORS)
-def private_harness(request: pytest.FixtureRequest, private_server: PrivateServer, tmp_path: Path) -> Iterator[Harness]:
+def private_harness(
+    request: pytest.FixtureRequest, private_server: PrivateServer, tmp_path: Path
+) -> Iterator[Harness]:
     name = f"fault_{request.param}_{os.getpid()}_{int(time.time() * 1000) % 100000}"
     if not private_server.reachable():
         try:
             private_server.ctl("start")  # a previous scenario may have left it down
         except (subprocess.CalledProcessError, RuntimeError):
             pass  # already starting, or its log was reported: wait below
-    wait_until(private_server.reachable, timeout=60, interval=0.2, what="private server accepting connections")
+    wait_until(
+        private_server.reachable,
+        timeout=60,
+        interval=0.2,
+        what="private server accepting connections",
+    )
     dsn = private_server.create_database(name)
     h = Harness(dsn, request.param, tmp_path)
     yield h

@@ -23,12 +23,20 @@ LIMIT = 3
 def _defer_limited(harness: Harness, key: str, count: int, seconds: float) -> list[int]:
     """Jobs with a concurrency key, inserted as JobDeferrer does (job_defer_flow_many)."""
     jobs = [
-        {"queue_name": "default", "task_name": "sleep_async", "args": {"seconds": seconds},
-         "concurrency_key": key, "concurrency_limit": LIMIT, "unique_states": ["todo", "doing"],
-         "on_conflict": "raise"}
+        {
+            "queue_name": "default",
+            "task_name": "sleep_async",
+            "args": {"seconds": seconds},
+            "concurrency_key": key,
+            "concurrency_limit": LIMIT,
+            "unique_states": ["todo", "doing"],
+            "on_conflict": "raise",
+        }
         for _ in range(count)
     ]
-    rows = harness.all(query("job_defer_flow_many"), {"jobs": json.dumps(jobs), "all_or_nothing": False})
+    rows = harness.all(
+        query("job_defer_flow_many"), {"jobs": json.dumps(jobs), "all_or_nothing": False}
+    )
     return [row[1] for row in sorted(rows)]
 
 
@@ -64,12 +72,19 @@ def test_limits_and_a_paused_queue_with_a_worker_killed(harness: Harness) -> Non
     victim = harness.start_worker("A", concurrency=4)
     victim.expected_exit = -signal.SIGKILL
     harness.start_worker("B", concurrency=4)
-    wait_until(lambda: harness.one("SELECT count(DISTINCT pid) FROM fault_ledger") >= 2, what="two workers busy")
     wait_until(
-        lambda: harness.one(
-            "SELECT count(*) FROM pcq_jobs AS j JOIN pcq_workers AS w ON w.id = j.worker_id "
-            "WHERE j.status = 'doing' AND w.pid = %s", (victim.pid,)
-        ) >= 2,
+        lambda: harness.one("SELECT count(DISTINCT pid) FROM fault_ledger") >= 2,
+        what="two workers busy",
+    )
+    wait_until(
+        lambda: (
+            harness.one(
+                "SELECT count(*) FROM pcq_jobs AS j JOIN pcq_workers AS w ON w.id = j.worker_id "
+                "WHERE j.status = 'doing' AND w.pid = %s",
+                (victim.pid,),
+            )
+            >= 2
+        ),
         what="the victim holding slots",
     )
     victim.signal(signal.SIGKILL)
@@ -81,24 +96,56 @@ def test_limits_and_a_paused_queue_with_a_worker_killed(harness: Harness) -> Non
     harness.wait_status(everything, "succeeded", timeout=RECOVERY_WINDOW + 60)
     # The paused queue started nothing, with four workers idle beside it.
     assert harness.one("SELECT count(*) FROM fault_ledger WHERE job_id = ANY(%s)", (paused,)) == 0
-    assert harness.one("SELECT count(*) FROM pcq_events WHERE job_id = ANY(%s) AND type = 'started'", (paused,)) == 0
+    assert (
+        harness.one(
+            "SELECT count(*) FROM pcq_events WHERE job_id = ANY(%s) AND type = 'started'", (paused,)
+        )
+        == 0
+    )
     with psycopg.connect(harness.dsn, autocommit=True) as conn:
-        resumed_at = conn.execute("SELECT pcq_set_paused('queue', 'held', false, 1000), clock_timestamp()").fetchone()[1]
+        resumed_at = conn.execute(
+            "SELECT pcq_set_paused('queue', 'held', false, 1000), clock_timestamp()"
+        ).fetchone()[1]
     harness.wait_status(paused, "succeeded", timeout=20)
     # Abort the hostage (it would sleep a minute); it ends aborted or succeeded once recovered.
-    harness.conn.execute("UPDATE pcq_jobs SET abort_requested = true WHERE id = ANY(%s) AND status = 'doing'", (hostages,))
-    wait_until(lambda: harness.one("SELECT count(*) FROM pcq_jobs WHERE id = ANY(%s) AND status = 'doing'",
-                                   (hostages,)) == 0, timeout=RECOVERY_WINDOW + 30, what="the hostage ended")
+    harness.conn.execute(
+        "UPDATE pcq_jobs SET abort_requested = true WHERE id = ANY(%s) AND status = 'doing'",
+        (hostages,),
+    )
+    wait_until(
+        lambda: (
+            harness.one(
+                "SELECT count(*) FROM pcq_jobs WHERE id = ANY(%s) AND status = 'doing'", (hostages,)
+            )
+            == 0
+        ),
+        timeout=RECOVERY_WINDOW + 30,
+        what="the hostage ended",
+    )
     harness.stop_all()
     for key in keys:
-        assert _max_running(harness, key, killed_at) <= LIMIT, f"more than {LIMIT} jobs of {key} ran at once"
+        assert _max_running(harness, key, killed_at) <= LIMIT, (
+            f"more than {LIMIT} jobs of {key} ran at once"
+        )
     # The limit was used, not just respected: some key ran LIMIT at once.
     assert max(_max_running(harness, key, killed_at) for key in keys) == LIMIT
-    early = harness.one("SELECT count(*) FROM fault_ledger WHERE job_id = ANY(%s) AND started_at < %s", (paused, resumed_at))
+    early = harness.one(
+        "SELECT count(*) FROM fault_ledger WHERE job_id = ANY(%s) AND started_at < %s",
+        (paused, resumed_at),
+    )
     assert early == 0
     # every job succeeded once (the victim's interrupted ones were run again)
-    harness.check(expect_success=everything + paused, expected_tracebacks=("CancelledError", "JobAborted"))
-    victims = harness.all(
-        "SELECT job_id FROM fault_ledger WHERE finished_at IS NULL AND job_id <> ALL(%s)", (hostages,)
+    harness.check(
+        expect_success=everything + paused,
+        expected_tracebacks=("CancelledError", "JobAborted"),
+        zombies=harness.finished_by(
+            victim.pid
+        ),  # finished, then killed before its outcome was written
     )
-    assert victims, "the kill interrupted no limited job: the scenario proved nothing about recovery"
+    victims = harness.all(
+        "SELECT job_id FROM fault_ledger WHERE finished_at IS NULL AND job_id <> ALL(%s)",
+        (hostages,),
+    )
+    assert victims, (
+        "the kill interrupted no limited job: the scenario proved nothing about recovery"
+    )
