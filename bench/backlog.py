@@ -167,7 +167,9 @@ async def run(server: Server, system: System, scale: float) -> tuple[float, int,
                 server.drop(dbname)
             extra[f"{shape}_clean_jobs_per_s"] = statistics.median(clean_rates)
             extra[f"{shape}_jobs_per_s"] = statistics.median(shape_rates)
-            extra[f"{shape}_ratio"] = extra[f"{shape}_jobs_per_s"] / extra[f"{shape}_clean_jobs_per_s"]
+            extra[f"{shape}_ratio"] = (
+                extra[f"{shape}_jobs_per_s"] / extra[f"{shape}_clean_jobs_per_s"]
+            )
             extra[f"{shape}_size"] = float(size[shape])
     finally:
         server.drop(clean)

@@ -49,7 +49,9 @@ def _drop(dsn: str, name: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def _defer_many(conn: psycopg.Connection[Any], jobs: list[dict[str, Any]], flow_fields: bool) -> None:
+def _defer_many(
+    conn: psycopg.Connection[Any], jobs: list[dict[str, Any]], flow_fields: bool
+) -> None:
     for start in range(0, len(jobs), 10_000):
         chunk = json.dumps(jobs[start : start + 10_000])
         if flow_fields:
@@ -61,23 +63,63 @@ def _defer_many(conn: psycopg.Connection[Any], jobs: list[dict[str, Any]], flow_
 def _prepare(dsn: str, shape: str, free: int, backlog: int) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         if shape == "limited":
-            jobs = [{"queue_name": "limited", "task_name": "noop", "args": {}, "concurrency_key": f"K{n % 10}",
-                     "concurrency_limit": 1, "unique_states": ["todo", "doing"], "on_conflict": "raise"}
-                    for n in range(backlog + 10)]
+            jobs = [
+                {
+                    "queue_name": "limited",
+                    "task_name": "noop",
+                    "args": {},
+                    "concurrency_key": f"K{n % 10}",
+                    "concurrency_limit": 1,
+                    "unique_states": ["todo", "doing"],
+                    "on_conflict": "raise",
+                }
+                for n in range(backlog + 10)
+            ]
             _defer_many(conn, jobs, flow_fields=True)
-            holder = conn.execute("INSERT INTO pcq_workers (name) VALUES ('holder') RETURNING id").fetchone()[0]
-            held = conn.execute(sql.query("job_fetch_many"), {"worker_id": holder, "queues": ["limited"], "limit": 100}).fetchall()
+            holder = conn.execute(
+                "INSERT INTO pcq_workers (name) VALUES ('holder') RETURNING id"
+            ).fetchone()[0]
+            held = conn.execute(
+                sql.query("job_fetch_many"),
+                {"worker_id": holder, "queues": ["limited"], "limit": 100},
+            ).fetchall()
             assert len(held) == 10, held
         elif shape == "paused":
-            conn.execute(sql.query("paused_set"), {"kind": "queue", "name": "held", "paused": True, "batch": 1000})
-            _defer_many(conn, [{"queue_name": "held", "task_name": "noop", "priority": 0, "args": {}} for _ in range(backlog)], False)
+            conn.execute(
+                sql.query("paused_set"),
+                {"kind": "queue", "name": "held", "paused": True, "batch": 1000},
+            )
+            _defer_many(
+                conn,
+                [
+                    {"queue_name": "held", "task_name": "noop", "priority": 0, "args": {}}
+                    for _ in range(backlog)
+                ],
+                False,
+            )
         if shape == "limited_drain":
-            jobs = [{"queue_name": "default", "task_name": "noop", "args": {}, "concurrency_key": f"K{n % 10}",
-                     "concurrency_limit": 100, "unique_states": ["todo", "doing"], "on_conflict": "raise"}
-                    for n in range(free)]
+            jobs = [
+                {
+                    "queue_name": "default",
+                    "task_name": "noop",
+                    "args": {},
+                    "concurrency_key": f"K{n % 10}",
+                    "concurrency_limit": 100,
+                    "unique_states": ["todo", "doing"],
+                    "on_conflict": "raise",
+                }
+                for n in range(free)
+            ]
             _defer_many(conn, jobs, flow_fields=True)
         else:
-            _defer_many(conn, [{"queue_name": "default", "task_name": "noop", "priority": 0, "args": {}} for _ in range(free)], False)
+            _defer_many(
+                conn,
+                [
+                    {"queue_name": "default", "task_name": "noop", "priority": 0, "args": {}}
+                    for _ in range(free)
+                ],
+                False,
+            )
         conn.execute("VACUUM ANALYZE pcq_jobs")
 
 
@@ -92,7 +134,9 @@ def _drain(dsn: str) -> float:
     async def main() -> float:
         async with app.open_async():
             started = time.perf_counter()
-            await app.run_worker_async(queues=["default"], concurrency=10, wait=False, delete_jobs="successful")
+            await app.run_worker_async(
+                queues=["default"], concurrency=10, wait=False, delete_jobs="successful"
+            )
             return time.perf_counter() - started
 
     return asyncio.run(main())
@@ -105,7 +149,9 @@ def round_(dsn: str, shape: str, free: int, backlog: int) -> float:
         _prepare(db, shape, free, backlog)
         seconds = _drain(db)
         with psycopg.connect(db) as conn:
-            left = conn.execute("SELECT count(*) FROM pcq_jobs WHERE queue_name = 'default'").fetchone()[0]
+            left = conn.execute(
+                "SELECT count(*) FROM pcq_jobs WHERE queue_name = 'default'"
+            ).fetchone()[0]
         assert left == 0, f"{shape}: {left} jobs of the drained queue left"
         return free / seconds
     finally:

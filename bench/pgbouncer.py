@@ -38,7 +38,9 @@ def _connector_arguments(route: str, dsn: str, direct_host: dict[str, str]) -> d
     return arguments
 
 
-async def _one(route: str, dsn: str, direct_dsn: str, direct_host: dict[str, str], args: Any) -> dict[str, float]:
+async def _one(
+    route: str, dsn: str, direct_dsn: str, direct_host: dict[str, str], args: Any
+) -> dict[str, float]:
     arguments = _connector_arguments(route, dsn, direct_host)
     loader = Ours.make_app(pc.PsycopgConnector(conninfo=direct_dsn, min_size=1, max_size=1))
     async with loader.open_async():
@@ -60,18 +62,27 @@ async def _one(route: str, dsn: str, direct_dsn: str, direct_host: dict[str, str
     app = Ours.make_app(pc.PsycopgConnector(min_size=size, max_size=size, **arguments))
     async with app.open_async():
         start = time.perf_counter()
-        await app.run_worker_async(concurrency=args.concurrency, wait=False, install_signal_handlers=False)
+        await app.run_worker_async(
+            concurrency=args.concurrency, wait=False, install_signal_handlers=False
+        )
         drain_seconds = time.perf_counter() - start
     with psycopg.connect(direct_dsn) as conn:
         row = conn.execute("SELECT count(*) FROM pcq_jobs WHERE status = 'succeeded'").fetchone()
     assert row is not None and row[0] == args.jobs + args.defers, f"{route}: {row} jobs succeeded"
-    return {"defer_sync": args.defers / defer_seconds, "drain": (args.jobs + args.defers) / drain_seconds}
+    return {
+        "defer_sync": args.defers / defer_seconds,
+        "drain": (args.jobs + args.defers) / drain_seconds,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.pgbouncer", description=__doc__)
-    parser.add_argument("--jobs", type=int, default=5000, help="jobs preloaded for the drain (default 5000)")
-    parser.add_argument("--defers", type=int, default=1000, help="single sync defers timed (default 1000)")
+    parser.add_argument(
+        "--jobs", type=int, default=5000, help="jobs preloaded for the drain (default 5000)"
+    )
+    parser.add_argument(
+        "--defers", type=int, default=1000, help="single sync defers timed (default 1000)"
+    )
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
@@ -89,9 +100,14 @@ def main() -> None:
                 try:
                     with psycopg.connect(server.conninfo(name), autocommit=True) as conn:
                         conn.execute(read_schema())
-                    params = {**(bouncers[route].params if route != "direct" else server.params), "dbname": name}
+                    params = {
+                        **(bouncers[route].params if route != "direct" else server.params),
+                        "dbname": name,
+                    }
                     dsn = psycopg.conninfo.make_conninfo(**params)
-                    results[route].append(asyncio.run(_one(route, dsn, server.conninfo(name), direct_host, args)))
+                    results[route].append(
+                        asyncio.run(_one(route, dsn, server.conninfo(name), direct_host, args))
+                    )
                 finally:
                     server.drop_database(name)
     finally:
@@ -104,8 +120,12 @@ def main() -> None:
         cells = []
         for key in ("defer_sync", "drain"):
             values = [r[key] for r in results[route]]
-            cells.append(f"{statistics.median(values):,.0f} ({min(values):,.0f}–{max(values):,.0f})")
-        print(f"| {route if route == 'direct' else 'PgBouncer ' + route} | {cells[0]} | {cells[1]} |")
+            cells.append(
+                f"{statistics.median(values):,.0f} ({min(values):,.0f}–{max(values):,.0f})"
+            )
+        print(
+            f"| {route if route == 'direct' else 'PgBouncer ' + route} | {cells[0]} | {cells[1]} |"
+        )
 
 
 if __name__ == "__main__":

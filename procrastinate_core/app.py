@@ -141,7 +141,10 @@ class App(Blueprint):
             # this one was made from with with_connector().
             configured = task.configure(**options)
             return JobDeferrer(
-                self.job_manager, configured.job, connection=connection, flow_options=configured.flow
+                self.job_manager,
+                configured.job,
+                connection=connection,
+                flow_options=configured.flow,
             )
         if not allow_unknown:
             raise exceptions.TaskNotFound(
@@ -169,7 +172,10 @@ class App(Blueprint):
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.close()
 

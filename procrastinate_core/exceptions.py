@@ -1,30 +1,30 @@
 """Every public exception of procrastinate_core, in one hierarchy.
 
-    ProcrastinateException
-    ├── ConfigurationError            bad option, setting or cron: names it and the fix
-    │   ├── SyncConnectorConfigurationError   async-only work asked of a sync connector
-    │   ├── InvalidCronExpression
-    │   └── MiddlewareKindMismatch    a sync middleware on an async task (or the reverse)
-    ├── MissingDriverError (also ImportError)  optional driver not installed: names the extra
-    ├── ArgumentSerializationError (also TypeError)  job arguments that cannot be stored as JSON
-    ├── TaskArgumentsError (also TypeError)  defer's keyword arguments do not fit the task's signature
-    ├── AppNotOpen                    the app (its connector) must be opened first
-    ├── ConnectorException            anything the database or driver raised, translated
-    │   ├── DatabaseConnectionError   cannot reach the server (never shows the password)
-    │   └── UniqueViolation           a unique constraint, with its name
-    ├── AlreadyEnqueued               a job with this queueing lock is already waiting
-    │   └── UniqueJobConflict         a job with this unique key exists (flow.py, #13)
-    ├── TaskNotFound                  no task of that name among the registered ones
-    ├── JobNotFound (also LookupError)  no job with that id
-    ├── LoadFromPathError             a dotted path that does not import
-    ├── SchemaError                   the database is not at the code's schema version
-    │   └── SchemaNotInstalled        our tables are missing: names the command that creates them
-    ├── UnboundTaskError              a Blueprint task used before the blueprint joins an App
-    ├── JobError                      a job's task raised (wraps the cause)
-    ├── JobAborted                    raised by a task (or for it) when its job is aborted
-    ├── JobTimeout (also TimeoutError)  a job ran past its task's timeout
-    ├── OutcomeRefused                an attempt's outcome the database cannot store
-    └── PoisonJob                     (error type only) its worker died running it too often
+ProcrastinateException
+├── ConfigurationError            bad option, setting or cron: names it and the fix
+│   ├── SyncConnectorConfigurationError   async-only work asked of a sync connector
+│   ├── InvalidCronExpression
+│   └── MiddlewareKindMismatch    a sync middleware on an async task (or the reverse)
+├── MissingDriverError (also ImportError)  optional driver not installed: names the extra
+├── ArgumentSerializationError (also TypeError)  job arguments that cannot be stored as JSON
+├── TaskArgumentsError (also TypeError)  defer's keyword arguments do not fit the task's signature
+├── AppNotOpen                    the app (its connector) must be opened first
+├── ConnectorException            anything the database or driver raised, translated
+│   ├── DatabaseConnectionError   cannot reach the server (never shows the password)
+│   └── UniqueViolation           a unique constraint, with its name
+├── AlreadyEnqueued               a job with this queueing lock is already waiting
+│   └── UniqueJobConflict         a job with this unique key exists (flow.py, #13)
+├── TaskNotFound                  no task of that name among the registered ones
+├── JobNotFound (also LookupError)  no job with that id
+├── LoadFromPathError             a dotted path that does not import
+├── SchemaError                   the database is not at the code's schema version
+│   └── SchemaNotInstalled        our tables are missing: names the command that creates them
+├── UnboundTaskError              a Blueprint task used before the blueprint joins an App
+├── JobError                      a job's task raised (wraps the cause)
+├── JobAborted                    raised by a task (or for it) when its job is aborted
+├── JobTimeout (also TimeoutError)  a job ran past its task's timeout
+├── OutcomeRefused                an attempt's outcome the database cannot store
+└── PoisonJob                     (error type only) its worker died running it too often
 """
 
 from __future__ import annotations
@@ -122,6 +122,7 @@ class TaskArgumentsError(ProcrastinateException, TypeError):
 class SchemaNotInstalled(SchemaError):
     """A query met a missing table of ours: the schema was never applied to this database."""
 
+
 class JobTimeout(ProcrastinateException, TimeoutError):
     """A job ran longer than its task's `timeout`; recorded as the attempt's error."""
 
@@ -144,7 +145,10 @@ class UniqueJobConflict(AlreadyEnqueued):
     """
 
     def __init__(
-        self, *args: object, job_ids: list[int | None] | None = None, conflict_ids: list[int | None] | None = None
+        self,
+        *args: object,
+        job_ids: list[int | None] | None = None,
+        conflict_ids: list[int | None] | None = None,
     ) -> None:
         super().__init__(*args)
         self.job_ids = list(job_ids or [])

@@ -69,8 +69,15 @@ def _check_key(option: str, value: Any) -> Key | None:
 
 
 OPTION_NAMES = frozenset(
-    {"concurrency_key", "concurrency_limit", "unique_key", "unique_states", "unique_for",
-     "on_conflict", "all_or_nothing"}
+    {
+        "concurrency_key",
+        "concurrency_limit",
+        "unique_key",
+        "unique_states",
+        "unique_for",
+        "on_conflict",
+        "all_or_nothing",
+    }
 )
 
 
@@ -80,7 +87,9 @@ def build(
     """FlowOptions from user input; a ConfigurationError names the bad option and the fix."""
     unknown = sorted(set(options) - OPTION_NAMES)
     if unknown:
-        raise TypeError(f"unknown task option(s) {unknown}; flow-control options are {sorted(OPTION_NAMES)}")
+        raise TypeError(
+            f"unknown task option(s) {unknown}; flow-control options are {sorted(OPTION_NAMES)}"
+        )
     return _build(**options)
 
 
@@ -96,7 +105,8 @@ def _build(
 ) -> FlowOptions:
     key = _check_key("concurrency_key", concurrency_key)
     if concurrency_limit is not None and (
-        isinstance(concurrency_limit, bool) or not isinstance(concurrency_limit, int)
+        isinstance(concurrency_limit, bool)
+        or not isinstance(concurrency_limit, int)
         or not 1 <= concurrency_limit < 2**31
     ):
         raise exceptions.ConfigurationError(
@@ -116,7 +126,11 @@ def _build(
     if isinstance(unique_for, datetime.timedelta):
         unique_for = unique_for.total_seconds()
     if unique_for is not None:
-        if isinstance(unique_for, bool) or not isinstance(unique_for, int | float) or not unique_for > 0:
+        if (
+            isinstance(unique_for, bool)
+            or not isinstance(unique_for, int | float)
+            or not unique_for > 0
+        ):
             raise exceptions.ConfigurationError(
                 f"unique_for={unique_for!r}: expected a positive number of seconds or a timedelta"
             )
@@ -130,7 +144,9 @@ def _build(
             f"on_conflict={on_conflict!r}: expected one of {list(ON_CONFLICT)}"
         )
     if not isinstance(all_or_nothing, bool):
-        raise exceptions.ConfigurationError(f"all_or_nothing={all_or_nothing!r}: expected True or False")
+        raise exceptions.ConfigurationError(
+            f"all_or_nothing={all_or_nothing!r}: expected True or False"
+        )
     return FlowOptions(
         concurrency_key=key,
         concurrency_limit=concurrency_limit,
@@ -164,12 +180,17 @@ def _resolve(option: str, key: Key | None, kwargs: dict[str, Any], task_name: st
 
 
 def payload(
-    template: Job, flow: FlowOptions, kwargs_list: Sequence[dict[str, Any]], args_json: Sequence[str]
+    template: Job,
+    flow: FlowOptions,
+    kwargs_list: Sequence[dict[str, Any]],
+    args_json: Sequence[str],
 ) -> str:
     """job_defer_flow_many's JSON array: one object per job, its args as already-encoded text."""
     name = template.task_name
-    concurrency_key = flow.concurrency_key if flow.concurrency_key is not None else (
-        name if flow.concurrency_limit is not None else None
+    concurrency_key = (
+        flow.concurrency_key
+        if flow.concurrency_key is not None
+        else (name if flow.concurrency_limit is not None else None)
     )
     common = {
         "queue_name": template.queue,

@@ -50,7 +50,9 @@ class FlowOperations(HasConnector):
     def _set_paused(self, kind: Literal["queue", "task"], name: str, paused: bool) -> Plan[int]:
         """Pause or resume, holding or releasing its jobs in bounded batches; how many."""
         if not isinstance(name, str) or not name:
-            raise exceptions.ConfigurationError(f"{kind} name {name!r}: expected a non-empty string")
+            raise exceptions.ConfigurationError(
+                f"{kind} name {name!r}: expected a non-empty string"
+            )
         params = {"kind": kind, "name": name, "paused": paused, "batch": PAUSE_BATCH_SIZE}
         total = 0
         while True:

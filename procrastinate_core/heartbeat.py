@@ -65,7 +65,11 @@ class HeartbeatService(Service):
                 "registered again as worker %d",
                 worker_id,
                 new_id,
-                extra={"action": "worker_reregistered", "old_worker_id": worker_id, "worker_id": new_id},
+                extra={
+                    "action": "worker_reregistered",
+                    "old_worker_id": worker_id,
+                    "worker_id": new_id,
+                },
             )
         return 0.0
 

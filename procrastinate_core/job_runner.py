@@ -95,7 +95,9 @@ def _log_extra(running: RunningJob) -> dict[str, Any]:
 def error_record(exc: BaseException) -> dict[str, Any]:
     """{type, message, traceback}: how a failure is kept on the job."""
     cls = type(exc)
-    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    name = (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
     return {
         "type": name,
         "message": str(exc),
@@ -205,7 +207,9 @@ class JobRunner:
         args: tuple[Any, ...] = (context,) if task.pass_context else ()
         kwargs = dict(context.job.task_kwargs)
         worker = self.worker
-        chain = middleware.task_chain(self.options.task_middleware, task.task_middleware, task.is_async)
+        chain = middleware.task_chain(
+            self.options.task_middleware, task.task_middleware, task.is_async
+        )
 
         if task.is_async:
 
@@ -224,14 +228,18 @@ class JobRunner:
                 return middleware.compose(chain, call_task_sync, context, worker)()
 
             async def run_task() -> Any:
-                return await SyncToAsync(run_in_thread, thread_sensitive=False, executor=self.executor)()
+                return await SyncToAsync(
+                    run_in_thread, thread_sensitive=False, executor=self.executor
+                )()
 
         return await middleware.compose(self.options.worker_middleware, run_task, context, worker)()
 
     # -- outcomes ------------------------------------------------------------
     def _outcome(self, running: RunningJob, status: Status, **fields: Any) -> JobOutcome:
         delete = self.options.delete_jobs is DeleteJobCondition.ALWAYS and status.is_final
-        delete |= self.options.delete_jobs is DeleteJobCondition.SUCCESSFUL and status is Status.SUCCEEDED
+        delete |= (
+            self.options.delete_jobs is DeleteJobCondition.SUCCESSFUL and status is Status.SUCCEEDED
+        )
         return JobOutcome(
             job_id=running.job.id or 0,
             worker_id=running.worker_id,
@@ -264,7 +272,9 @@ class JobRunner:
                 f"be stored as its result: {problem}. Return a smaller, JSON-compatible value "
                 "(store big data elsewhere and return a reference to it)."
             )
-            logger.warning(message, extra={"action": "result_not_stored", **running.job.log_context()})
+            logger.warning(
+                message, extra={"action": "result_not_stored", **running.job.log_context()}
+            )
             error = exceptions.OutcomeRefused(message)
             return self._outcome(running, Status.FAILED, error=error_record(error))
         return self._outcome(running, Status.SUCCEEDED, result=result, result_bytes=len(text or ""))
@@ -310,8 +320,10 @@ class JobRunner:
             )
             timeout.__cause__ = exc if not isinstance(exc, asyncio.CancelledError) else None
             return self.failed(running, timeout)
-        if reason is AbortReason.SHUTDOWN and not running.released and (
-            self.options.shutdown_timeout_action is ShutdownTimeoutAction.ABORT
+        if (
+            reason is AbortReason.SHUTDOWN
+            and not running.released
+            and (self.options.shutdown_timeout_action is ShutdownTimeoutAction.ABORT)
         ):
             # Past the graceful timeout, procrastinate's way: the job ends aborted.
             return self._outcome(
@@ -319,7 +331,9 @@ class JobRunner:
                 Status.ABORTED,
                 error=error_record(exc) if isinstance(exc, exceptions.JobAborted) else None,
             )
-        if reason is AbortReason.SHUTDOWN or (reason is None and isinstance(exc, asyncio.CancelledError)):
+        if reason is AbortReason.SHUTDOWN or (
+            reason is None and isinstance(exc, asyncio.CancelledError)
+        ):
             # The worker is stopping: give the job back to the queue (attempt counted).
             return self._outcome(running, Status.TODO)
         return self._outcome(
@@ -328,7 +342,9 @@ class JobRunner:
             error=error_record(exc) if isinstance(exc, exceptions.JobAborted) else None,
         )
 
-    def _log_end(self, running: RunningJob, outcome: JobOutcome, exc: BaseException | None = None) -> None:
+    def _log_end(
+        self, running: RunningJob, outcome: JobOutcome, exc: BaseException | None = None
+    ) -> None:
         if outcome.status is Status.TODO:
             label = "requeued" if outcome.error is None else "retry"
         else:

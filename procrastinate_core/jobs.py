@@ -90,7 +90,9 @@ class Job:
         to re-run, so copying the fields is all replace would do."""
         unknown = changes.keys() - _FIELD_NAMES
         if unknown:
-            raise TypeError(f"Job has no field(s) {sorted(unknown)}; fields: {sorted(_FIELD_NAMES)}")
+            raise TypeError(
+                f"Job has no field(s) {sorted(unknown)}; fields: {sorted(_FIELD_NAMES)}"
+            )
         new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
         new.__dict__.update(changes)
@@ -115,9 +117,7 @@ class Job:
         }
 
     @classmethod
-    def from_row(
-        cls, row: Mapping[str, Any], json_loads: Callable[[str], Any] = json.loads
-    ) -> Job:
+    def from_row(cls, row: Mapping[str, Any], json_loads: Callable[[str], Any] = json.loads) -> Job:
         """Build a Job from a row of job_fetch_many / job_list (JSON columns as text)."""
         args = row["args"]
         result = row.get("result")

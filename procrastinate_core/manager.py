@@ -131,7 +131,9 @@ class JobManager(FlowOperations, HasConnector):  # FlowOperations: flow control 
     """Reads and changes jobs; the only code that knows which query does what."""
 
     def __init__(
-        self, connector: BaseConnector, max_payload_bytes: int = validation.DEFAULT_MAX_PAYLOAD_BYTES
+        self,
+        connector: BaseConnector,
+        max_payload_bytes: int = validation.DEFAULT_MAX_PAYLOAD_BYTES,
     ) -> None:
         self.connector = connector
         #: the largest JSON text of one job's arguments that defer sends (App(max_payload_bytes=))
@@ -264,7 +266,9 @@ class JobManager(FlowOperations, HasConnector):  # FlowOperations: flow control 
     prune_periodic_defers, prune_periodic_defers_async = paired(_prune_periodic_defers)
 
     # -- the worker's side -----------------------------------------------------
-    def _fetch_jobs(self, worker_id: int, queues: Iterable[str] | None, limit: int) -> Op[list[Job]]:
+    def _fetch_jobs(
+        self, worker_id: int, queues: Iterable[str] | None, limit: int
+    ) -> Op[list[Job]]:
         """Claim up to `limit` ready jobs for a worker, best first."""
         params = {
             "worker_id": worker_id,
@@ -310,7 +314,9 @@ class JobManager(FlowOperations, HasConnector):  # FlowOperations: flow control 
 
     recover_stalled_jobs, recover_stalled_jobs_async = paired(_recover_stalled_jobs)
 
-    def _release_unknown_jobs(self, worker_id: int, known_ids: list[int]) -> Op[list[tuple[int, Status]]]:
+    def _release_unknown_jobs(
+        self, worker_id: int, known_ids: list[int]
+    ) -> Op[list[tuple[int, Status]]]:
         """Requeue this worker's running jobs it does not know of (a claim whose reply was lost)."""
         return Op(
             "job_release_unknown",
@@ -324,12 +330,17 @@ class JobManager(FlowOperations, HasConnector):  # FlowOperations: flow control 
     def _list_jobs_to_abort(self, worker_id: int) -> Op[list[int]]:
         """Ids of this worker's running jobs that were asked to abort."""
         return Op(
-            "job_list_to_abort", {"worker_id": worker_id}, "all", lambda rows: [r["id"] for r in rows]
+            "job_list_to_abort",
+            {"worker_id": worker_id},
+            "all",
+            lambda rows: [r["id"] for r in rows],
         )
 
     list_jobs_to_abort, list_jobs_to_abort_async = paired(_list_jobs_to_abort)
 
-    def _register_worker(self, name: str | None = None, host: str | None = None, pid: int | None = None) -> Op[int]:
+    def _register_worker(
+        self, name: str | None = None, host: str | None = None, pid: int | None = None
+    ) -> Op[int]:
         """Register a worker; its id."""
         return Op("worker_register", {"name": name, "host": host, "pid": pid}, "one", _first("id"))
 
@@ -418,10 +429,17 @@ class JobManager(FlowOperations, HasConnector):  # FlowOperations: flow control 
         """
         if delete_job:
             return Op(
-                "job_delete_waiting", {"job_id": job_id}, "one", lambda row: row is not None, connection
+                "job_delete_waiting",
+                {"job_id": job_id},
+                "one",
+                lambda row: row is not None,
+                connection,
             )
         return Op(
-            "job_cancel", {"job_id": job_id, "abort": abort}, "one", lambda row: row is not None,
+            "job_cancel",
+            {"job_id": job_id, "abort": abort},
+            "one",
+            lambda row: row is not None,
             connection,
         )
 
@@ -480,7 +498,12 @@ class JobManager(FlowOperations, HasConnector):  # FlowOperations: flow control 
         statuses += ["failed"] if include_failed else []
         statuses += ["cancelled"] if include_cancelled else []
         statuses += ["aborted"] if include_aborted else []
-        params = {"nb_hours": float(nb_hours), "queue": validation.check_filter("queue", queue), "statuses": statuses, "batch_size": batch_size}
+        params = {
+            "nb_hours": float(nb_hours),
+            "queue": validation.check_filter("queue", queue),
+            "statuses": statuses,
+            "batch_size": batch_size,
+        }
         return self._delete_old_batches(params)
 
     @staticmethod
@@ -615,7 +638,6 @@ class JobManager(FlowOperations, HasConnector):  # FlowOperations: flow control 
     _retry_job_sync, retry_job_async = paired(_retry_job)
     retry_job = either_colour(_retry_job_sync, retry_job_async)
 
-
     # -- readiness (migration 0006) ------------------------------------------------
     def _promote_due_jobs(self, limit: int = 1000) -> Op[int]:
         """Make up to `limit` scheduled jobs whose time has come (database clock) claimable.
@@ -649,7 +671,9 @@ class JobManager(FlowOperations, HasConnector):  # FlowOperations: flow control 
     def _count_running_jobs_by_worker(self) -> Op[dict[int, int]]:
         """How many jobs each worker is running now (workers running none are absent)."""
         return Op(
-            "worker_running_counts", {}, "all",
+            "worker_running_counts",
+            {},
+            "all",
             lambda rows: {int(row["worker_id"]): int(row["running"]) for row in rows},
         )
 

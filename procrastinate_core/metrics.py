@@ -179,7 +179,8 @@ class QueueCollector:
             return
         core = require_prometheus().core
         jobs = core.GaugeMetricFamily(
-            "procrastinate_queue_jobs", "Jobs waiting (todo) or running (doing), per queue",
+            "procrastinate_queue_jobs",
+            "Jobs waiting (todo) or running (doing), per queue",
             labels=["queue", "status"],
         )
         latency = core.GaugeMetricFamily(

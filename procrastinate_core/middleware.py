@@ -98,7 +98,9 @@ def check_worker_task_middleware(items: Iterable[Any]) -> None:
         _callable(item, "task_middleware")
 
 
-def task_chain(worker_wide: Sequence[Any], task_middleware: Sequence[Any], task_is_async: bool) -> Sequence[Any]:
+def task_chain(
+    worker_wide: Sequence[Any], task_middleware: Sequence[Any], task_is_async: bool
+) -> Sequence[Any]:
     """The task middleware around one task: the worker-wide ones of its colour, then its own."""
     if not worker_wide:
         return task_middleware
@@ -107,7 +109,9 @@ def task_chain(worker_wide: Sequence[Any], task_middleware: Sequence[Any], task_
     )
 
 
-def compose(middlewares: Sequence[Middleware], innermost: CallNext, context: Any, worker: Any) -> CallNext:
+def compose(
+    middlewares: Sequence[Middleware], innermost: CallNext, context: Any, worker: Any
+) -> CallNext:
     """`innermost` wrapped by the middlewares, the first one outermost."""
     call_next = innermost
     for middleware in reversed(list(middlewares)):

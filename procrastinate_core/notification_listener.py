@@ -72,7 +72,9 @@ class NotificationListener(Service):
 
     async def step(self) -> float:
         try:
-            await self.connector.listen_notify(list(self.config.channels), self._on_notification, self._on_listening)
+            await self.connector.listen_notify(
+                list(self.config.channels), self._on_notification, self._on_listening
+            )
         finally:
             self.listening = False
         return self.backoff.initial  # returned (it should not): listen again shortly

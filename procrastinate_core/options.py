@@ -66,7 +66,11 @@ class WorkerOptions:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "queues", validation.check_queues(self.queues, where="worker"))
-        if isinstance(self.concurrency, bool) or not isinstance(self.concurrency, int) or self.concurrency < 1:
+        if (
+            isinstance(self.concurrency, bool)
+            or not isinstance(self.concurrency, int)
+            or self.concurrency < 1
+        ):
             raise exceptions.ConfigurationError(
                 f"concurrency={self.concurrency!r}: expected an int >= 1"
             )

@@ -69,7 +69,11 @@ def refused_outcome(outcome: JobOutcome, reason: str) -> JobOutcome:
         lock=None,
         result=None,
         result_bytes=0,
-        error={"type": f"{cls.__module__}.{cls.__qualname__}", "message": str(error), "traceback": ""},
+        error={
+            "type": f"{cls.__module__}.{cls.__qualname__}",
+            "message": str(error),
+            "traceback": "",
+        },
     )
 
 
@@ -80,7 +84,9 @@ class OutcomeRecorder(Service):
     what = "Recording job outcomes"
     backoff = Backoff(initial=0.05, cap=MAX_BACKOFF)
 
-    def __init__(self, job_manager: JobManager, on_recorded: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self, job_manager: JobManager, on_recorded: Callable[[], None] = lambda: None
+    ) -> None:
         super().__init__()
         self.job_manager = job_manager
         self.on_recorded = on_recorded
@@ -145,7 +151,11 @@ class OutcomeRecorder(Service):
         except Exception as exc:
             self._wake.set()
             if not is_content_error(exc):
-                if len(batch) > 1 and self.failures + 1 >= SPLIT_AFTER and not is_connection_error(exc):
+                if (
+                    len(batch) > 1
+                    and self.failures + 1 >= SPLIT_AFTER
+                    and not is_connection_error(exc)
+                ):
                     # Timeouts or deadlocks again and again: maybe one outcome's doing, so
                     # the others go on in halves. Alone, an outcome is retried as it is.
                     middle = len(batch) // 2
@@ -182,21 +192,33 @@ class OutcomeRecorder(Service):
             self._parts.appendleft(batch[:middle])
             return
         [outcome] = batch
-        if outcome.job_id in self.refused_ids and outcome.result is None and outcome.status is Status.FAILED:
+        if (
+            outcome.job_id in self.refused_ids
+            and outcome.result is None
+            and outcome.status is Status.FAILED
+        ):
             # Even the plain failure is refused: nothing more to try. The job stays
             # `doing` and is recovered as stalled once this worker is gone.
             logger.error(
                 "The database refused the failure recorded for job %d (%s); giving up on it",
                 outcome.job_id,
                 exc,
-                extra={"action": "outcome_dropped", "job_id": outcome.job_id, "attempt": outcome.attempt},
+                extra={
+                    "action": "outcome_dropped",
+                    "job_id": outcome.job_id,
+                    "attempt": outcome.attempt,
+                },
             )
             return
         logger.error(
             "The database refused the outcome of job %d (%s); recording it as failed",
             outcome.job_id,
             exc,
-            extra={"action": "outcome_refused", "job_id": outcome.job_id, "attempt": outcome.attempt},
+            extra={
+                "action": "outcome_refused",
+                "job_id": outcome.job_id,
+                "attempt": outcome.attempt,
+            },
         )
         self.refused_ids.add(outcome.job_id)
         self._parts.appendleft([refused_outcome(outcome, f"{type(exc).__name__}: {exc}")])

@@ -109,7 +109,9 @@ class PeriodicTask:
 
     def ticks_between(self, start: float, end: float) -> Iterator[int]:
         """Tick timestamps t with start < t <= end, oldest first."""
-        iterator = croniter(self.cron, datetime.datetime.fromtimestamp(start, datetime.timezone.utc))
+        iterator = croniter(
+            self.cron, datetime.datetime.fromtimestamp(start, datetime.timezone.utc)
+        )
         while True:
             tick = iterator.get_next(float)
             if tick > end:
@@ -118,7 +120,9 @@ class PeriodicTask:
 
     def next_tick(self, after: float) -> float:
         """The first tick strictly after `after` (Unix time)."""
-        iterator = croniter(self.cron, datetime.datetime.fromtimestamp(after, datetime.timezone.utc))
+        iterator = croniter(
+            self.cron, datetime.datetime.fromtimestamp(after, datetime.timezone.utc)
+        )
         return float(iterator.get_next(float))
 
 

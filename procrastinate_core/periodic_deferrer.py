@@ -89,7 +89,12 @@ class PeriodicDeferrer(Service):
 
     @classmethod
     def from_app(cls, app: App, clock: Callable[[], float] | None = None) -> PeriodicDeferrer:
-        return cls(app.job_manager, app.periodic_tasks, PeriodicConfig.from_defaults(app.periodic_defaults), clock)
+        return cls(
+            app.job_manager,
+            app.periodic_tasks,
+            PeriodicConfig.from_defaults(app.periodic_defaults),
+            clock,
+        )
 
     def due_ticks(self, periodic_task: PeriodicTask, now: float) -> list[int]:
         """Ticks to defer now; on the first look, only the latest within max_delay."""

@@ -123,4 +123,3 @@ def get_retry_strategy(retry: RetryValue) -> BaseRetryStrategy | None:
     raise exceptions.ConfigurationError(
         f"retry={retry!r}: expected True/False, an int, or a RetryStrategy"
     )
-

@@ -177,7 +177,15 @@ def defer_payload(
     fields_text: dict[tuple[Any, ...], str] = {}
     parts = []
     for job, args in zip(jobs, args_json, strict=True):
-        key = (job.queue, job.task_name, job.priority, job.lock, job.queueing_lock, job.scheduled_at, job.schedule_in_seconds)
+        key = (
+            job.queue,
+            job.task_name,
+            job.priority,
+            job.lock,
+            job.queueing_lock,
+            job.scheduled_at,
+            job.schedule_in_seconds,
+        )
         text = fields_text.get(key)
         if text is None:
             text = fields_text[key] = _fields_text(job)

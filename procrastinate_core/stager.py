@@ -64,7 +64,9 @@ class Stager(Service):
                 break
         if total:
             logger.debug(
-                "Promoted %d due scheduled job(s)", total, extra={"action": "jobs_promoted", "count": total}
+                "Promoted %d due scheduled job(s)",
+                total,
+                extra={"action": "jobs_promoted", "count": total},
             )
         return total
 

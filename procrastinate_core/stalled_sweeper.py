@@ -45,7 +45,10 @@ class StalledJobSweeper(Service):
     what = "Stalled-job sweep"
 
     def __init__(
-        self, job_manager: JobManager, config: SweeperConfig, on_recovered: Callable[[], None] = lambda: None
+        self,
+        job_manager: JobManager,
+        config: SweeperConfig,
+        on_recovered: Callable[[], None] = lambda: None,
     ) -> None:
         super().__init__()
         self.job_manager = job_manager

@@ -64,9 +64,7 @@ def _scheduled_at(
         return None, delta.total_seconds()
     if schedule_at is not None:
         if not isinstance(schedule_at, datetime.datetime):
-            raise exceptions.ConfigurationError(
-                f"schedule_at={schedule_at!r}: expected a datetime"
-            )
+            raise exceptions.ConfigurationError(f"schedule_at={schedule_at!r}: expected a datetime")
         if schedule_at.tzinfo is None:
             raise exceptions.ConfigurationError(
                 f"schedule_at={schedule_at!r} has no time zone; pass an aware datetime "
@@ -153,12 +151,13 @@ class JobDeferrer:
             self.job, texts, connection=self.connection
         )
 
-
     # -- flow control (#13): each item decided on its own, see flow.py ------------
     def _flow_defer(self, kwargs_list: list[dict[str, Any]]) -> list[int]:
         assert self.flow is not None
         texts = [self._encoded(kwargs) for kwargs in kwargs_list]
-        results = self.job_manager.defer_flow(self.job, self.flow, kwargs_list, texts, connection=self.connection)
+        results = self.job_manager.defer_flow(
+            self.job, self.flow, kwargs_list, texts, connection=self.connection
+        )
         return flow.ids_or_raise(self.job.task_name, results)
 
     async def _flow_defer_async(self, kwargs_list: list[dict[str, Any]]) -> list[int]:
@@ -168,6 +167,7 @@ class JobDeferrer:
             self.job, self.flow, kwargs_list, texts, connection=self.connection
         )
         return flow.ids_or_raise(self.job.task_name, results)
+
 
 class ArgumentCheck:
     """Checks a job's keyword arguments against its task's signature, at defer.
@@ -186,9 +186,14 @@ class ArgumentCheck:
             self.any_keyword = True
         else:
             self.any_keyword = any(p.kind is p.VAR_KEYWORD for p in parameters)
-        if pass_context and parameters and parameters[0].kind in (
-            inspect.Parameter.POSITIONAL_ONLY,
-            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        if (
+            pass_context
+            and parameters
+            and parameters[0].kind
+            in (
+                inspect.Parameter.POSITIONAL_ONLY,
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            )
         ):
             parameters = parameters[1:]  # the JobContext
         keyword_kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
@@ -301,7 +306,9 @@ class Task(Generic[P, R, Args]):
         self.queue = validation.check_name("queue", queue, where=where)
         self.priority = validation.check_priority(priority, where=where)
         self.lock = validation.check_optional_name("lock", lock, where=where)
-        self.queueing_lock = validation.check_optional_name("queueing_lock", queueing_lock, where=where)
+        self.queueing_lock = validation.check_optional_name(
+            "queueing_lock", queueing_lock, where=where
+        )
         #: concurrency_key/_limit, unique_key/_states/_for, on_conflict (flow.py, #13)
         self.flow = flow.build(**flow_options)
         if self.flow.concurrency_limit is not None:
@@ -384,7 +391,9 @@ class Task(Generic[P, R, Args]):
         if not self.check_kwargs:
             return None
         if self._signature is None:
-            self._signature = ArgumentCheck(self.func, task_name=self.name, pass_context=self.pass_context)
+            self._signature = ArgumentCheck(
+                self.func, task_name=self.name, pass_context=self.pass_context
+            )
         return self._signature
 
     def _default_deferrer(self) -> JobDeferrer:
@@ -393,7 +402,9 @@ class Task(Generic[P, R, Args]):
         cached = self._default_job
         if cached is None or cached[0] != key:
             cached = self._default_job = (key, self.configure().job)
-        return JobDeferrer(self.app.job_manager, cached[1], self._argument_check(), flow_options=self.flow)
+        return JobDeferrer(
+            self.app.job_manager, cached[1], self._argument_check(), flow_options=self.flow
+        )
 
     def _no_positional(self, args: tuple[Any, ...]) -> None:
         if args:

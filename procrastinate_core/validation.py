@@ -49,23 +49,31 @@ LIMITS: dict[str, NameLimit] = {
     limit.field: limit
     for limit in (
         NameLimit(
-            "queue", 50, False,
+            "queue",
+            50,
+            False,
             "queue names name PostgreSQL notification channels (pcq_q_<queue>, 63 bytes at "
             "most); use a shorter name",
         ),
         NameLimit("task", 1024, False, "use a shorter task name (name= on @app.task)"),
         NameLimit(
-            "lock", 1024, False,
+            "lock",
+            1024,
+            False,
             "locks are index keys; pass a short key, e.g. a hash of a long one "
             "(hashlib.sha256(key.encode()).hexdigest()), or None for no lock",
         ),
         NameLimit(
-            "queueing_lock", 1024, False,
+            "queueing_lock",
+            1024,
+            False,
             "queueing locks are index keys; pass a short key, e.g. a hash of a long one "
             "(hashlib.sha256(key.encode()).hexdigest()), or None for no queueing lock",
         ),
         NameLimit(
-            "periodic_id", 256, True,
+            "periodic_id",
+            256,
+            True,
             "periodic ids are part of a primary key; use a shorter id",
         ),
     )
@@ -220,8 +228,10 @@ def check_import_paths(value: Any, *, where: str = "import_paths") -> tuple[str,
         )
     paths = tuple(value)
     for path in paths:
-        if not isinstance(path, str) or not path or not all(
-            part.isidentifier() for part in path.split(".")
+        if (
+            not isinstance(path, str)
+            or not path
+            or not all(part.isidentifier() for part in path.split("."))
         ):
             raise exceptions.ConfigurationError(
                 f"{where}: {path!r} is not a dotted module path; expected e.g. 'shop.tasks'"

@@ -96,7 +96,10 @@ class Worker:
     @property
     def services(self) -> list[Service]:
         """Every service, in start order."""
-        return [*(self.essentials.services if self.essentials else []), *(self.feeders.services if self.feeders else [])]
+        return [
+            *(self.essentials.services if self.essentials else []),
+            *(self.feeders.services if self.feeders else []),
+        ]
 
     # -- controls --------------------------------------------------------------
     def wake(self) -> None:
@@ -146,7 +149,11 @@ class Worker:
             self.app.periodic_defaults,
             callbacks,
         )
-        self.recorder, self.abort_watcher, self.listener = services.recorder, services.abort_watcher, services.listener
+        self.recorder, self.abort_watcher, self.listener = (
+            services.recorder,
+            services.abort_watcher,
+            services.listener,
+        )
         return services.essentials, services.feeders
 
     # -- running ---------------------------------------------------------------
@@ -170,7 +177,11 @@ class Worker:
                 self.options.name,
                 ", ".join(self.options.queues) if self.options.queues else "all",
                 self.options.concurrency,
-                extra={"action": "start_worker", "worker_id": self.worker_id, "queues": self.options.queues},
+                extra={
+                    "action": "start_worker",
+                    "worker_id": self.worker_id,
+                    "queues": self.options.queues,
+                },
             )
             logger.info(  # which wake-up mode this worker runs in (docs/pgbouncer.md)
                 "Worker %s wakes up by %s",
@@ -225,7 +236,9 @@ class Worker:
         if self.worker_id is None:
             return
         try:
-            await bounded(self.app.job_manager.unregister_worker_async(self.worker_id), SHUTDOWN_DB_TIMEOUT)
+            await bounded(
+                self.app.job_manager.unregister_worker_async(self.worker_id), SHUTDOWN_DB_TIMEOUT
+            )
         except Exception as exc:
             logger.warning(
                 "Could not unregister worker %s (%s); it will be pruned as stalled",
@@ -233,10 +246,16 @@ class Worker:
                 exc,
                 extra={"action": "unregister_failed", "worker_id": self.worker_id},
             )
-        logger.info("Worker %s stopped", self.worker_id, extra={"action": "stop_worker", "worker_id": self.worker_id})
+        logger.info(
+            "Worker %s stopped",
+            self.worker_id,
+            extra={"action": "stop_worker", "worker_id": self.worker_id},
+        )
 
     def _force(self, signum: int) -> None:
-        asyncio.get_running_loop().create_task(force_exit(signum, self.worker_id, self._release_all))
+        asyncio.get_running_loop().create_task(
+            force_exit(signum, self.worker_id, self._release_all)
+        )
 
     async def _release_all(self) -> None:
         """Forced stop: give every running job back to the queue, unregister."""
@@ -254,7 +273,11 @@ class Worker:
         """Slots to claim into: unwritten outcomes beyond `concurrency` hold slots too
         (backpressure: a worker holds at most 2 x concurrency jobs in memory)."""
         unwritten = self.recorder.pending if self.recorder is not None else 0
-        return self.options.concurrency - len(self.running) - max(0, unwritten - self.options.concurrency)
+        return (
+            self.options.concurrency
+            - len(self.running)
+            - max(0, unwritten - self.options.concurrency)
+        )
 
     async def _fetch_loop(self) -> None:
         backoff = 0.1
@@ -367,7 +390,9 @@ class Worker:
         # Jobs that ended but whose outcome is not written yet are known too.
         if not await self._until_stop(self.recorder.wait_idle()):
             return
-        released = await self.app.job_manager.release_unknown_jobs_async(self.worker_id, list(self.running))
+        released = await self.app.job_manager.release_unknown_jobs_async(
+            self.worker_id, list(self.running)
+        )
         self._claims_uncertain = False
         for job_id, status in released:
             logger.warning(

@@ -89,7 +89,9 @@ class SignalHandlers:
             signal.signal(sig, handler)  # type: ignore[arg-type]
 
 
-async def drain_running_jobs(running: Mapping[int, RunningJob], graceful_timeout: float | None) -> None:
+async def drain_running_jobs(
+    running: Mapping[int, RunningJob], graceful_timeout: float | None
+) -> None:
     """Let running jobs finish for `graceful_timeout` s, then ask them to stop and wait for them.
 
     Async jobs are cancelled at their current await; sync ones see should_abort()
@@ -111,7 +113,9 @@ async def drain_running_jobs(running: Mapping[int, RunningJob], graceful_timeout
         await asyncio.wait(pending)
 
 
-async def force_exit(signum: int, worker_id: int | None, release: Callable[[], Awaitable[None]]) -> None:
+async def force_exit(
+    signum: int, worker_id: int | None, release: Callable[[], Awaitable[None]]
+) -> None:
     """Second signal: `release` (give jobs back, unregister) within FORCED_STOP_TIMEOUT, then exit."""
     try:
         async with asyncio.timeout(FORCED_STOP_TIMEOUT):
@@ -123,7 +127,12 @@ async def force_exit(signum: int, worker_id: int | None, release: Callable[[], A
             extra={"action": "forced_stop_incomplete"},
         )
     code = FORCED_EXIT_CODE_BASE + signum
-    logger.warning("Worker %s exiting with code %d", worker_id, code, extra={"action": "forced_exit", "exit_code": code})
+    logger.warning(
+        "Worker %s exiting with code %d",
+        worker_id,
+        code,
+        extra={"action": "forced_exit", "exit_code": code},
+    )
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

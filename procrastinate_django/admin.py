@@ -252,7 +252,10 @@ class ProcrastinateJobAdmin(admin.ModelAdmin):
     def history(self, job: ProcrastinateJob) -> str:
         """Every event, and on each attempt's end the error it raised (all attempts, not the last)."""
         events = job.events.order_by("id").values_list("type", "attempt", "at", "worker_id")
-        errors = {entry.get("attempt"): entry for entry in admin_actions.job_manager().list_job_errors(job.pk)}
+        errors = {
+            entry.get("attempt"): entry
+            for entry in admin_actions.job_manager().list_job_errors(job.pk)
+        }
         rows = format_html_join(
             "",
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -304,7 +307,9 @@ class ProcrastinateJobAdmin(admin.ModelAdmin):
                 messages.error(request, "Resume what? Expected a paused queue or task.")
             else:
                 released = getattr(app.job_manager, f"resume_{kind}")(name)
-                messages.success(request, f"Resumed {kind} {name}: {released} waiting job(s) released.")
+                messages.success(
+                    request, f"Resumed {kind} {name}: {released} waiting job(s) released."
+                )
             return HttpResponseRedirect(request.path)
 
         try:
@@ -429,4 +434,6 @@ class ProcrastinateDashboardAdmin(admin.ModelAdmin):
     ) -> HttpResponse:
         if not self.has_view_permission(request):
             raise PermissionDenied
-        return HttpResponseRedirect(reverse("admin:procrastinate_django_procrastinatejob_dashboard"))
+        return HttpResponseRedirect(
+            reverse("admin:procrastinate_django_procrastinatejob_dashboard")
+        )

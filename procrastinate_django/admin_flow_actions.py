@@ -19,7 +19,11 @@ from procrastinate_django.admin_actions import job_manager
 
 
 def _set_paused(
-    modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Any], kind: str, paused: bool
+    modeladmin: admin.ModelAdmin,
+    request: HttpRequest,
+    queryset: QuerySet[Any],
+    kind: str,
+    paused: bool,
 ) -> None:
     column = "queue_name" if kind == "queue" else "task_name"
     names = sorted(set(queryset.values_list(column, flat=True)))
@@ -29,29 +33,41 @@ def _set_paused(
     held = "held" if paused else "released"
     listed = ", ".join(names) or "none"
     modeladmin.message_user(
-        request, f"{verb.capitalize()}d {kind}(s) {listed}: {changed} waiting job(s) {held}.", messages.SUCCESS
+        request,
+        f"{verb.capitalize()}d {kind}(s) {listed}: {changed} waiting job(s) {held}.",
+        messages.SUCCESS,
     )
     paused_now = [f"{row['kind']} {row['name']}" for row in manager.list_paused()]
-    modeladmin.message_user(request, f"Paused now: {', '.join(paused_now) or 'nothing'}.", messages.INFO)
+    modeladmin.message_user(
+        request, f"Paused now: {', '.join(paused_now) or 'nothing'}.", messages.INFO
+    )
 
 
 @admin.action(description="Pause the queues of selected jobs", permissions=["cancel"])
-def pause_queues(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+def pause_queues(
+    modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Any]
+) -> None:
     _set_paused(modeladmin, request, queryset, "queue", True)
 
 
 @admin.action(description="Resume the queues of selected jobs", permissions=["cancel"])
-def resume_queues(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+def resume_queues(
+    modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Any]
+) -> None:
     _set_paused(modeladmin, request, queryset, "queue", False)
 
 
 @admin.action(description="Pause the tasks of selected jobs", permissions=["cancel"])
-def pause_tasks(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+def pause_tasks(
+    modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Any]
+) -> None:
     _set_paused(modeladmin, request, queryset, "task", True)
 
 
 @admin.action(description="Resume the tasks of selected jobs", permissions=["cancel"])
-def resume_tasks(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+def resume_tasks(
+    modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Any]
+) -> None:
     _set_paused(modeladmin, request, queryset, "task", False)
 
 

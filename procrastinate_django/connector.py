@@ -221,7 +221,9 @@ class DjangoConnector(BaseSyncConnector):
         else:
             yield
 
-    def run_query(self, name: str, query_params: Params | None, connection: Any, fetch: Fetch) -> Any:
+    def run_query(
+        self, name: str, query_params: Params | None, connection: Any, fetch: Fetch
+    ) -> Any:
         if connection is None and _loop_running():
             # Django refuses queries from a thread running an event loop (a sync
             # defer in async code); no Django transaction can be open there, so

@@ -40,18 +40,21 @@ class Chart:
 
 def _minutes(now: datetime.datetime) -> list[datetime.datetime]:
     last = now.replace(second=0, microsecond=0)
-    return [last - datetime.timedelta(minutes=WINDOW_MINUTES - 1 - i) for i in range(WINDOW_MINUTES)]
+    return [
+        last - datetime.timedelta(minutes=WINDOW_MINUTES - 1 - i) for i in range(WINDOW_MINUTES)
+    ]
 
 
-def bar_chart(outcome: str, colour: str, minutes: Sequence[datetime.datetime], counts: Sequence[int]) -> Chart:
+def bar_chart(
+    outcome: str, colour: str, minutes: Sequence[datetime.datetime], counts: Sequence[int]
+) -> Chart:
     """A bar per minute, scaled to the busiest one; each bar's tooltip says its minute and count."""
     width, height, gap = 600, 90, 1
     bar = width / len(counts)
     top = max(counts) or 1
     bars = format_html_join(
         "",
-        '<rect x="{}" y="{}" width="{}" height="{}" fill="{}">'
-        "<title>{}: {} {}</title></rect>",
+        '<rect x="{}" y="{}" width="{}" height="{}" fill="{}"><title>{}: {} {}</title></rect>',
         (
             (
                 f"{i * bar:.1f}",
@@ -140,7 +143,12 @@ def build(app: App) -> dict[str, Any]:
         )
     ticks = sorted(
         (
-            (datetime.datetime.fromtimestamp(p.next_tick(now.timestamp()), datetime.timezone.utc), p)
+            (
+                datetime.datetime.fromtimestamp(
+                    p.next_tick(now.timestamp()), datetime.timezone.utc
+                ),
+                p,
+            )
             for p in app.periodic_tasks
         ),
         key=lambda pair: pair[0],
@@ -154,11 +162,14 @@ def build(app: App) -> dict[str, Any]:
         "queues": queues,
         "charts": charts(outcomes, now),
         "workers": [
-            {**worker, "heartbeat": _age(worker["heartbeat_age"]), "running": running.get(worker["id"], 0)}
+            {
+                **worker,
+                "heartbeat": _age(worker["heartbeat_age"]),
+                "running": running.get(worker["id"], 0),
+            }
             for worker in workers
         ],
         "periodic": periodic,
         "paused": paused,
         "window_minutes": WINDOW_MINUTES,
     }
-

@@ -115,9 +115,7 @@ def procrastinate_style(parser: argparse.ArgumentParser, argv: Sequence[str]) ->
     both spellings work, even mixed.
     """
     switches = {
-        action.dest
-        for action in parser._actions
-        if isinstance(action, argparse._StoreTrueAction)
+        action.dest for action in parser._actions if isinstance(action, argparse._StoreTrueAction)
     }
     translated: list[str] = []
     for token in argv:

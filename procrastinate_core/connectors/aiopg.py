@@ -93,7 +93,9 @@ class AiopgConnector(PooledConnector, BaseAsyncConnector):
             arguments["maxconn"] = max(1, int(pool_arguments["maxsize"]))
         if "minsize" in pool_arguments:
             arguments["minconn"] = min(int(pool_arguments["minsize"]), arguments.get("maxconn", 10))
-        return Psycopg2Connector(json_dumps=self.json_dumps, json_loads=self.json_loads, **arguments)
+        return Psycopg2Connector(
+            json_dumps=self.json_dumps, json_loads=self.json_loads, **arguments
+        )
 
     def _connect_arguments(self, listener: bool = False) -> dict[str, Any]:
         kwargs = self._settings.listener_kwargs() if listener else self._settings.connect_kwargs()
@@ -119,7 +121,9 @@ class AiopgConnector(PooledConnector, BaseAsyncConnector):
             kwargs = {**self._settings.connect_kwargs(), **self._settings.pool_arguments}
             new_pool = await aiopg.create_pool(self._settings.dsn, **kwargs)
         self._pool, self._owns_pool = new_pool, True
-        logger.debug("Opened %s (%s)", type(self).__name__, target, extra={"action": "connector_open"})
+        logger.debug(
+            "Opened %s (%s)", type(self).__name__, target, extra={"action": "connector_open"}
+        )
 
     async def close_async(self) -> None:
         """Close our pool; a pool passed to open_async() stays open for its owner."""
@@ -128,7 +132,9 @@ class AiopgConnector(PooledConnector, BaseAsyncConnector):
             pool.close()
             await pool.wait_closed()
 
-    async def run_query_async(self, name: str, query_params: Params | None, connection: Any, fetch: Fetch) -> Any:
+    async def run_query_async(
+        self, name: str, query_params: Params | None, connection: Any, fetch: Fetch
+    ) -> Any:
         text = sql.query(name)
         with errors.translated(self._settings.target):
             if connection is not None:
@@ -183,7 +189,9 @@ class AiopgConnector(PooledConnector, BaseAsyncConnector):
         async def connect() -> _AiopgListenSession:
             return _AiopgListenSession(await aiopg.connect(self._settings.dsn, **kwargs))
 
-        await listen_forever(connect, channels, on_notification, on_listening, self.listen_keepalive)
+        await listen_forever(
+            connect, channels, on_notification, on_listening, self.listen_keepalive
+        )
 
 
 class _AiopgListenSession:

@@ -92,7 +92,9 @@ class BaseConnector(abc.ABC):
     def transaction_async(self) -> contextlib.AbstractAsyncContextManager[Any]:
         return contextlib.nullcontext(None)
 
-    def execute_query(self, name: str, params: Params | None = None, *, connection: Any = None) -> None:
+    def execute_query(
+        self, name: str, params: Params | None = None, *, connection: Any = None
+    ) -> None:
         self.run_query(name, params, connection, "none")
 
     def execute_query_one(

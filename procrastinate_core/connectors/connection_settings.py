@@ -71,7 +71,9 @@ class ConnectionSettings:
         self.pooler: Pooler | None = check_pooler(connector, arguments.pop("pooler", None))
         listen_dsn = arguments.pop("listen_dsn", None) if listens else None
         if listen_dsn is not None and not isinstance(listen_dsn, str):
-            raise TypeError(f"{connector}(listen_dsn=...) must be a string, not {type(listen_dsn).__name__}")
+            raise TypeError(
+                f"{connector}(listen_dsn=...) must be a string, not {type(listen_dsn).__name__}"
+            )
         self.listen_dsn: str | None = listen_dsn or None
         ours = {dsn_name} | ({"kwargs"} if driver_options is not None else set())
         if pool_arguments is None:
@@ -82,7 +84,9 @@ class ConnectionSettings:
             connection, others = params.split_arguments(connector, arguments, accepted)
         dsn = others.pop(dsn_name, None) or ""
         if not isinstance(dsn, str):
-            raise TypeError(f"{connector}({dsn_name}=...) must be a string, not {type(dsn).__name__}")
+            raise TypeError(
+                f"{connector}({dsn_name}=...) must be a string, not {type(dsn).__name__}"
+            )
         self.dsn: str = dsn
         #: Non-libpq connection options of the driver (psycopg 3's prepare_threshold...).
         self.driver_options: dict[str, Any] = {}

@@ -20,5 +20,5 @@ def import_driver(module: str, *, extra: str, connector: str) -> ModuleType:
     except ImportError as exc:
         raise exceptions.MissingDriverError(
             f"{connector} needs the {module.split('.')[0]!r} package, which is not installed "
-            f"({exc}). Install it with: pip install \"procrastinate-core[{extra}]\""
+            f'({exc}). Install it with: pip install "procrastinate-core[{extra}]"'
         ) from exc

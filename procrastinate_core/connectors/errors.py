@@ -58,7 +58,8 @@ def is_connection_error(exc: BaseException) -> bool:
         return state.startswith(_CONNECTION_STATES[0]) or state in _CONNECTION_STATES[1:]
     names = {type(item).__name__ for item in _chain(exc)}
     return bool(
-        names & {"OperationalError", "InterfaceError", "PoolTimeout", "PoolClosed", "ConnectionError"}
+        names
+        & {"OperationalError", "InterfaceError", "PoolTimeout", "PoolClosed", "ConnectionError"}
     )
 
 

@@ -45,7 +45,9 @@ class InMemoryConnector(BaseConnector):
         clock: Clock | None = None,
     ) -> None:
         super().__init__(json_dumps=json_dumps, json_loads=json_loads)
-        self._listeners: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue[tuple[str, str]], frozenset[str]]] = []
+        self._listeners: list[
+            tuple[asyncio.AbstractEventLoop, asyncio.Queue[tuple[str, str]], frozenset[str]]
+        ] = []
         self._listeners_lock = threading.Lock()
         self.store = InMemoryStore(clock or utc_now, self._notify)
         self.notifications: list[tuple[str, str]] = []
@@ -169,7 +171,9 @@ class InMemoryConnector(BaseConnector):
     def implemented_queries(cls) -> frozenset[str]:
         """The named queries this connector implements (checked against queries.sql by a test)."""
         return frozenset(
-            name for name in dir(InMemoryStore)
-            if not name.startswith("_") and name not in {"run", "reset", "job_row"}
+            name
+            for name in dir(InMemoryStore)
+            if not name.startswith("_")
+            and name not in {"run", "reset", "job_row"}
             and callable(getattr(InMemoryStore, name))
         )

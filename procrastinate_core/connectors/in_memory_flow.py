@@ -24,8 +24,13 @@ _HOLDING_WAITS = (None, "pause")
 
 def _holds_slot(job: Mapping[str, Any] | None) -> bool:
     """Runs, is ready, or is ready but paused: one of its key's slots is taken."""
-    return job is not None and job.get("concurrency_key") is not None and (
-        job["status"] == "doing" or (job["status"] == "todo" and job.get("waiting_for") in _HOLDING_WAITS)
+    return (
+        job is not None
+        and job.get("concurrency_key") is not None
+        and (
+            job["status"] == "doing"
+            or (job["status"] == "todo" and job.get("waiting_for") in _HOLDING_WAITS)
+        )
     )
 
 
@@ -50,7 +55,10 @@ class FlowTables(InMemoryTables):
         return reason
 
     def _is_paused(self, job: Mapping[str, Any]) -> bool:
-        return ("queue", job["queue_name"]) in self.paused or ("task", job["task_name"]) in self.paused
+        return ("queue", job["queue_name"]) in self.paused or (
+            "task",
+            job["task_name"],
+        ) in self.paused
 
     def _gate(self, new: dict[str, Any], changes: dict[str, Any] | None) -> None:
         if self._is_paused(new):
@@ -70,12 +78,18 @@ class FlowTables(InMemoryTables):
     def _settle_limit(self, key: str) -> None:
         """pcq_settle_limits for one key."""
         waiting = sorted(
-            (j for j in self.jobs.values() if j.get("concurrency_key") == key and _waits_for_slot(j)),
+            (
+                j
+                for j in self.jobs.values()
+                if j.get("concurrency_key") == key and _waits_for_slot(j)
+            ),
             key=lambda j: (-j["priority"], j["id"]),
         )
         if not waiting:
             return
-        held = sum(1 for j in self.jobs.values() if j.get("concurrency_key") == key and _holds_slot(j))
+        held = sum(
+            1 for j in self.jobs.values() if j.get("concurrency_key") == key and _holds_slot(j)
+        )
         for job in waiting[: max(waiting[0]["concurrency_limit"] - held, 0)]:
             self._update(job, waiting_for=None)
 
@@ -88,10 +102,15 @@ class FlowTables(InMemoryTables):
         seconds = item.get("unique_seconds")
         since = None if seconds is None else self.clock() - datetime.timedelta(seconds=seconds)
         found = [
-            j for j in self.jobs.values()
-            if j.get("unique_key") == key and j["status"] in states
-            and (j["status"] in ("todo", "doing") or since is None
-                 or (j["finished_at"] is not None and j["finished_at"] >= since))
+            j
+            for j in self.jobs.values()
+            if j.get("unique_key") == key
+            and j["status"] in states
+            and (
+                j["status"] in ("todo", "doing")
+                or since is None
+                or (j["finished_at"] is not None and j["finished_at"] >= since)
+            )
         ]
         found.sort(key=lambda j: (j["status"] == "todo", j["id"]))
         return found[0] if found else None
@@ -99,8 +118,15 @@ class FlowTables(InMemoryTables):
     def _defer_flow_item(self, ord_: int, item: dict[str, Any]) -> dict[str, Any]:
         found = self._unique_conflict(item)
         if found is not None and item.get("on_conflict") == "ignore":
-            return {"ord": ord_, "id": found["id"], "outcome": "ignored", "conflict_id": found["id"]}
-        if found is not None and (item.get("on_conflict") != "replace" or found["status"] != "todo"):
+            return {
+                "ord": ord_,
+                "id": found["id"],
+                "outcome": "ignored",
+                "conflict_id": found["id"],
+            }
+        if found is not None and (
+            item.get("on_conflict") != "replace" or found["status"] != "todo"
+        ):
             return {"ord": ord_, "id": None, "outcome": "conflict", "conflict_id": found["id"]}
         if found is not None:
             for job in list(self.jobs.values()):
@@ -113,8 +139,12 @@ class FlowTables(InMemoryTables):
         job["unique_key"] = item.get("unique_key")
         self._inserted(job)
         outcome = "inserted" if found is None else "replaced"
-        return {"ord": ord_, "id": job["id"], "outcome": outcome,
-                "conflict_id": None if found is None else found["id"]}
+        return {
+            "ord": ord_,
+            "id": job["id"],
+            "outcome": outcome,
+            "conflict_id": None if found is None else found["id"],
+        }
 
     # -- named queries ----------------------------------------------------------------
     def job_defer_flow_many(self, p: dict[str, Any]) -> list[dict[str, Any]]:
@@ -132,8 +162,12 @@ class FlowTables(InMemoryTables):
                 if row["outcome"] == "conflict" and p.get("all_or_nothing"):
                     self.jobs, self.events, self._next_event_id = saved
                     return [
-                        {"ord": n, "id": None, "outcome": "conflict" if n == ord_ else "skipped",
-                         "conflict_id": row["conflict_id"] if n == ord_ else None}
+                        {
+                            "ord": n,
+                            "id": None,
+                            "outcome": "conflict" if n == ord_ else "skipped",
+                            "conflict_id": row["conflict_id"] if n == ord_ else None,
+                        }
                         for n in range(1, len(items) + 1)
                     ]
         except BaseException:
@@ -154,8 +188,11 @@ class FlowTables(InMemoryTables):
             self.paused.pop((kind, name), None)
         wanted = None if p["paused"] else "pause"
         chosen = [
-            job for job in sorted(self.jobs.values(), key=lambda j: j["id"])
-            if job[column] == name and job["status"] == "todo" and job["waiting_for"] == wanted
+            job
+            for job in sorted(self.jobs.values(), key=lambda j: j["id"])
+            if job[column] == name
+            and job["status"] == "todo"
+            and job["waiting_for"] == wanted
             and (p["paused"] or not self._is_paused(job))  # still held by its other kind
         ][:batch]
         for job in chosen:

@@ -71,15 +71,20 @@ class InMemoryStore(FlowTables):  # flow control (#13): in_memory_flow.py
         queues = p.get("queues")
         chosen = sorted(
             (
-                j for j in self.jobs.values()
-                if j["status"] == "todo" and j["waiting_for"] is None
+                j
+                for j in self.jobs.values()
+                if j["status"] == "todo"
+                and j["waiting_for"] is None
                 and (queues is None or j["queue_name"] in queues)
             ),
             key=lambda j: (-j["priority"], j["id"]),
         )[: p["limit"]]
         for job in chosen:
             self._update(
-                job, status="doing", worker_id=p["worker_id"], attempts=job["attempts"] + 1,
+                job,
+                status="doing",
+                worker_id=p["worker_id"],
+                attempts=job["attempts"] + 1,
                 started_at=now,
             )
         return [self.job_row(job) for job in chosen]
@@ -88,9 +93,12 @@ class InMemoryStore(FlowTables):  # flow control (#13): in_memory_flow.py
         now = self.clock()
         due = sorted(
             (
-                j for j in self.jobs.values()
-                if j["status"] == "todo" and j["waiting_for"] == "schedule"
-                and j["scheduled_at"] is not None and j["scheduled_at"] <= now
+                j
+                for j in self.jobs.values()
+                if j["status"] == "todo"
+                and j["waiting_for"] == "schedule"
+                and j["scheduled_at"] is not None
+                and j["scheduled_at"] <= now
             ),
             key=lambda j: j["scheduled_at"],
         )[: p["limit"]]
@@ -103,8 +111,12 @@ class InMemoryStore(FlowTables):  # flow control (#13): in_memory_flow.py
         done = []
         for o in json.loads(p["outcomes"]):
             job = self.jobs.get(o["id"])
-            if job is None or job["status"] != "doing" or job["worker_id"] != o["worker_id"] \
-                    or job["attempts"] != o["attempt"]:
+            if (
+                job is None
+                or job["status"] != "doing"
+                or job["worker_id"] != o["worker_id"]
+                or job["attempts"] != o["attempt"]
+            ):
                 continue  # fenced out: the worker lost this job
             done.append({"id": job["id"]})
             if o.get("delete_job"):
@@ -120,7 +132,8 @@ class InMemoryStore(FlowTables):  # flow control (#13): in_memory_flow.py
                 status=status,
                 finished_at=None if retry else now,
                 scheduled_at=(timestamp(o.get("retry_at")) or after(now, o.get("retry_in")))
-                if retry else job["scheduled_at"],
+                if retry
+                else job["scheduled_at"],
                 priority=o["priority"] if o.get("priority") is not None else job["priority"],
                 queue_name=o.get("queue_name") or job["queue_name"],
                 lock=o["lock"] if o.get("lock") is not None else job["lock"],
@@ -163,8 +176,11 @@ class InMemoryStore(FlowTables):  # flow control (#13): in_memory_flow.py
         for job in list(self.jobs.values()):
             if job["status"] != "doing":
                 continue
-            if job["worker_id"] is not None and job["worker_id"] in self.workers \
-                    and job["worker_id"] not in stale:
+            if (
+                job["worker_id"] is not None
+                and job["worker_id"] in self.workers
+                and job["worker_id"] not in stale
+            ):
                 continue
             recoveries = job.get("stalled_recoveries", 0) + 1
             poison = p.get("max_recoveries") is not None and recoveries >= p["max_recoveries"]
@@ -186,9 +202,12 @@ class InMemoryStore(FlowTables):  # flow control (#13): in_memory_flow.py
             else:
                 status = "todo"
             self._update(
-                job, status=status, worker_id=None,
+                job,
+                status=status,
+                worker_id=None,
                 finished_at=None if status == "todo" else now,
-                error=error, stalled_recoveries=recoveries,
+                error=error,
+                stalled_recoveries=recoveries,
             )
             recovered.append({"id": job["id"], "status": status})
         for worker_id in stale:
@@ -198,7 +217,11 @@ class InMemoryStore(FlowTables):  # flow control (#13): in_memory_flow.py
     def job_release_unknown(self, p: dict[str, Any]) -> list[dict[str, Any]]:
         released = []
         for job in list(self.jobs.values()):
-            if job["status"] != "doing" or job["worker_id"] != p["worker_id"] or job["id"] in p["known_ids"]:
+            if (
+                job["status"] != "doing"
+                or job["worker_id"] != p["worker_id"]
+                or job["id"] in p["known_ids"]
+            ):
                 continue
             if job["abort_requested"]:
                 status = "aborted"
@@ -206,7 +229,12 @@ class InMemoryStore(FlowTables):  # flow control (#13): in_memory_flow.py
                 status = "cancelled"
             else:
                 status = "todo"
-            self._update(job, status=status, worker_id=None, finished_at=None if status == "todo" else self.clock())
+            self._update(
+                job,
+                status=status,
+                worker_id=None,
+                finished_at=None if status == "todo" else self.clock(),
+            )
             released.append({"id": job["id"], "status": status})
         return released
 
@@ -241,11 +269,16 @@ class InMemoryStore(FlowTables):  # flow control (#13): in_memory_flow.py
         if job is None or job["status"] not in FINAL_STATUSES:
             return []
         self._update(
-            job, status="todo", scheduled_at=timestamp(p.get("retry_at")),
+            job,
+            status="todo",
+            scheduled_at=timestamp(p.get("retry_at")),
             priority=p["priority"] if p.get("priority") is not None else job["priority"],
             queue_name=p.get("queue_name") or job["queue_name"],
             lock=p["lock"] if p.get("lock") is not None else job["lock"],
-            abort_requested=False, worker_id=None, started_at=None, finished_at=None,
+            abort_requested=False,
+            worker_id=None,
+            started_at=None,
+            finished_at=None,
         )
         return [{"id": job["id"]}]
 
@@ -255,8 +288,13 @@ class InMemoryStore(FlowTables):  # flow control (#13): in_memory_flow.py
 
     def job_list(self, p: dict[str, Any]) -> list[dict[str, Any]]:
         filters = {
-            "id": "id", "queue": "queue_name", "task": "task_name", "status": "status",
-            "lock": "lock", "queueing_lock": "queueing_lock", "worker_id": "worker_id",
+            "id": "id",
+            "queue": "queue_name",
+            "task": "task_name",
+            "status": "status",
+            "lock": "lock",
+            "queueing_lock": "queueing_lock",
+            "worker_id": "worker_id",
         }
         rows = [
             self.job_row(job)
@@ -274,7 +312,10 @@ class InMemoryStore(FlowTables):  # flow control (#13): in_memory_flow.py
                 key = (job[column], job["status"])
                 counts[key] = counts.get(key, 0) + 1
         order = sorted(counts, key=lambda k: (k[0] is None, k[0] or "", k[1]))
-        return [{"name": name, "status": status, "count": counts[(name, status)]} for name, status in order]
+        return [
+            {"name": name, "status": status, "count": counts[(name, status)]}
+            for name, status in order
+        ]
 
     def job_events_list(self, p: dict[str, Any]) -> list[dict[str, Any]]:
         return [
@@ -286,9 +327,11 @@ class InMemoryStore(FlowTables):  # flow control (#13): in_memory_flow.py
     def job_delete_old(self, p: dict[str, Any]) -> list[dict[str, Any]]:
         limit = self.clock() - datetime.timedelta(hours=float(p["nb_hours"]))
         doomed = [
-            job["id"] for job in sorted(self.jobs.values(), key=lambda j: j["finished_at"] or limit)
+            job["id"]
+            for job in sorted(self.jobs.values(), key=lambda j: j["finished_at"] or limit)
             if job["status"] in p["statuses"]
-            and job["finished_at"] is not None and job["finished_at"] < limit
+            and job["finished_at"] is not None
+            and job["finished_at"] < limit
             and (p.get("queue") is None or job["queue_name"] == p["queue"])
         ][: p["batch_size"]]
         for job_id in doomed:
@@ -297,8 +340,11 @@ class InMemoryStore(FlowTables):  # flow control (#13): in_memory_flow.py
 
     def job_list_to_abort(self, p: dict[str, Any]) -> list[dict[str, Any]]:
         return [
-            {"id": job_id} for job_id, job in sorted(self.jobs.items())
-            if job["status"] == "doing" and job["abort_requested"] and job["worker_id"] == p["worker_id"]
+            {"id": job_id}
+            for job_id, job in sorted(self.jobs.items())
+            if job["status"] == "doing"
+            and job["abort_requested"]
+            and job["worker_id"] == p["worker_id"]
         ]
 
     # -- workers -------------------------------------------------------------
@@ -307,8 +353,12 @@ class InMemoryStore(FlowTables):  # flow control (#13): in_memory_flow.py
         self._next_worker_id += 1
         now = self.clock()
         self.workers[worker_id] = {
-            "id": worker_id, "name": p.get("name"), "host": p.get("host"), "pid": p.get("pid"),
-            "started_at": now, "last_heartbeat": now,
+            "id": worker_id,
+            "name": p.get("name"),
+            "host": p.get("host"),
+            "pid": p.get("pid"),
+            "started_at": now,
+            "last_heartbeat": now,
         }
         return [{"id": worker_id}]
 
@@ -345,8 +395,13 @@ class InMemoryStore(FlowTables):  # flow control (#13): in_memory_flow.py
                 continue
             row = queues.setdefault(
                 job["queue_name"],
-                {"queue_name": job["queue_name"], "todo": 0, "doing": 0,
-                 "oldest_ready_age": None, "oldest_running_age": None},
+                {
+                    "queue_name": job["queue_name"],
+                    "todo": 0,
+                    "doing": 0,
+                    "oldest_ready_age": None,
+                    "oldest_running_age": None,
+                },
             )
             row[job["status"]] += 1
             if job["status"] == "todo":

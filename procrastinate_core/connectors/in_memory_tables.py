@@ -79,8 +79,14 @@ class InMemoryTables:
     # -- what the triggers do ------------------------------------------------
     def _event(self, job: dict[str, Any], type_: str, worker_id: int | None = None) -> None:
         self.events.append(
-            {"id": self._next_event_id, "job_id": job["id"], "type": type_,
-             "attempt": job["attempts"], "at": self.clock(), "worker_id": worker_id}
+            {
+                "id": self._next_event_id,
+                "job_id": job["id"],
+                "type": type_,
+                "attempt": job["attempts"],
+                "at": self.clock(),
+                "worker_id": worker_id,
+            }
         )
         self._next_event_id += 1
 
@@ -107,10 +113,14 @@ class InMemoryTables:
         if new["status"] == "todo" and old["status"] != "todo":
             self._check_queueing_lock(new)
         # the row trigger pcq_jobs_wait_reason_updated
-        if (new["status"] == "todo" and (
-                old["status"] != "todo" or new["lock"] != old["lock"]
-                or new["scheduled_at"] != old["scheduled_at"])) \
-                or (new["status"] != "todo" and old["waiting_for"] is not None):
+        if (
+            new["status"] == "todo"
+            and (
+                old["status"] != "todo"
+                or new["lock"] != old["lock"]
+                or new["scheduled_at"] != old["scheduled_at"]
+            )
+        ) or (new["status"] != "todo" and old["waiting_for"] is not None):
             new["waiting_for"] = changes["waiting_for"] = self._wait_reason(new)
         if _is_ready(new) and not _is_ready(old):
             self._gate(new, changes)  # flow control (#13): a paused queue or task holds it
@@ -126,7 +136,7 @@ class InMemoryTables:
                 "at": self.clock().isoformat(),
                 **(error if isinstance(error, dict) else {"message": error}),
             }
-            changes["errors"] = [*old["errors"][-(ERROR_HISTORY - 1):], entry]
+            changes["errors"] = [*old["errors"][-(ERROR_HISTORY - 1) :], entry]
         job.update(changes)
         if new["status"] != old["status"]:
             if new["status"] == "doing":
@@ -137,7 +147,9 @@ class InMemoryTables:
                 kind = "retried"
             else:
                 kind = new["status"]
-            self._event(job, kind, new["worker_id"] if new["worker_id"] is not None else old["worker_id"])
+            self._event(
+                job, kind, new["worker_id"] if new["worker_id"] is not None else old["worker_id"]
+            )
         if new["abort_requested"] and not old["abort_requested"]:
             self._event(job, "abort_requested", new["worker_id"])
             if new["status"] == "doing":
@@ -175,16 +187,27 @@ class InMemoryTables:
     def _locks_to_settle(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
         """The locks pcq_record_updated_jobs settles for one changed row."""
         locks = []
-        if old["lock"] is not None and _holds_or_heads(old) and (
-            new["status"] not in ("todo", "doing")
-            or (old["status"] == "doing" and new["status"] == "todo")
-            or new["lock"] != old["lock"]
-            or new["waiting_for"] == "schedule"
+        if (
+            old["lock"] is not None
+            and _holds_or_heads(old)
+            and (
+                new["status"] not in ("todo", "doing")
+                or (old["status"] == "doing" and new["status"] == "todo")
+                or new["lock"] != old["lock"]
+                or new["waiting_for"] == "schedule"
+            )
         ):
             locks.append(old["lock"])
-        if new["lock"] is not None and new["status"] == "todo" and new["waiting_for"] != "schedule" and (
-            old["status"] != "todo" or old["waiting_for"] == "schedule"
-            or old["lock"] != new["lock"] or old["priority"] != new["priority"]
+        if (
+            new["lock"] is not None
+            and new["status"] == "todo"
+            and new["waiting_for"] != "schedule"
+            and (
+                old["status"] != "todo"
+                or old["waiting_for"] == "schedule"
+                or old["lock"] != new["lock"]
+                or old["priority"] != new["priority"]
+            )
         ):
             locks.append(new["lock"])
         return sorted(set(locks))
@@ -236,15 +259,26 @@ class InMemoryTables:
             job_id = self._next_job_id
             self._next_job_id += 1
         return {
-            "id": job_id, "queue_name": queue, "task_name": record["task_name"],
-            "priority": record.get("priority") or 0, "lock": record.get("lock"),
+            "id": job_id,
+            "queue_name": queue,
+            "task_name": record["task_name"],
+            "priority": record.get("priority") or 0,
+            "lock": record.get("lock"),
             "queueing_lock": record.get("queueing_lock"),
             "args": record.get("args") if record.get("args") is not None else {},
-            "status": "todo", "scheduled_at": timestamp(record.get("scheduled_at")) or after(
-                self.clock(), record.get("schedule_in_seconds")),
-            "attempts": 0, "worker_id": None, "abort_requested": False,
-            "created_at": self.clock(), "started_at": None, "finished_at": None,
-            "result": None, "error": None, "waiting_for": None, "errors": [],
+            "status": "todo",
+            "scheduled_at": timestamp(record.get("scheduled_at"))
+            or after(self.clock(), record.get("schedule_in_seconds")),
+            "attempts": 0,
+            "worker_id": None,
+            "abort_requested": False,
+            "created_at": self.clock(),
+            "started_at": None,
+            "finished_at": None,
+            "result": None,
+            "error": None,
+            "waiting_for": None,
+            "errors": [],
         }
 
     @staticmethod
@@ -257,7 +291,6 @@ class InMemoryTables:
         return row
 
 
-
 def _is_ready(job: Mapping[str, Any]) -> bool:
     """A claim candidate: `todo` and waiting for nothing."""
     return job["status"] == "todo" and job.get("waiting_for") is None
@@ -265,4 +298,6 @@ def _is_ready(job: Mapping[str, Any]) -> bool:
 
 def _holds_or_heads(job: Mapping[str, Any]) -> bool:
     """Runs a job of its lock, or is the lock's ready (or ready but paused, 0008) head."""
-    return job["status"] == "doing" or (job["status"] == "todo" and job.get("waiting_for") in (None, "pause"))
+    return job["status"] == "doing" or (
+        job["status"] == "todo" and job.get("waiting_for") in (None, "pause")
+    )

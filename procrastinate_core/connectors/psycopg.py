@@ -197,7 +197,9 @@ class PsycopgConnector(PooledConnector, BaseAsyncConnector):
         if pool is not None and self._owns_pool:
             await pool.close()
 
-    async def run_query_async(self, name: str, query_params: Params | None, connection: Any, fetch: Fetch) -> Any:
+    async def run_query_async(
+        self, name: str, query_params: Params | None, connection: Any, fetch: Fetch
+    ) -> Any:
         text = sql.query(name)
         with errors.translated(self._settings.target):
             if connection is not None:
@@ -239,7 +241,9 @@ class PsycopgConnector(PooledConnector, BaseAsyncConnector):
             conn = await psycopg.AsyncConnection.connect(self._settings.conninfo, **kwargs)
             return _PsycopgListenSession(conn)
 
-        await listen_forever(connect, channels, on_notification, on_listening, self.listen_keepalive)
+        await listen_forever(
+            connect, channels, on_notification, on_listening, self.listen_keepalive
+        )
 
 
 class _PsycopgListenSession:
@@ -308,7 +312,9 @@ class SyncPsycopgConnector(PooledConnector, BaseSyncConnector):
         if pool is not None and self._owns_pool:
             pool.close()
 
-    def run_query(self, name: str, query_params: Params | None, connection: Any, fetch: Fetch) -> Any:
+    def run_query(
+        self, name: str, query_params: Params | None, connection: Any, fetch: Fetch
+    ) -> Any:
         text = sql.query(name)
         with errors.translated(self._settings.target):
             if connection is not None:
@@ -347,4 +353,3 @@ def _execute_sync(conn: Any, text: str, query_params: Params | None, fetch: str)
         if fetch == "all":
             return cursor.fetchall()
         return None
-

@@ -36,7 +36,9 @@ def import_psycopg2(connector: str) -> Any:
     return psycopg2
 
 
-def run_on_psycopg2_connection(conn: Any, text: str, query_params: Params | None, fetch: str) -> Any:
+def run_on_psycopg2_connection(
+    conn: Any, text: str, query_params: Params | None, fetch: str
+) -> Any:
     """Run one query on a psycopg2 connection; rows as plain dicts."""
     import psycopg2.extras
 
@@ -61,7 +63,9 @@ class Psycopg2Connector(PooledConnector, BaseSyncConnector):
         **arguments: Any,
     ) -> None:
         super().__init__(json_dumps=json_dumps, json_loads=json_loads)
-        self._settings = ConnectionSettings(type(self).__name__, arguments, pool_arguments=POOL_ARGUMENTS)
+        self._settings = ConnectionSettings(
+            type(self).__name__, arguments, pool_arguments=POOL_ARGUMENTS
+        )
         pool_arguments = self._settings.pool_arguments
         self.minconn: int = int(pool_arguments.get("minconn", 1))
         self.maxconn: int = int(pool_arguments.get("maxconn", 10))
@@ -83,7 +87,9 @@ class Psycopg2Connector(PooledConnector, BaseSyncConnector):
                 return
             psycopg2 = import_psycopg2(type(self).__name__)
             if pool is not None:
-                self._slots = threading.BoundedSemaphore(int(getattr(pool, "maxconn", self.maxconn)))
+                self._slots = threading.BoundedSemaphore(
+                    int(getattr(pool, "maxconn", self.maxconn))
+                )
                 self._pool, self._owns_pool = pool, False
                 return
             kwargs = self._settings.connect_kwargs()
@@ -97,7 +103,9 @@ class Psycopg2Connector(PooledConnector, BaseSyncConnector):
                 )
             self._slots = threading.BoundedSemaphore(self.maxconn)
             self._pool, self._owns_pool = new_pool, True
-            logger.debug("Opened %s (%s)", type(self).__name__, target, extra={"action": "connector_open"})
+            logger.debug(
+                "Opened %s (%s)", type(self).__name__, target, extra={"action": "connector_open"}
+            )
 
     def close(self) -> None:
         """Close our pool; a pool passed to open() stays open for its owner."""
@@ -136,7 +144,9 @@ class Psycopg2Connector(PooledConnector, BaseSyncConnector):
         finally:
             slots.release()
 
-    def run_query(self, name: str, query_params: Params | None, connection: Any, fetch: Fetch) -> Any:
+    def run_query(
+        self, name: str, query_params: Params | None, connection: Any, fetch: Fetch
+    ) -> Any:
         text = sql.query(name)
         with errors.translated(self._settings.target):
             if connection is not None:

@@ -63,14 +63,18 @@ class SQLAlchemyPsycopg2Connector(BaseSyncConnector):
         super().__init__(json_dumps=json_dumps, json_loads=json_loads)
         # Every argument that is not a libpq keyword (nor `pooler`) is a create_engine
         # argument, checked by building an engine below.
-        self._settings = ConnectionSettings(type(self).__name__, {"dsn": dsn, **arguments}, pool_arguments=None)
+        self._settings = ConnectionSettings(
+            type(self).__name__, {"dsn": dsn, **arguments}, pool_arguments=None
+        )
         self.dsn = dsn
         self._url, conninfo = _engine_url(dsn)
         self._connect_args = {**conninfo, **self._settings.connection}
         self._engine_arguments = dict(self._settings.pool_arguments)
         connect_args = dict(self._engine_arguments.pop("connect_args", None) or {})
         connect_args.update(self._connect_args)
-        if "application_name" not in connect_args and "application_name" not in params.parse_dsn(dsn):
+        if "application_name" not in connect_args and "application_name" not in params.parse_dsn(
+            dsn
+        ):
             connect_args["application_name"] = params.DEFAULT_APPLICATION_NAME
         self._engine_arguments["connect_args"] = connect_args
         self._check_engine_arguments()
@@ -111,7 +115,12 @@ class SQLAlchemyPsycopg2Connector(BaseSyncConnector):
         # An engine handed over by the application: its URL says where it goes.
         found: dict[str, Any] = environment_params()
         url = engine.url
-        from_url = {"host": url.host, "port": url.port, "dbname": url.database, "user": url.username}
+        from_url = {
+            "host": url.host,
+            "port": url.port,
+            "dbname": url.database,
+            "user": url.username,
+        }
         found.update({k: v for k, v in from_url.items() if v})
         return errors.describe_target(found)
 
@@ -142,7 +151,12 @@ class SQLAlchemyPsycopg2Connector(BaseSyncConnector):
                     engine.dispose()
                     raise
             self._engine, self._owns_engine = engine, True
-            logger.debug("Opened %s (%s)", type(self).__name__, self._target(), extra={"action": "connector_open"})
+            logger.debug(
+                "Opened %s (%s)",
+                type(self).__name__,
+                self._target(),
+                extra={"action": "connector_open"},
+            )
 
     def close(self) -> None:
         """Dispose of our engine; an engine passed to open() stays its owner's."""
@@ -151,7 +165,9 @@ class SQLAlchemyPsycopg2Connector(BaseSyncConnector):
             if engine is not None and self._owns_engine:
                 engine.dispose()
 
-    def run_query(self, name: str, query_params: Params | None, connection: Any, fetch: Fetch) -> Any:
+    def run_query(
+        self, name: str, query_params: Params | None, connection: Any, fetch: Fetch
+    ) -> Any:
         text = sql.query(name)
         if connection is not None:
             with errors.translated(self._target):

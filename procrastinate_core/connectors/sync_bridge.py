@@ -57,10 +57,16 @@ class SyncBridge(BaseSyncConnector):
             pass
         else:
             raise RuntimeError(
-                _ERROR.format(name=name) + " (This thread is running an event loop: use the async API here.)"
+                _ERROR.format(name=name)
+                + " (This thread is running an event loop: use the async API here.)"
             )
         loop: asyncio.AbstractEventLoop | None = getattr(self.connector, "_bridge_loop", None)
-        if loop is None or loop.is_closed() or not loop.is_running() or _OPENED_ON.get() is not loop:
+        if (
+            loop is None
+            or loop.is_closed()
+            or not loop.is_running()
+            or _OPENED_ON.get() is not loop
+        ):
             raise RuntimeError(_ERROR.format(name=name))
         return loop
 

@@ -48,9 +48,7 @@ def migrations() -> tuple[Migration, ...]:
     for entry in folder.iterdir():
         match = _MIGRATION_RE.match(entry.name)
         if match:
-            found.append(
-                Migration(int(match.group(1)), match.group(2), entry.read_text("utf-8"))
-            )
+            found.append(Migration(int(match.group(1)), match.group(2), entry.read_text("utf-8")))
     found.sort(key=lambda m: m.version)
     versions = [m.version for m in found]
     if versions != list(range(1, len(found) + 1)):

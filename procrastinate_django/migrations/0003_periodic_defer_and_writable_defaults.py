@@ -8,7 +8,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
         ("procrastinate_django", "0002_event_worker"),
     ]
@@ -17,7 +16,18 @@ class Migration(migrations.Migration):
         migrations.CreateModel(
             name="ProcrastinatePeriodicDefer",
             fields=[
-                ("pk", models.CompositePrimaryKey("task_name", "periodic_id", "defer_timestamp", blank=True, editable=False, primary_key=True, serialize=False)),
+                (
+                    "pk",
+                    models.CompositePrimaryKey(
+                        "task_name",
+                        "periodic_id",
+                        "defer_timestamp",
+                        blank=True,
+                        editable=False,
+                        primary_key=True,
+                        serialize=False,
+                    ),
+                ),
                 ("task_name", models.TextField()),
                 ("periodic_id", models.TextField(default="")),
                 ("defer_timestamp", models.BigIntegerField()),

@@ -98,7 +98,9 @@ def test_json_log_format_and_debug_level(db_dsn):
         try:
             records.append(json.loads(line))
         except ValueError:
-            pytest.fail(f"a stderr line is not a JSON record: {line!r}\nwhole stderr:\n{done.stderr}")
+            pytest.fail(
+                f"a stderr line is not a JSON record: {line!r}\nwhole stderr:\n{done.stderr}"
+            )
     assert records, "expected log records at -vv"
     assert {"time", "level", "logger", "message"} <= set(records[0])
     assert any(r["level"] == "DEBUG" for r in records)

@@ -36,7 +36,10 @@ FAST = {
 
 
 def _libfaketime() -> str | None:
-    for pattern in ("/usr/lib/*/faketime/libfaketimeMT.so.1", "/usr/lib/faketime/libfaketimeMT.so.1"):
+    for pattern in (
+        "/usr/lib/*/faketime/libfaketimeMT.so.1",
+        "/usr/lib/faketime/libfaketimeMT.so.1",
+    ):
         found = sorted(glob.glob(pattern))
         if found:
             return found[0]
@@ -76,10 +79,14 @@ def run(db_dsn: str, libfaketime: str, tmp_path: Path) -> Iterator[Any]:
         }
         command = [sys.executable, "-m", "tests.acceptance.clock_app", *argv]
         if wait:
-            done = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=60)
+            done = subprocess.run(
+                command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=60
+            )
             assert done.returncode == 0, done.stdout + done.stderr
             return done.stdout
-        process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT
+        )
         processes.append(process)
         return process
 
@@ -103,7 +110,10 @@ def test_the_processes_clock_is_really_shifted(libfaketime: str, db_conn: Any) -
         shown = float(
             subprocess.run(
                 [sys.executable, "-c", "import time; print(time.time())"],
-                env=env, capture_output=True, text=True, check=True,
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
             ).stdout
         )
         database = db_conn.execute("SELECT extract(epoch FROM now())::float8").fetchone()[0]
@@ -115,27 +125,37 @@ def test_schedule_in_is_counted_from_the_database_clock(run: Any, db_conn: Any, 
     before = db_conn.execute("SELECT now()").fetchone()[0]
     job_id = int(run(skew, "defer", "60", wait=True))
     after = db_conn.execute("SELECT now()").fetchone()[0]
-    scheduled_at = db_conn.execute("SELECT scheduled_at FROM pcq_jobs WHERE id = %s", [job_id]).fetchone()[0]
+    scheduled_at = db_conn.execute(
+        "SELECT scheduled_at FROM pcq_jobs WHERE id = %s", [job_id]
+    ).fetchone()[0]
     assert before.timestamp() + 60 - 0.5 <= scheduled_at.timestamp() <= after.timestamp() + 60 + 0.5
 
 
 @pytest.mark.parametrize("skew", SKEWS)
-def test_retry_wait_is_counted_from_the_database_clock(run: Any, app: Any, db_conn: Any, skew: str) -> None:
+def test_retry_wait_is_counted_from_the_database_clock(
+    run: Any, app: Any, db_conn: Any, skew: str
+) -> None:
     job_id = app.configure_task("fails").defer()
     worker = run(skew, "worker", json.dumps(FAST))
 
     def retried() -> Any:
         row = db_conn.execute(
-            "SELECT status, attempts, started_at, scheduled_at FROM pcq_jobs WHERE id = %s", [job_id]
+            "SELECT status, attempts, started_at, scheduled_at FROM pcq_jobs WHERE id = %s",
+            [job_id],
         ).fetchone()
         return row if row[0] == "todo" and row[1] == 1 else None
 
-    _, _, started_at, scheduled_at = wait_until(retried, timeout=30, interval=0.1, what="first attempt failed")
+    _, _, started_at, scheduled_at = wait_until(
+        retried, timeout=30, interval=0.1, what="first attempt failed"
+    )
     wait = (scheduled_at - started_at).total_seconds()
     assert clock_app.RETRY_WAIT <= wait <= clock_app.RETRY_WAIT + SLACK, wait
     # And the second attempt comes when the database says so: after the wait, not 300 s off.
     wait_until(
-        lambda: db_conn.execute("SELECT status FROM pcq_jobs WHERE id = %s", [job_id]).fetchone()[0] == "failed",
+        lambda: (
+            db_conn.execute("SELECT status FROM pcq_jobs WHERE id = %s", [job_id]).fetchone()[0]
+            == "failed"
+        ),
         timeout=clock_app.RETRY_WAIT + 20,
         interval=0.2,
         what="second attempt failed",
@@ -144,7 +164,9 @@ def test_retry_wait_is_counted_from_the_database_clock(run: Any, app: Any, db_co
 
 
 @pytest.mark.parametrize("skew", SKEWS)
-def test_periodic_ticks_and_max_delay_follow_the_database_clock(run: Any, db_conn: Any, skew: str) -> None:
+def test_periodic_ticks_and_max_delay_follow_the_database_clock(
+    run: Any, db_conn: Any, skew: str
+) -> None:
     """A worker 300 s off beside a correct one: ticks are the database's, each deferred once.
 
     With max_delay=5, a worker on its own clock would stamp ticks 300 s ahead (deferring
@@ -175,7 +197,10 @@ def test_periodic_ticks_and_max_delay_follow_the_database_clock(run: Any, db_con
 def test_a_skewed_worker_alone_defers_ticks_on_time(run: Any, db_conn: Any, skew: str) -> None:
     worker = run(skew, "worker", json.dumps(FAST), PCQ_MAX_DELAY="5")
     wait_until(
-        lambda: db_conn.execute("SELECT count(*) FROM pcq_jobs WHERE task_name = 'tick'").fetchone()[0] >= 3,
+        lambda: (
+            db_conn.execute("SELECT count(*) FROM pcq_jobs WHERE task_name = 'tick'").fetchone()[0]
+            >= 3
+        ),
         timeout=30,
         interval=0.2,
         what="three ticks from the skewed worker",
@@ -195,13 +220,19 @@ def test_heartbeats_and_stalled_recovery_ignore_a_skewed_worker_clock(
 ) -> None:
     """A job longer than stalled_worker_timeout on a skewed worker, with a correct worker
     sweeping beside it: heartbeat ages are the database's, so it is never taken for dead."""
-    job_id = app.configure_task("sleep", queue="long").defer(seconds=FAST["stalled_worker_timeout"] + 3)
+    job_id = app.configure_task("sleep", queue="long").defer(
+        seconds=FAST["stalled_worker_timeout"] + 3
+    )
     skewed = run(skew, "worker", json.dumps({**FAST, "queues": ["long"]}))
     sweeper = run("+0s", "worker", json.dumps({**FAST, "queues": ["other"]}))
 
     def finished() -> Any:
-        row = db_conn.execute("SELECT status, attempts FROM pcq_jobs WHERE id = %s", [job_id]).fetchone()
-        ages = db_conn.execute("SELECT extract(epoch FROM now() - last_heartbeat) FROM pcq_workers").fetchall()
+        row = db_conn.execute(
+            "SELECT status, attempts FROM pcq_jobs WHERE id = %s", [job_id]
+        ).fetchone()
+        ages = db_conn.execute(
+            "SELECT extract(epoch FROM now() - last_heartbeat) FROM pcq_workers"
+        ).fetchall()
         assert all(age < FAST["stalled_worker_timeout"] for (age,) in ages), ages
         return row if row[0] != "todo" and row[0] != "doing" else None
 

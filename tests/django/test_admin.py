@@ -237,7 +237,16 @@ def test_filters_and_search(operator: Client, jobs: dict[str, int]) -> None:
     assert _listed(operator, q="testapp.tasks.fail") == {jobs["failed"], jobs["failed2"]}
     _set(jobs["succeeded"], finished_at="2026-11-30 12:34:56+00")
     page = operator.get(CHANGELIST).content.decode()
-    for column in ("status", "task", "queue", "priority", "lock", "attempts", "created", "last change"):
+    for column in (
+        "status",
+        "task",
+        "queue",
+        "priority",
+        "lock",
+        "attempts",
+        "created",
+        "last change",
+    ):
         assert column in page.lower(), column
     # Times are shown to the second, the newest one named ("finished 2026-...").
     assert re.search(r"finished 2026-11-30 \d\d:34:56", page), page
@@ -271,12 +280,20 @@ def test_the_history_shows_every_attempts_error_after_a_retry_succeeds(
 ) -> None:
     job_id = jobs["doing"]  # attempt 1 is running on worker 7
     for attempt, (status, error) in enumerate(
-        [("todo", "first"), ("doing", None), ("todo", "second"), ("doing", None), ("succeeded", None)],
+        [
+            ("todo", "first"),
+            ("doing", None),
+            ("todo", "second"),
+            ("doing", None),
+            ("succeeded", None),
+        ],
         start=1,
     ):
         fields: dict[str, Any] = {"status": status}
         if error:
-            fields["error"] = json.dumps({"type": "OSError", "message": error, "traceback": f"tb {error}"})
+            fields["error"] = json.dumps(
+                {"type": "OSError", "message": error, "traceback": f"tb {error}"}
+            )
         elif status == "succeeded":
             fields["error"] = None
         if status == "doing":
@@ -284,7 +301,9 @@ def test_the_history_shows_every_attempts_error_after_a_retry_succeeds(
         _set(job_id, **fields)
     page = operator.get(f"{CHANGELIST}{job_id}/change/").content.decode()
     history = page.split('<table class="pcq-history">')[1].split("</table>")[0]
-    retries = [row for row in history.split("<tr>") if row.startswith("<td>deferred_for_retry</td>")]
+    retries = [
+        row for row in history.split("<tr>") if row.startswith("<td>deferred_for_retry</td>")
+    ]
     assert len(retries) == 2
     assert "<b>OSError</b>: first" in retries[0] and "tb first" in retries[0]
     assert "<b>OSError</b>: second" in retries[1] and "tb second" in retries[1]
@@ -294,14 +313,19 @@ def test_the_history_shows_every_attempts_error_after_a_retry_succeeds(
 def test_actions_are_listed_in_the_jobs_history(operator: Client, jobs: dict[str, int]) -> None:
     """The job page's HISTORY button shows what staff did to the job."""
     history_url = f"{CHANGELIST}{jobs['failed']}/history/"
-    assert "Retried (was failed) by an admin action" not in operator.get(history_url).content.decode()
+    assert (
+        "Retried (was failed) by an admin action" not in operator.get(history_url).content.decode()
+    )
     _act(operator, "retry_jobs", jobs["failed"])
     page = operator.get(history_url).content.decode()
     assert "Retried (was failed) by an admin action" in page
     assert "operator" in page  # who did it
     # A job the action left alone has nothing logged.
     _act(operator, "retry_jobs", jobs["doing"])
-    assert "by an admin action" not in operator.get(f"{CHANGELIST}{jobs['doing']}/history/").content.decode()
+    assert (
+        "by an admin action"
+        not in operator.get(f"{CHANGELIST}{jobs['doing']}/history/").content.decode()
+    )
 
 
 def test_an_aborted_job_shows_that_its_abort_was_requested(
@@ -327,7 +351,9 @@ def test_summary_breadcrumbs_follow_the_django_version(
 ) -> None:
     import django
 
-    monkeypatch.setattr(django, "VERSION", (6, 0, 0, "final", 0) if list_style else (5, 2, 0, "final", 0))
+    monkeypatch.setattr(
+        django, "VERSION", (6, 0, 0, "final", 0) if list_style else (5, 2, 0, "final", 0)
+    )
     page = operator.get(SUMMARY).content.decode()
     if list_style:
         assert '<ol class="breadcrumbs">' in page and '<li aria-current="page">Summary</li>' in page
@@ -355,7 +381,9 @@ def test_summary_counts_by_status_queue_and_task(operator: Client, jobs: dict[st
 
 
 @pytest.mark.parametrize("query", ["?q=a%00b", "?queue_name=a%00b", "?task_name=%00"])
-def test_unstorable_search_or_filter_is_refused_with_a_message(operator: Client, jobs: dict[str, int], query: str) -> None:
+def test_unstorable_search_or_filter_is_refused_with_a_message(
+    operator: Client, jobs: dict[str, int], query: str
+) -> None:
     """A NUL cannot be sent to PostgreSQL: the admin says so instead of a 500."""
     response = operator.get(CHANGELIST + query, follow=True)
     assert response.status_code == 200

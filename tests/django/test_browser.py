@@ -137,11 +137,15 @@ def test_the_job_list_fits_a_1280_px_window(browser: Any, live_server: Any) -> N
 
     User.objects.create_superuser("boss", "boss@example.invalid", "s3cret-pass")
     for value in ("a", "b"):
-        record.configure(lock=f"lock-for-{value}", queue="a-rather-long-queue-name").defer(value=value)
+        record.configure(lock=f"lock-for-{value}", queue="a-rather-long-queue-name").defer(
+            value=value
+        )
     _failed_job()
     browser.set_window_size(1280, 900)
     changelist = f"{live_server.url}/admin/procrastinate_django/procrastinatejob/"
-    browser.get(f"{live_server.url}/admin/login/?next=/admin/procrastinate_django/procrastinatejob/")
+    browser.get(
+        f"{live_server.url}/admin/login/?next=/admin/procrastinate_django/procrastinatejob/"
+    )
     browser.find_element(By.NAME, "username").send_keys("boss")
     browser.find_element(By.NAME, "password").send_keys("s3cret-pass")
     browser.find_element(By.CSS_SELECTOR, "input[type=submit], button[type=submit]").click()
@@ -183,7 +187,9 @@ def test_the_dashboard_charts_what_just_ran_and_resumes_a_paused_queue(
     chart = browser.find_element(By.CSS_SELECTOR, "svg.pcq-chart[data-outcome='succeeded']")
     assert chart.get_attribute("data-total") == "3"
     assert chart.size["width"] > 200 and chart.size["height"] > 50  # drawn, not collapsed
-    bars = [r for r in chart.find_elements(By.TAG_NAME, "rect") if float(r.get_attribute("height")) > 0]
+    bars = [
+        r for r in chart.find_elements(By.TAG_NAME, "rect") if float(r.get_attribute("height")) > 0
+    ]
     assert len(bars) >= 2  # the frame and at least one bar for the last minute
     row = browser.find_element(By.CSS_SELECTOR, "tr[data-queue='charted']")
     assert "3" in row.text

@@ -142,7 +142,9 @@ def test_pooler_and_listen_dsn_settings_reach_the_worker_connector() -> None:
     prepares nothing and listens on the direct address, whose dbname stays Django's (the test one)."""
     from django.test import override_settings
 
-    with override_settings(PROCRASTINATE_POOLER="transaction", PROCRASTINATE_LISTEN_DSN="host=db-direct port=5433"):
+    with override_settings(
+        PROCRASTINATE_POOLER="transaction", PROCRASTINATE_LISTEN_DSN="host=db-direct port=5433"
+    ):
         worker_connector = DjangoConnector().get_worker_connector()
         settings = worker_connector._settings
         assert settings.connection_kwargs()["prepare_threshold"] is None

@@ -22,7 +22,9 @@ DASHBOARD = CHANGELIST + "dashboard/"
 def _viewer() -> Client:
     user = User.objects.create_user("viewer", password="pw", is_staff=True)
     user.user_permissions.add(
-        Permission.objects.get(codename="view_procrastinatejob", content_type__app_label="procrastinate_django")
+        Permission.objects.get(
+            codename="view_procrastinatejob", content_type__app_label="procrastinate_django"
+        )
     )
     client = Client()
     client.force_login(user)
@@ -130,7 +132,9 @@ def test_a_paused_queue_is_listed_and_resumed_from_the_dashboard(live_db: None) 
     operator = User.objects.create_user("operator", password="pw", is_staff=True)
     for codename in ("view_procrastinatejob", "cancel_job"):
         operator.user_permissions.add(
-            Permission.objects.get(codename=codename, content_type__app_label="procrastinate_django")
+            Permission.objects.get(
+                codename=codename, content_type__app_label="procrastinate_django"
+            )
         )
     client = Client()
     client.force_login(operator)

@@ -17,7 +17,9 @@ def _staff(username: str, *perms: str) -> Client:
     user = User.objects.create_user(username, password="pw", is_staff=True)
     for codename in perms:
         user.user_permissions.add(
-            Permission.objects.get(codename=codename, content_type__app_label="procrastinate_django")
+            Permission.objects.get(
+                codename=codename, content_type__app_label="procrastinate_django"
+            )
         )
     client = Client()
     client.force_login(user)

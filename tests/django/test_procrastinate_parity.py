@@ -19,7 +19,11 @@ def test_job_created_through_the_orm_needs_only_its_task_and_queue(settings: Any
     job.refresh_from_db()
     assert job.created_at is not None  # the database's now()
     assert (job.status, job.priority, job.attempts, job.args, job.abort_requested) == (
-        "todo", 0, 0, {}, False
+        "todo",
+        0,
+        0,
+        {},
+        False,
     )
     [seen] = app.job_manager.list_jobs(id=job.id)
     assert (seen.task_name, seen.status, seen.attempts) == ("made.by.a.fixture", "todo", 0)

@@ -290,7 +290,11 @@ def test_tests_can_make_the_models_writable(settings: Any) -> None:
         status="failed", attempts=1, abort_requested=False, created_at=timezone.now(),
     )  # fmt: skip
     [seen] = app.job_manager.list_jobs(id=job.id)
-    assert (seen.task_name, seen.status, seen.task_kwargs) == ("made.by.a.fixture", "failed", {"n": 1})
+    assert (seen.task_name, seen.status, seen.task_kwargs) == (
+        "made.by.a.fixture",
+        "failed",
+        {"n": 1},
+    )
     job.status = "succeeded"
     job.save()
     assert app.job_manager.get_job_status(job.id) == "succeeded"

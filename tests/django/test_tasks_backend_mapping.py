@@ -79,9 +79,7 @@ def test_attempts_worker_ids_and_first_start_from_the_history() -> None:
         {"type": "started", "at": T0 + datetime.timedelta(seconds=10)},
     ]
     result = read(
-        job(
-            status="doing", claims=2, worker_id=42, started_at=T0 + datetime.timedelta(seconds=10)
-        ),
+        job(status="doing", claims=2, worker_id=42, started_at=T0 + datetime.timedelta(seconds=10)),
         started,
     )
     assert result.worker_ids == [UNKNOWN_WORKER, "42"] and result.attempts == 2

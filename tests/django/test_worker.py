@@ -92,7 +92,9 @@ async def test_run_deferred_jobs_async_from_an_async_test() -> None:
     await run_deferred_jobs_async()
     [job] = await sync_to_async(deferred_jobs)(record_async, status="succeeded")
     assert job.id == job_id
-    assert [run.value for run in await sync_to_async(ledger)("record_async")] == ["from an async test"]
+    assert [run.value for run in await sync_to_async(ledger)("record_async")] == [
+        "from an async test"
+    ]
 
 
 def test_procrastinates_test_pattern_worker_connector_in_place_of_djangos() -> None:

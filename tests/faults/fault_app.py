@@ -27,7 +27,9 @@ def make_connector() -> Any:
     if kind == "aiopg":
         from procrastinate_core.contrib.aiopg import AiopgConnector
 
-        return AiopgConnector(dsn=dsn, application_name=f"fault-{role}", listen_keepalive=keepalive, maxsize=5)
+        return AiopgConnector(
+            dsn=dsn, application_name=f"fault-{role}", listen_keepalive=keepalive, maxsize=5
+        )
     return pc.PsycopgConnector(
         conninfo=dsn,
         kwargs={"application_name": f"fault-{role}"},
@@ -52,6 +54,7 @@ if os.environ.get("PCQ_FAULT_DEPLOYED"):
         row = ledger.start(context.job.id or 0, context.job.claims)
         ledger.finish(row, "success")
 
+
 if os.environ.get("PCQ_FAULT_PERIODIC"):
     # F19: a valid seconds cron, every second
 
@@ -62,7 +65,9 @@ if os.environ.get("PCQ_FAULT_PERIODIC"):
 
 
 @app.task(pass_context=True, name="sleep_async")
-async def sleep_async(context: JobContext, seconds: float = 0.0, retry_seconds: float | None = None) -> str:
+async def sleep_async(
+    context: JobContext, seconds: float = 0.0, retry_seconds: float | None = None
+) -> str:
     """Sleeps `seconds` (`retry_seconds` from the second attempt on, when given)."""
     row = ledger.start(context.job.id or 0, context.job.claims)
     if retry_seconds is not None and context.job.claims > 1:
@@ -103,14 +108,22 @@ async def blocking_async(context: JobContext, seconds: float = 5.0) -> str:
     return "ok"
 
 
-@app.task(pass_context=True, name="always_fails", retry=pc.RetryStrategy(max_attempts=2, exponential_wait=1))
+@app.task(
+    pass_context=True,
+    name="always_fails",
+    retry=pc.RetryStrategy(max_attempts=2, exponential_wait=1),
+)
 def always_fails(context: JobContext) -> None:
     row = ledger.start(context.job.id or 0, context.job.claims)
     ledger.finish(row, "error")
     raise OSError("always fails")
 
 
-@app.task(pass_context=True, name="wrong_exception", retry=pc.RetryStrategy(max_attempts=2, retry_exceptions={IOError}))
+@app.task(
+    pass_context=True,
+    name="wrong_exception",
+    retry=pc.RetryStrategy(max_attempts=2, retry_exceptions={IOError}),
+)
 def wrong_exception(context: JobContext) -> None:
     row = ledger.start(context.job.id or 0, context.job.claims)
     ledger.finish(row, "error")
@@ -144,7 +157,11 @@ async def fail_after(context: JobContext, seconds: float = 1.0) -> None:
 
 # F26: poison tasks (issue 11). Each raises a BaseException that is not an Exception,
 # or kills its worker process, on the attempts the test chooses.
-_POISON = {"SystemExit": SystemExit, "KeyboardInterrupt": KeyboardInterrupt, "GeneratorExit": GeneratorExit}
+_POISON = {
+    "SystemExit": SystemExit,
+    "KeyboardInterrupt": KeyboardInterrupt,
+    "GeneratorExit": GeneratorExit,
+}
 
 
 @app.task(pass_context=True, name="exits_sync", retry=pc.RetryStrategy(max_attempts=1))

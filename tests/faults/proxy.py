@@ -14,7 +14,9 @@ from typing import Any
 
 
 class Link:
-    def __init__(self, application_name: str, client: asyncio.StreamWriter, server: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, application_name: str, client: asyncio.StreamWriter, server: asyncio.StreamWriter
+    ) -> None:
         self.application_name = application_name
         self.client = client
         self.server = server
@@ -58,9 +60,13 @@ class Proxy:
         link = Link(pairs.get(b"application_name", b"").decode(), writer, up_writer)
         self.links.append(link)
         up_writer.write(header + body)
-        await asyncio.gather(self._pipe(reader, up_writer, link), self._pipe(up_reader, writer, link))
+        await asyncio.gather(
+            self._pipe(reader, up_writer, link), self._pipe(up_reader, writer, link)
+        )
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link: Link) -> None:
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link: Link
+    ) -> None:
         try:
             while data := await reader.read(65536):
                 if link.blackholed:
@@ -80,7 +86,11 @@ class Proxy:
         """Stops forwarding on every open connection of that application_name; returns how many."""
 
         async def apply() -> int:
-            hit = [link for link in self.links if link.application_name == application_name and not link.blackholed]
+            hit = [
+                link
+                for link in self.links
+                if link.application_name == application_name and not link.blackholed
+            ]
             for link in hit:
                 link.blackholed = True
             return len(hit)

@@ -33,7 +33,9 @@ def _reconnect(harness: Harness) -> bool:
         harness.conn.execute("SELECT 1")
     except psycopg.Error:
         try:
-            harness.conn = psycopg.connect(harness.dsn, autocommit=True, application_name="fault-test", connect_timeout=2)
+            harness.conn = psycopg.connect(
+                harness.dsn, autocommit=True, application_name="fault-test", connect_timeout=2
+            )
         except psycopg.Error:
             return False
     return True
@@ -69,7 +71,9 @@ def _fault(server: PrivateServer, harness: Harness, kind: str) -> None:
     ],
     indirect=["private_harness"],
 )
-def test_f06_server_restart_crash_and_outage(private_server: PrivateServer, private_harness: Harness, kind: str) -> None:
+def test_f06_server_restart_crash_and_outage(
+    private_server: PrivateServer, private_harness: Harness, kind: str
+) -> None:
     """Scaled: 2 workers x concurrency 5, 150 jobs x 20 ms (RELIABILITY: 500 x 50 ms), a 3 s outage.
 
     The crash variant (immediate) runs with PsycopgConnector only: the worker
@@ -79,7 +83,12 @@ def test_f06_server_restart_crash_and_outage(private_server: PrivateServer, priv
     """
     harness = private_harness
     # Workers must outlive the outage: stalled_worker_timeout longer than the fault.
-    options = {"concurrency": 5, "fetch_job_polling_interval": 30, "update_heartbeat_interval": 1, "stalled_worker_timeout": 30}
+    options = {
+        "concurrency": 5,
+        "fetch_job_polling_interval": 30,
+        "update_heartbeat_interval": 1,
+        "stalled_worker_timeout": 30,
+    }
     harness.start_worker("A", **options)
     harness.start_worker("B", **options)
     wait_until(lambda: _listeners_up(harness, ["A", "B"]), what="listeners up")
@@ -105,7 +114,9 @@ def test_f06_server_restart_crash_and_outage(private_server: PrivateServer, priv
     harness.check(
         expect_success=jobs,
         zombies=jobs,  # a job finished during the fault may run again (at-least-once)
-        expected_tracebacks=(r"psycopg|aiopg|OperationalError|AdminShutdown|ConnectionError|connection",),
+        expected_tracebacks=(
+            r"psycopg|aiopg|OperationalError|AdminShutdown|ConnectionError|connection",
+        ),
     )
     # Extra runs only where an outcome was lost: never a second recorded success.
     assert harness.one("SELECT count(*) FROM pcq_events WHERE type = 'succeeded'") == len(jobs) + 1
@@ -117,7 +128,11 @@ def test_f07a_listener_terminated(private_harness: Harness) -> None:
     wait_until(lambda: _listeners_up(harness, ["A"]), what="listener up")
     [old] = harness.backends("fault-A-listener")
     harness.conn.execute("SELECT pg_terminate_backend(%s)", (old,))
-    wait_until(lambda: harness.backends("fault-A-listener") not in ([], [old]), timeout=5, what="listener reconnected")
+    wait_until(
+        lambda: harness.backends("fault-A-listener") not in ([], [old]),
+        timeout=5,
+        what="listener reconnected",
+    )
     latency = _start_latency(harness)
     assert latency < 1.0
     harness.stop_all()
@@ -127,7 +142,9 @@ def test_f07a_listener_terminated(private_harness: Harness) -> None:
 def test_f07b_listener_backend_frozen(private_harness: Harness) -> None:
     """SIGSTOP of the listener's backend: the keepalive (2 s here) notices and reconnects."""
     harness = private_harness
-    harness.start_worker("A", fetch_job_polling_interval=60, env={"PCQ_FAULT_LISTEN_KEEPALIVE": "2"})
+    harness.start_worker(
+        "A", fetch_job_polling_interval=60, env={"PCQ_FAULT_LISTEN_KEEPALIVE": "2"}
+    )
     wait_until(lambda: _listeners_up(harness, ["A"]), what="listener up")
     [frozen] = harness.backends("fault-A-listener")
     os.kill(frozen, signal.SIGSTOP)
@@ -172,7 +189,10 @@ def test_f07c_listener_blackholed(private_server: PrivateServer, private_harness
         assert proxy.blackhole("fault-A-listener") == 1
         start = time.monotonic()
         wait_until(
-            lambda: len([link for link in proxy.links if link.application_name == "fault-A-listener"]) >= 2,
+            lambda: (
+                len([link for link in proxy.links if link.application_name == "fault-A-listener"])
+                >= 2
+            ),
             timeout=2 + 2 + 5 + 5,
             what="a new listener connection",
         )

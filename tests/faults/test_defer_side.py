@@ -55,7 +55,8 @@ def _race(case: Case, app: pc.App) -> list[BaseException | int]:
         async def run() -> list[BaseException | int]:
             async with app.open_async():
                 return await asyncio.gather(
-                    *(task.defer_async(n=n) for n in range(THREADS * DEFERS_PER_THREAD)), return_exceptions=True
+                    *(task.defer_async(n=n) for n in range(THREADS * DEFERS_PER_THREAD)),
+                    return_exceptions=True,
                 )
 
         return asyncio.run(run())
@@ -80,7 +81,9 @@ def _race(case: Case, app: pc.App) -> list[BaseException | int]:
     return results
 
 
-def test_f12_queueing_lock_race(case: Case, db_params: dict[str, str], db_conn: psycopg.Connection[Any]) -> None:
+def test_f12_queueing_lock_race(
+    case: Case, db_params: dict[str, str], db_conn: psycopg.Connection[Any]
+) -> None:
     results = _race(case, _app(case, url_of(db_params)))
     winners = [r for r in results if isinstance(r, int)]
     losers = [r for r in results if not isinstance(r, int)]
@@ -89,7 +92,9 @@ def test_f12_queueing_lock_race(case: Case, db_params: dict[str, str], db_conn: 
     odd = [r for r in losers if not isinstance(r, exceptions.AlreadyEnqueued)]
     assert not odd, f"losers must get AlreadyEnqueued, got {odd[:3]!r}"
     assert "queueing lock" in str(losers[0])
-    rows = db_conn.execute("SELECT count(*) FROM pcq_jobs WHERE queueing_lock = 'the-lock' AND status = 'todo'").fetchone()
+    rows = db_conn.execute(
+        "SELECT count(*) FROM pcq_jobs WHERE queueing_lock = 'the-lock' AND status = 'todo'"
+    ).fetchone()
     assert rows == (1,)
 
 
@@ -105,18 +110,28 @@ def test_f12_retry_and_recovery_with_the_lock_taken(psycopg_harness: Any) -> Non
     from tests.support.waiting import wait_until
 
     wait_until(lambda: harness.starts(first) >= 1, what="first attempt")
-    [waiting] = harness.defer("sleep_async", queueing_lock="L", kwargs={"seconds": 0}, scheduled_at="2100-01-01T00:00:00+00:00")
+    [waiting] = harness.defer(
+        "sleep_async",
+        queueing_lock="L",
+        kwargs={"seconds": 0},
+        scheduled_at="2100-01-01T00:00:00+00:00",
+    )
     harness.wait_status([first], "failed", timeout=10)
     # The stalled-recovery case: a doing job of a dead worker, its lock held by a todo job.
     [stalled] = harness.defer("sleep_async", queueing_lock="M")
     harness.conn.execute(
-        "UPDATE pcq_jobs SET status = 'doing', worker_id = 999999, attempts = 1 WHERE id = %s", (stalled,)
+        "UPDATE pcq_jobs SET status = 'doing', worker_id = 999999, attempts = 1 WHERE id = %s",
+        (stalled,),
     )
-    [holder] = harness.defer("sleep_async", queueing_lock="M", scheduled_at="2100-01-01T00:00:00+00:00")
+    [holder] = harness.defer(
+        "sleep_async", queueing_lock="M", scheduled_at="2100-01-01T00:00:00+00:00"
+    )
     harness.wait_status([stalled], "cancelled", timeout=5)
     assert w.proc.poll() is None
     harness.stop_all()
-    harness.check(allowed_todo=[waiting, holder], expected_tracebacks=(r"OSError: fails after a while",))
+    harness.check(
+        allowed_todo=[waiting, holder], expected_tracebacks=(r"OSError: fails after a while",)
+    )
 
 
 BAD_VALUES: list[tuple[str, Any]] = [
@@ -160,27 +175,39 @@ def test_f14_non_json_arguments_rejected_at_defer(
     assert db_conn.execute("SELECT count(*) FROM pcq_jobs").fetchone() == (1,)
 
 
-def test_f14_bad_argument_leaves_callers_transaction_usable(case: Case, db_params: dict[str, str], db_conn: psycopg.Connection[Any]) -> None:
+def test_f14_bad_argument_leaves_callers_transaction_usable(
+    case: Case, db_params: dict[str, str], db_conn: psycopg.Connection[Any]
+) -> None:
     """Inside the caller's own transaction: the rejected defer aborts nothing; the commit keeps the good job."""
     if case.transaction is None:
         pytest.skip(f"{case.name} cannot join a caller's transaction")
     url = url_of(db_params)
     with _app(case, url).open() as app:
         with case.transaction(url, True) as connection:
-            app.job_manager.defer_job(app.configure_task("plain").make_new_job(before=1), connection=connection)
+            app.job_manager.defer_job(
+                app.configure_task("plain").make_new_job(before=1), connection=connection
+            )
             with pytest.raises(exceptions.ArgumentSerializationError):
                 bad = app.configure_task("plain").make_new_job(ratio=float("nan"))
                 app.job_manager.defer_job(bad, connection=connection)
-            app.job_manager.defer_job(app.configure_task("plain").make_new_job(after=1), connection=connection)
+            app.job_manager.defer_job(
+                app.configure_task("plain").make_new_job(after=1), connection=connection
+            )
     assert db_conn.execute("SELECT count(*) FROM pcq_jobs").fetchone() == (2,)
 
 
 def test_f14_custom_json_round_trip(case: Case, db_params: dict[str, str]) -> None:
     def dumps(value: Any) -> str:
-        return json.dumps(value, default=lambda v: {"__decimal__": str(v)} if isinstance(v, decimal.Decimal) else str(v))
+        return json.dumps(
+            value,
+            default=lambda v: {"__decimal__": str(v)} if isinstance(v, decimal.Decimal) else str(v),
+        )
 
     def loads(text: str) -> Any:
-        return json.loads(text, object_hook=lambda d: decimal.Decimal(d["__decimal__"]) if "__decimal__" in d else d)
+        return json.loads(
+            text,
+            object_hook=lambda d: decimal.Decimal(d["__decimal__"]) if "__decimal__" in d else d,
+        )
 
     app = _app(case, url_of(db_params), json_dumps=dumps, json_loads=loads)
     task = app.tasks["noop"].configure(queueing_lock=None)

@@ -18,7 +18,9 @@ def _error(harness: Harness, job_id: int) -> dict[str, Any]:
     return json.loads(harness.one("SELECT error::text FROM pcq_jobs WHERE id = %s", (job_id,)))
 
 
-def test_f26_base_exceptions_fail_their_job_and_the_worker_goes_on(psycopg_harness: Harness) -> None:
+def test_f26_base_exceptions_fail_their_job_and_the_worker_goes_on(
+    psycopg_harness: Harness,
+) -> None:
     harness = psycopg_harness
     worker = harness.start_worker("A", concurrency=3)
     normal = harness.defer("sleep_async", 10)
@@ -87,8 +89,21 @@ def test_f26_a_job_that_kills_its_worker_fails_after_the_recovery_bound(
     assert error["type"] == "procrastinate_core.exceptions.PoisonJob"
     assert "its worker died while running it 3 times" in error["message"]
     assert harness.one("SELECT attempts FROM pcq_jobs WHERE id = %s", (poison,)) == 3
-    events = [row[0] for row in harness.all("SELECT type FROM pcq_events WHERE job_id = %s ORDER BY id", (poison,))]
-    assert events == ["deferred", "started", "recovered", "started", "recovered", "started", "failed"]
+    events = [
+        row[0]
+        for row in harness.all(
+            "SELECT type FROM pcq_events WHERE job_id = %s ORDER BY id", (poison,)
+        )
+    ]
+    assert events == [
+        "deferred",
+        "started",
+        "recovered",
+        "started",
+        "recovered",
+        "started",
+        "failed",
+    ]
     assert "failed as a poison job" in sweeper.logs()
     # The normal jobs never lost a worker; a healthy worker runs each once.
     harness.start_worker("healthy", concurrency=4)

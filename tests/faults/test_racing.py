@@ -28,7 +28,9 @@ def test_f10_many_workers_racing_with_churn(harness: Harness) -> None:
         churned += 1
     harness.wait_status(jobs, "succeeded", timeout=30)
     elapsed = time.monotonic() - start
-    print(f"F10: {len(jobs)} jobs in {elapsed:.1f}s ({len(jobs) / elapsed:.0f} jobs/s) with {churned} churned workers")
+    print(
+        f"F10: {len(jobs)} jobs in {elapsed:.1f}s ({len(jobs) / elapsed:.0f} jobs/s) with {churned} churned workers"
+    )
     harness.stop_all()
     for worker in harness.workers[2:]:
         # SIGTERM before the handlers are installed (still importing) kills the
@@ -69,7 +71,9 @@ def test_f11_lock_ordering_and_no_overlap(harness: Harness) -> None:
     assert [row[0] for row in intervals] == expected
     free_intervals = _intervals(harness, free)
     overlaps = sum(
-        1 for (_, _, end), (_, begin, _) in zip(free_intervals, free_intervals[1:], strict=False) if begin < end
+        1
+        for (_, _, end), (_, begin, _) in zip(free_intervals, free_intervals[1:], strict=False)
+        if begin < end
     )
     assert overlaps > 0, "unlocked jobs never ran side by side"
     harness.stop_all()
@@ -79,7 +83,9 @@ def test_f11_lock_ordering_and_no_overlap(harness: Harness) -> None:
 def test_f11_lock_holder_killed_chain_resumes(harness: Harness) -> None:
     locked = harness.defer("sleep_async", 3, lock="L", kwargs={"seconds": 30, "retry_seconds": 0.1})
     second_and_third = locked[1:]
-    harness.conn.execute("UPDATE pcq_jobs SET args = '{\"seconds\": 0.1}' WHERE id = ANY(%s)", (second_and_third,))
+    harness.conn.execute(
+        "UPDATE pcq_jobs SET args = '{\"seconds\": 0.1}' WHERE id = ANY(%s)", (second_and_third,)
+    )
     a = harness.start_worker("A", concurrency=2)
     a.expected_exit = -signal.SIGKILL
     wait_until(lambda: harness.starts(locked[0]) == 1, what="first L job running")

@@ -31,12 +31,19 @@ def test_f03_sigterm_jobs_fit_the_grace_period(harness: Harness) -> None:
     elapsed = time.monotonic() - start
     assert elapsed < 1.5 + 1.5, f"graceful stop took {elapsed:.1f}s"
     late = harness.one(
-        "SELECT count(*) FROM fault_ledger WHERE started_at > %s::timestamptz + interval '0.1 s'", (signalled_at,)
+        "SELECT count(*) FROM fault_ledger WHERE started_at > %s::timestamptz + interval '0.1 s'",
+        (signalled_at,),
     )
     assert late == 0, "a job started after the stop signal"
     harness.wait_status(running, "succeeded", timeout=1)
     assert harness.one("SELECT count(*) FROM pcq_workers") == 0
-    assert harness.one("SELECT count(*) FROM pcq_jobs WHERE id = ANY(%s) AND status = 'todo' AND attempts = 0", (queued,)) == 20
+    assert (
+        harness.one(
+            "SELECT count(*) FROM pcq_jobs WHERE id = ANY(%s) AND status = 'todo' AND attempts = 0",
+            (queued,),
+        )
+        == 20
+    )
     harness.start_worker("B", concurrency=5)
     harness.wait_status(queued, "succeeded")
     harness.stop_all()
@@ -59,7 +66,9 @@ def test_f04_sigterm_grace_period_exceeded(harness: Harness) -> None:
     assert w.wait(10) == 0
     assert time.monotonic() - start < 4 + 0.5 + 1
     assert harness.status(stubborn_job) == "succeeded"
-    assert harness.one("SELECT outcome FROM fault_ledger WHERE job_id = %s", (coop_job,)) == "aborted"
+    assert (
+        harness.one("SELECT outcome FROM fault_ledger WHERE job_id = %s", (coop_job,)) == "aborted"
+    )
     assert harness.one("SELECT attempts FROM pcq_jobs WHERE id = %s", (async_job,)) == 1
     harness.check(expect_success=[stubborn_job], allowed_todo=[async_job, coop_job])
 
@@ -132,7 +141,9 @@ def test_f28_sigterm_at_start_up_and_at_once_after_each_phase(psycopg_harness: H
     harness.check(expect_success=[job])
 
 
-def test_f28_sigterm_with_the_database_unreachable(private_server, private_harness: Harness) -> None:
+def test_f28_sigterm_with_the_database_unreachable(
+    private_server, private_harness: Harness
+) -> None:
     """The server goes down under an idle worker; SIGTERM lands while the listener
     reconnects and nothing can be written (heartbeat, unregistration): exit 0 within
     the bound. (A job running then would add its own time: the fault tasks' ledger
@@ -154,7 +165,12 @@ def test_f28_sigterm_with_the_database_unreachable(private_server, private_harne
     harness.conn = psycopg.connect(harness.dsn, autocommit=True, application_name="fault-test")
     # A's row could not be removed: the next worker prunes it as stalled.
     harness.start_worker("B")
-    wait_until(lambda: harness.one("SELECT count(*) FROM pcq_workers WHERE name = 'A'") == 0,
-               timeout=RECOVERY_WINDOW + 10, what="A pruned")
+    wait_until(
+        lambda: harness.one("SELECT count(*) FROM pcq_workers WHERE name = 'A'") == 0,
+        timeout=RECOVERY_WINDOW + 10,
+        what="A pruned",
+    )
     harness.stop_all()
-    harness.check(expect_success=[job], expected_tracebacks=(r"connect|Connection|terminat|shutdown",))
+    harness.check(
+        expect_success=[job], expected_tracebacks=(r"connect|Connection|terminat|shutdown",)
+    )

@@ -45,7 +45,10 @@ def test_f15_unknown_task_fails_fast_then_runs_after_deploy(harness: Harness, ap
 
 @pytest.mark.parametrize(
     ("source", "exception"),
-    [("raise ImportError('missing dependency xyz')\n", "ImportError"), ("def broken(:\n", "SyntaxError")],
+    [
+        ("raise ImportError('missing dependency xyz')\n", "ImportError"),
+        ("def broken(:\n", "SyntaxError"),
+    ],
     ids=["ImportError", "SyntaxError"],
 )
 def test_f16_import_error_stops_startup_before_claiming(
@@ -57,18 +60,26 @@ def test_f16_import_error_stops_startup_before_claiming(
     w = harness.start_worker(
         "A",
         wait_ready=False,
-        env={"PCQ_FAULT_IMPORT_PATHS": "broken_tasks_mod", "PYTHONPATH": f"{tmp_path}:{Path.cwd()}"},
+        env={
+            "PCQ_FAULT_IMPORT_PATHS": "broken_tasks_mod",
+            "PYTHONPATH": f"{tmp_path}:{Path.cwd()}",
+        },
     )
     code = w.wait(20)
     assert code != 0
     logs = w.logs()
     assert "broken_tasks_mod" in logs and exception in logs
-    assert harness.status(job) == "todo" and harness.one("SELECT attempts FROM pcq_jobs WHERE id = %s", (job,)) == 0
+    assert (
+        harness.status(job) == "todo"
+        and harness.one("SELECT attempts FROM pcq_jobs WHERE id = %s", (job,)) == 0
+    )
     w.expected_exit = code
     harness.check(allowed_todo=[job], expected_tracebacks=(exception, "broken_tasks_mod"))
 
 
-def test_f16_lazy_import_error_fails_the_job_retryably(psycopg_harness: Harness, tmp_path: Path, app: pc.App) -> None:
+def test_f16_lazy_import_error_fails_the_job_retryably(
+    psycopg_harness: Harness, tmp_path: Path, app: pc.App
+) -> None:
     harness = psycopg_harness
     (tmp_path / "lazy_broken.py").write_text("raise RuntimeError('lazy import boom')\n")
     harness.start_worker("A", env={"PYTHONPATH": f"{tmp_path}:{Path.cwd()}"})
@@ -83,7 +94,9 @@ def test_f16_lazy_import_error_fails_the_job_retryably(psycopg_harness: Harness,
     harness.check(expected_tracebacks=(r"TaskNotFound", r"lazy"))
 
 
-@pytest.mark.parametrize("cron", ["61 * * * *", "* * * *", "*/0 * * * *", "every day", "0 0 31 2 *"])
+@pytest.mark.parametrize(
+    "cron", ["61 * * * *", "* * * *", "*/0 * * * *", "every day", "0 0 31 2 *"]
+)
 def test_f19_malformed_cron_rejected_at_decoration(cron: str) -> None:
     app = pc.App(connector=pc.PsycopgConnector())
     with pytest.raises(exceptions.InvalidCronExpression) as error:
@@ -99,7 +112,12 @@ def test_f19_malformed_cron_rejected_at_decoration(cron: str) -> None:
 def test_f19_seconds_cron_worker_keeps_running(harness: Harness) -> None:
     w = harness.start_worker("A", env={"PCQ_FAULT_PERIODIC": "1"})
     wait_until(
-        lambda: harness.one("SELECT count(*) FROM pcq_jobs WHERE task_name = 'every_second' AND status = 'succeeded'") >= 2,
+        lambda: (
+            harness.one(
+                "SELECT count(*) FROM pcq_jobs WHERE task_name = 'every_second' AND status = 'succeeded'"
+            )
+            >= 2
+        ),
         timeout=5,
         what="two periodic ticks run",
     )
@@ -116,10 +134,17 @@ def test_f21_retry_exhaustion(harness: Harness, app: pc.App) -> None:
     harness.wait_status([wrong], "failed")
     assert harness.one("SELECT attempts FROM pcq_jobs WHERE id = %s", (always,)) == 3
     assert harness.one("SELECT attempts FROM pcq_jobs WHERE id = %s", (wrong,)) == 1
-    starts = [row[0] for row in harness.all("SELECT started_at FROM fault_ledger WHERE job_id = %s ORDER BY id", (always,))]
+    starts = [
+        row[0]
+        for row in harness.all(
+            "SELECT started_at FROM fault_ledger WHERE job_id = %s ORDER BY id", (always,)
+        )
+    ]
     assert len(starts) == 3
     for before, after in zip(starts, starts[1:], strict=False):
-        assert after - before >= datetime.timedelta(seconds=1 - 0.5), "retry came before the strategy's wait"
+        assert after - before >= datetime.timedelta(seconds=1 - 0.5), (
+            "retry came before the strategy's wait"
+        )
     # Manual retry of the failed job runs it once more.
     app.job_manager.retry_job_by_id(always)
     wait_until(lambda: harness.starts(always) == 4, what="manual retry ran")
@@ -166,7 +191,9 @@ def test_f22_cancel_and_abort(harness: Harness, app: pc.App, listen: bool) -> No
     # Non-cooperative: it finishes and is recorded once (documented).
     harness.wait_status([stubborn], "succeeded")
     assert not app.job_manager.cancel_job_by_id(stubborn), "cancelling a finished job returns False"
-    assert harness.one("SELECT attempts FROM pcq_jobs WHERE id = %s", (async_job,)) == 1  # not retried
+    assert (
+        harness.one("SELECT attempts FROM pcq_jobs WHERE id = %s", (async_job,)) == 1
+    )  # not retried
     harness.stop_all()
     harness.check(expect_success=[stubborn])
 
@@ -217,12 +244,21 @@ def test_f23_async_task_blocking_the_loop_is_taken_for_dead(harness: Harness) ->
     [job] = harness.defer("blocking_async", kwargs={"seconds": 4})
     wait_until(lambda: harness.starts(job) == 1, what="blocking job running")
     harness.start_worker("B", max_stalled_recoveries=50)
-    wait_until(lambda: harness.starts(job) == 2, timeout=RECOVERY_WINDOW + 4, what="job run again by B")
+    wait_until(
+        lambda: harness.starts(job) == 2, timeout=RECOVERY_WINDOW + 4, what="job run again by B"
+    )
     a.wait_log(r"Event loop blocked for [0-9.]+ s", timeout=10)
     a.wait_log(rf"Outcome of job {job} \(attempt 1\) refused", timeout=10)
     harness.one("UPDATE pcq_jobs SET args = '{\"seconds\": 0}' WHERE id = %s RETURNING id", (job,))
-    harness.wait_status([job], "succeeded", timeout=20)  # once the task stops blocking, it completes
-    assert harness.one("SELECT count(*) FROM pcq_events WHERE job_id = %s AND type = 'succeeded'", (job,)) == 1
+    harness.wait_status(
+        [job], "succeeded", timeout=20
+    )  # once the task stops blocking, it completes
+    assert (
+        harness.one(
+            "SELECT count(*) FROM pcq_events WHERE job_id = %s AND type = 'succeeded'", (job,)
+        )
+        == 1
+    )
     harness.stop_all()
     harness.check(zombies=[job])
 

@@ -19,14 +19,23 @@ def test_f01_sigkill_mid_run_jobs_recovered_and_run_once(harness: Harness) -> No
     a.expected_exit = -signal.SIGKILL
     jobs = harness.defer("sleep_async", 30, kwargs={"seconds": 1})
     wait_until(
-        lambda: harness.one("SELECT count(*) FROM pcq_jobs j JOIN pcq_workers w ON w.id = j.worker_id "
-                            "WHERE j.status = 'doing' AND w.pid = %s", (a.pid,)) >= 10,
+        lambda: (
+            harness.one(
+                "SELECT count(*) FROM pcq_jobs j JOIN pcq_workers w ON w.id = j.worker_id "
+                "WHERE j.status = 'doing' AND w.pid = %s",
+                (a.pid,),
+            )
+            >= 10
+        ),
         what="A running 10 jobs",
     )
-    a_jobs = [r[0] for r in harness.all(
-        "SELECT j.id FROM pcq_jobs j JOIN pcq_workers w ON w.id = j.worker_id WHERE j.status = 'doing' AND w.pid = %s",
-        (a.pid,),
-    )]
+    a_jobs = [
+        r[0]
+        for r in harness.all(
+            "SELECT j.id FROM pcq_jobs j JOIN pcq_workers w ON w.id = j.worker_id WHERE j.status = 'doing' AND w.pid = %s",
+            (a.pid,),
+        )
+    ]
     a_id = harness.one("SELECT id FROM pcq_workers WHERE pid = %s", (a.pid,))
     a.signal(signal.SIGKILL)
     killed_at = time.monotonic()
@@ -34,20 +43,30 @@ def test_f01_sigkill_mid_run_jobs_recovered_and_run_once(harness: Harness) -> No
     harness.start_worker("B", concurrency=10)
     # Within R + 5 s every job of A is back (todo or already re-run by B), attempts + 1.
     wait_until(
-        lambda: harness.one("SELECT count(*) FROM pcq_jobs WHERE id = ANY(%s) AND status = 'doing' "
-                            "AND worker_id IS NOT DISTINCT FROM %s", (a_jobs, a_id)) == 0,
+        lambda: (
+            harness.one(
+                "SELECT count(*) FROM pcq_jobs WHERE id = ANY(%s) AND status = 'doing' "
+                "AND worker_id IS NOT DISTINCT FROM %s",
+                (a_jobs, a_id),
+            )
+            == 0
+        ),
         timeout=RECOVERY_WINDOW + 5,
         what="A's jobs recovered",
     )
     assert time.monotonic() - killed_at < RECOVERY_WINDOW + 5
     harness.wait_status(jobs, "succeeded", timeout=30)
-    assert harness.one("SELECT count(*) FROM pcq_workers WHERE id = %s", (a_id,)) == 0, "A's row not pruned"
+    assert harness.one("SELECT count(*) FROM pcq_workers WHERE id = %s", (a_id,)) == 0, (
+        "A's row not pruned"
+    )
     # Interrupted jobs: 2 starts, second attempt counted; the rest: 1 start.
     for job_id in jobs:
         starts = harness.starts(job_id)
         assert (1 <= starts <= 2) if job_id in a_jobs else starts == 1, (job_id, starts)
     assert harness.one("SELECT min(attempts) FROM pcq_jobs WHERE id = ANY(%s)", (a_jobs,)) == 2
-    recovered = harness.one("SELECT count(*) FROM pcq_events WHERE type = 'recovered' AND job_id = ANY(%s)", (a_jobs,))
+    recovered = harness.one(
+        "SELECT count(*) FROM pcq_events WHERE type = 'recovered' AND job_id = ANY(%s)", (a_jobs,)
+    )
     assert recovered == len(a_jobs)
     harness.stop_all()
     harness.check(expect_success=jobs)
@@ -61,9 +80,13 @@ def test_f02_frozen_worker_is_fenced_and_reregisters(harness: Harness) -> None:
     a_id = harness.one("SELECT id FROM pcq_workers WHERE pid = %s", (a.pid,))
     a.signal(signal.SIGSTOP)
     # Backdate A's heartbeat instead of waiting stalled_worker_timeout.
-    harness.conn.execute("UPDATE pcq_workers SET last_heartbeat = now() - interval '1 hour' WHERE id = %s", (a_id,))
+    harness.conn.execute(
+        "UPDATE pcq_workers SET last_heartbeat = now() - interval '1 hour' WHERE id = %s", (a_id,)
+    )
     harness.start_worker("B", concurrency=1)
-    wait_until(lambda: harness.starts(job) == 2, timeout=RECOVERY_WINDOW + 5, what="B re-ran the job")
+    wait_until(
+        lambda: harness.starts(job) == 2, timeout=RECOVERY_WINDOW + 5, what="B re-ran the job"
+    )
     assert harness.one("SELECT count(*) FROM pcq_workers WHERE id = %s", (a_id,)) == 0
     a.signal(signal.SIGCONT)
     # A's run ends first (its sleep ran out while frozen) and is refused by the fence.
@@ -72,6 +95,11 @@ def test_f02_frozen_worker_is_fenced_and_reregisters(harness: Harness) -> None:
     a.wait_log(r"was pruned as stalled .*registered again", timeout=5)
     harness.wait_status([job], "succeeded", timeout=10)
     assert harness.one("SELECT attempts FROM pcq_jobs WHERE id = %s", (job,)) == 2
-    assert harness.one("SELECT count(*) FROM pcq_events WHERE job_id = %s AND type = 'succeeded'", (job,)) == 1
+    assert (
+        harness.one(
+            "SELECT count(*) FROM pcq_events WHERE job_id = %s AND type = 'succeeded'", (job,)
+        )
+        == 1
+    )
     harness.stop_all()
     harness.check(expect_success=[job], zombies=[job])

@@ -90,19 +90,44 @@ class Case:
 
 
 CASES = [
-    Case("psycopg", lambda dsn, **kw: pc.PsycopgConnector(conninfo=dsn, min_size=1, max_size=4, **kw),
-         "async", transaction=psycopg3_transaction),
-    Case("sync_psycopg", lambda dsn, **kw: pc.SyncPsycopgConnector(conninfo=dsn, min_size=1, max_size=4, **kw),
-         "sync", transaction=psycopg3_transaction),
-    Case("aiopg", lambda dsn, **kw: pc.AiopgConnector(dsn=dsn, minsize=1, maxsize=4, **kw),
-         "async", transaction=psycopg2_transaction),
-    Case("psycopg2", lambda dsn, **kw: pc.Psycopg2Connector(dsn=dsn, minconn=1, maxconn=4, **kw),
-         "sync", transaction=psycopg2_transaction),
-    Case("sqlalchemy", lambda dsn, **kw: pc.SQLAlchemyPsycopg2Connector(dsn=dsn, pool_size=4, **kw),
-         "sync", transaction=sqlalchemy_transaction),
+    Case(
+        "psycopg",
+        lambda dsn, **kw: pc.PsycopgConnector(conninfo=dsn, min_size=1, max_size=4, **kw),
+        "async",
+        transaction=psycopg3_transaction,
+    ),
+    Case(
+        "sync_psycopg",
+        lambda dsn, **kw: pc.SyncPsycopgConnector(conninfo=dsn, min_size=1, max_size=4, **kw),
+        "sync",
+        transaction=psycopg3_transaction,
+    ),
+    Case(
+        "aiopg",
+        lambda dsn, **kw: pc.AiopgConnector(dsn=dsn, minsize=1, maxsize=4, **kw),
+        "async",
+        transaction=psycopg2_transaction,
+    ),
+    Case(
+        "psycopg2",
+        lambda dsn, **kw: pc.Psycopg2Connector(dsn=dsn, minconn=1, maxconn=4, **kw),
+        "sync",
+        transaction=psycopg2_transaction,
+    ),
+    Case(
+        "sqlalchemy",
+        lambda dsn, **kw: pc.SQLAlchemyPsycopg2Connector(dsn=dsn, pool_size=4, **kw),
+        "sync",
+        transaction=sqlalchemy_transaction,
+    ),
     Case("in_memory", lambda dsn, **kw: InMemoryConnector(**kw), "async", real=False),
-    Case("django", lambda dsn, **kw: django_contract.build(dsn, **kw), "sync",
-         transaction=lambda dsn, commit: django_contract.transaction(dsn, commit), requires_open=False),
+    Case(
+        "django",
+        lambda dsn, **kw: django_contract.build(dsn, **kw),
+        "sync",
+        transaction=lambda dsn, commit: django_contract.transaction(dsn, commit),
+        requires_open=False,
+    ),
 ]
 REAL = [case for case in CASES if case.real]
 NEEDS_OPEN = [case for case in REAL if case.requires_open]
@@ -222,7 +247,10 @@ def test_rows_are_dicts(harness):
     with harness.app().open() as app:
         row = app.connector.get_sync_connector().execute_query_one("schema_is_installed")
         assert type(row) is dict and row == {"installed": True}
-        assert app.connector.get_sync_connector().execute_query_one("job_get_status", {"job_id": 0}) is None
+        assert (
+            app.connector.get_sync_connector().execute_query_one("job_get_status", {"job_id": 0})
+            is None
+        )
 
 
 @pytest.mark.parametrize("real_case", NEEDS_OPEN, ids=_ids(NEEDS_OPEN))
@@ -264,7 +292,9 @@ async def test_dead_database_at_open_async_names_target_never_password(real_case
 def test_driver_errors_come_out_translated(real_case, db_params):
     with pc.App(connector=real_case.build(url_of(db_params))).open() as app:
         with pytest.raises(exceptions.ConnectorException) as info:
-            app.connector.get_sync_connector().execute_query_one("job_get_status", {"job_id": "not a number"})
+            app.connector.get_sync_connector().execute_query_one(
+                "job_get_status", {"job_id": "not a number"}
+            )
         assert not isinstance(info.value, exceptions.DatabaseConnectionError)
         assert info.value.__cause__ is not None  # the driver's exception, kept for debugging
         # The pool is still usable after the error.
@@ -382,7 +412,10 @@ async def test_an_outcome_for_the_wrong_attempt_or_worker_is_refused(harness):
         w = await m.register_worker_async("w1", "host", 42)
         assert await _claim(m, w) == [b]
         assert await m.finish_jobs_async([JobOutcome(b, w, attempt=2, status="succeeded")]) == set()
-        assert await m.finish_jobs_async([JobOutcome(b, w + 1, attempt=1, status="succeeded")]) == set()
+        assert (
+            await m.finish_jobs_async([JobOutcome(b, w + 1, attempt=1, status="succeeded")])
+            == set()
+        )
         assert await m.get_job_status_async(b) == pc.Status.DOING
 
 
@@ -396,7 +429,10 @@ async def test_finishing_records_each_outcome_and_frees_the_lock(harness):
         assert await _claim(m, w, ["q1"]) == [b]
         assert await _claim(m, w) == [c]
         done = await m.finish_jobs_async(
-            [JobOutcome(b, w, 1, "succeeded", result={"ok": 1}), JobOutcome(c, w, 1, "failed", error={"type": "E"})]
+            [
+                JobOutcome(b, w, 1, "succeeded", result={"ok": 1}),
+                JobOutcome(c, w, 1, "failed", error={"type": "E"}),
+            ]
         )
         assert done == {b, c}
         assert await m.get_job_status_async(b) == pc.Status.SUCCEEDED
@@ -465,10 +501,16 @@ async def test_a_running_job_is_aborted_not_cancelled_and_its_history_says_so(ha
         assert await m.list_jobs_to_abort_async(w) == []
         assert await m.cancel_job_by_id_async(c, abort=True) is True
         assert await m.list_jobs_to_abort_async(w) == [c]
-        events = [(e["type"], e["attempt"], e["worker_id"]) for e in await m.list_job_events_async(c)]
+        events = [
+            (e["type"], e["attempt"], e["worker_id"]) for e in await m.list_job_events_async(c)
+        ]
         assert events == [
-            ("deferred", 0, None), ("started", 1, w), ("failed", 1, w), ("retried", 1, w),
-            ("started", 2, w), ("abort_requested", 2, w),
+            ("deferred", 0, None),
+            ("started", 1, w),
+            ("failed", 1, w),
+            ("retried", 1, w),
+            ("started", 2, w),
+            ("abort_requested", 2, w),
         ]
 
 
@@ -535,7 +577,9 @@ async def test_worker_heartbeats_and_unregister(harness):
         assert await m.recover_stalled_jobs_async(3600) == [(job_id, pc.Status.TODO)]
         # The job forgets its worker; its history says which worker lost it.
         assert [(e["type"], e["worker_id"]) for e in await m.list_job_events_async(job_id)] == [
-            ("deferred", None), ("started", w), ("recovered", w)
+            ("deferred", None),
+            ("started", w),
+            ("recovered", w),
         ]
         assert (await m.list_jobs_async(id=job_id))[0].worker_id is None
 
@@ -543,7 +587,9 @@ async def test_worker_heartbeats_and_unregister(harness):
 # -- workers and notifications ---------------------------------------------------
 def test_sync_connectors_refuse_worker_work(sync_harness):
     app = sync_harness.app()
-    with pytest.raises(exceptions.SyncConnectorConfigurationError, match="PsycopgConnector or AiopgConnector"):
+    with pytest.raises(
+        exceptions.SyncConnectorConfigurationError, match="PsycopgConnector or AiopgConnector"
+    ):
         asyncio.run(app.connector.listen_notify(["pcq_any"], lambda c, p: None))
     with pytest.raises(exceptions.SyncConnectorConfigurationError, match="cannot run a worker"):
         app.run_worker(wait=False)
@@ -561,7 +607,9 @@ async def test_listen_notify(async_harness):
                 got.set()
 
         task = asyncio.create_task(
-            app.connector.listen_notify(["pcq_any", "pcq_q_my queue"], on_notification, listening.set)
+            app.connector.listen_notify(
+                ["pcq_any", "pcq_q_my queue"], on_notification, listening.set
+            )
         )
         try:
             await asyncio.wait_for(listening.wait(), 10)
@@ -636,14 +684,18 @@ def _defer_catching(app: pc.App, caught: list[str]) -> None:
 ALL_VERSIONS = [migration.version for migration in sql.migrations()]
 
 
-def test_migrations_apply_through_every_connector_in_one_transaction(real_case, pg_server, empty_db_name):
+def test_migrations_apply_through_every_connector_in_one_transaction(
+    real_case, pg_server, empty_db_name
+):
     url = url_of({**pg_server.params, "dbname": empty_db_name})
     app = pc.App(connector=real_case.build(url))
     with app.open():
         connector = app.connector.get_sync_connector()
         # A failing script leaves nothing behind: it ran as one transaction.
         with pytest.raises(exceptions.ConnectorException):
-            connector.execute_script("CREATE TABLE half_done (id int); SELECT * FROM no_such_table;")
+            connector.execute_script(
+                "CREATE TABLE half_done (id int); SELECT * FROM no_such_table;"
+            )
         assert connector.execute_query_one("schema_is_installed") == {"installed": False}
         assert app.schema_manager.apply_schema() == ALL_VERSIONS
         assert app.schema_manager.get_status().is_current
@@ -660,6 +712,7 @@ async def test_migrations_apply_async_through_every_connector(real_case, pg_serv
         assert (await app.schema_manager.get_status_async()).is_current
         assert await app.connector.execute_query_one_async("job_get_status", {"job_id": 1}) is None
 
+
 # -- procrastinate's stalled-jobs recipe ------------------------------------------
 async def test_get_stalled_jobs_and_retry_job(harness):
     app = harness.app()
@@ -675,7 +728,9 @@ async def test_get_stalled_jobs_and_retry_job(harness):
 
         # procrastinate's async spelling, and ours
         stalled = await m.get_stalled_jobs(queue="q")
-        assert [(j.id, j.status, j.attempts, j.claims) for j in stalled] == [(job_id, "doing", 0, 1)]
+        assert [(j.id, j.status, j.attempts, j.claims) for j in stalled] == [
+            (job_id, "doing", 0, 1)
+        ]
         assert [j.id for j in await m.get_stalled_jobs_async(task_name="o")] == [other]
         assert await m.get_stalled_jobs(task_name="nope") == []
 
@@ -688,6 +743,7 @@ async def test_get_stalled_jobs_and_retry_job(harness):
         assert await m.retry_job_async(stalled[0]) is False  # an older claim of a running job
         assert [j.id for j in await m.get_stalled_jobs()] == [other]
 
+
 async def test_a_job_whose_worker_keeps_dying_ends_failed_after_the_bound(harness):
     """Migration 0007: each recovery is counted; the max_recoveries-th ends the job failed."""
     async with harness.app().open_async() as app:
@@ -699,13 +755,25 @@ async def test_a_job_whose_worker_keeps_dying_ends_failed_after_the_bound(harnes
             assert [j.id for j in await m.fetch_jobs_async(w, None, 1)] == [job_id]
             await m.unregister_worker_async(w)  # the worker died while running it
             statuses += await m.recover_stalled_jobs_async(3600, 3)
-        assert statuses == [(job_id, pc.Status.TODO), (job_id, pc.Status.TODO), (job_id, pc.Status.FAILED)]
+        assert statuses == [
+            (job_id, pc.Status.TODO),
+            (job_id, pc.Status.TODO),
+            (job_id, pc.Status.FAILED),
+        ]
         [job] = await m.list_jobs_async(id=job_id)
         assert job.status == "failed" and job.claims == 3
         assert job.error["type"] == "procrastinate_core.exceptions.PoisonJob"
         assert "its worker died while running it 3 times" in job.error["message"]
         events = [e["type"] for e in await m.list_job_events_async(job_id)]
-        assert events == ["deferred", "started", "recovered", "started", "recovered", "started", "failed"]
+        assert events == [
+            "deferred",
+            "started",
+            "recovered",
+            "started",
+            "recovered",
+            "started",
+            "failed",
+        ]
         # Without a bound (the default of the manager call), recovery always requeues.
         other = await app.configure_task("t").defer_async()
         for _ in range(4):

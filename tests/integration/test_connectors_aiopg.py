@@ -14,7 +14,13 @@ from procrastinate_core import exceptions
 from procrastinate_core.connectors.sync_bridge import SyncBridge
 from tests.support.waiting import wait_until_async
 
-ENVIRONMENT = {"host": "PGHOST", "port": "PGPORT", "dbname": "PGDATABASE", "user": "PGUSER", "password": "PGPASSWORD"}
+ENVIRONMENT = {
+    "host": "PGHOST",
+    "port": "PGPORT",
+    "dbname": "PGDATABASE",
+    "user": "PGUSER",
+    "password": "PGPASSWORD",
+}
 
 
 def _names(db_conn) -> list[str]:
@@ -31,7 +37,9 @@ async def test_parameters_three_ways(db_dsn, db_params, monkeypatch):
     for connector in (by_dsn, by_keywords, by_environment):
         await connector.open_async()
         try:
-            assert await connector.execute_query_one_async("schema_is_installed") == {"installed": True}
+            assert await connector.execute_query_one_async("schema_is_installed") == {
+                "installed": True
+            }
         finally:
             await connector.close_async()
 
@@ -42,7 +50,9 @@ async def test_pool_arguments_pass_through(db_dsn, db_conn):
     async def on_connect(conn):
         connected.append(conn)
 
-    connector = pc.AiopgConnector(dsn=db_dsn, minsize=2, maxsize=3, timeout=7, on_connect=on_connect)
+    connector = pc.AiopgConnector(
+        dsn=db_dsn, minsize=2, maxsize=3, timeout=7, on_connect=on_connect
+    )
     await connector.open_async()
     try:
         pool = connector.pool
@@ -117,7 +127,9 @@ async def test_listener_reconnects_after_losing_its_connection(db_dsn, db_conn):
             listening += 1
 
         task = asyncio.create_task(
-            app.connector.listen_notify(["pcq_any"], lambda channel, payload: received.append(channel), on_listening)
+            app.connector.listen_notify(
+                ["pcq_any"], lambda channel, payload: received.append(channel), on_listening
+            )
         )
         try:
             await wait_until_async(_async(lambda: listening == 1), what="the listener")
@@ -127,7 +139,9 @@ async def test_listener_reconnects_after_losing_its_connection(db_dsn, db_conn):
                 "WHERE datname = current_database() AND application_name = 'procrastinate_core-listener'"
             )
             # The keepalive notices the dead socket; the listener reconnects and says so.
-            await wait_until_async(_async(lambda: listening == 2), timeout=15, what="a reconnection")
+            await wait_until_async(
+                _async(lambda: listening == 2), timeout=15, what="a reconnection"
+            )
             await app.configure_task("t").defer_async()
             await wait_until_async(_async(lambda: received == ["pcq_any"]), what="the notification")
         finally:
@@ -183,7 +197,8 @@ async def test_worker_wakes_on_notify(db_dsn, db_conn):
                 "AND datname = current_database() AND state = 'idle' AND query LIKE 'LISTEN %'"
             )
             await wait_until_async(
-                _async(lambda: db_conn.execute(listening).fetchone() == (1,)), what="the worker's LISTEN"
+                _async(lambda: db_conn.execute(listening).fetchone() == (1,)),
+                what="the worker's LISTEN",
             )
             await t.defer_async()
             await asyncio.wait_for(done.wait(), 10)  # far sooner than the 60 s polling
@@ -199,6 +214,7 @@ def test_defer_from_plain_sync_code_while_open_async_raises_the_documented_error
 
     async def main() -> None:
         async with app.open_async():
+
             def elsewhere() -> None:
                 try:
                     app.configure_task("t").defer()

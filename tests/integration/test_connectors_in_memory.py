@@ -28,7 +28,9 @@ async def _scenario(app: pc.App, seed: int) -> list[Any]:
     workers = [await m.register_worker_async(f"w{n}", "h", n) for n in range(2)]
     running: dict[int, tuple[int, int]] = {}  # job id -> (worker, attempt)
     for _ in range(120):
-        op = rng.choice(["defer", "defer", "batch", "fetch", "fetch", "finish", "finish", "cancel", "retry"])
+        op = rng.choice(
+            ["defer", "defer", "batch", "fetch", "fetch", "finish", "finish", "cancel", "retry"]
+        )
         if op in ("defer", "batch"):
             options = {
                 "queue": rng.choice(["a", "b"]),
@@ -59,15 +61,21 @@ async def _scenario(app: pc.App, seed: int) -> list[Any]:
             status = rng.choice(["succeeded", "failed", "todo", "aborted"])
             later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
             retry_at = later if status == "todo" and rng.random() < 0.3 else None
-            outcome = JobOutcome(job_id, worker, attempt, status, delete_job=rng.random() < 0.1, retry_at=retry_at)
+            outcome = JobOutcome(
+                job_id, worker, attempt, status, delete_job=rng.random() < 0.1, retry_at=retry_at
+            )
             answers.append(("finish", sorted(await m.finish_jobs_async([outcome]))))
         elif op == "cancel":
             job_id = rng.randint(1, 40)
-            answers.append(("cancel", job_id, await m.cancel_job_by_id_async(job_id, abort=rng.random() < 0.5)))
+            answers.append(
+                ("cancel", job_id, await m.cancel_job_by_id_async(job_id, abort=rng.random() < 0.5))
+            )
         elif op == "retry":
             job_id = rng.randint(1, 40)
             try:
-                answers.append(("retry", await m.retry_job_by_id_async(job_id, priority=rng.choice([None, 3]))))
+                answers.append(
+                    ("retry", await m.retry_job_by_id_async(job_id, priority=rng.choice([None, 3])))
+                )
             except exceptions.AlreadyEnqueued:
                 answers.append(("retry", "AlreadyEnqueued"))
     answers.append(("promote", await m.promote_due_jobs_async()))  # nothing is due yet
@@ -76,10 +84,24 @@ async def _scenario(app: pc.App, seed: int) -> list[Any]:
     await m.unregister_worker_async(workers[0])
     answers.append(("recover", sorted(await m.recover_stalled_jobs_async(3600))))
     jobs = await m.list_jobs_async()
-    answers.append([
-        (j.id, j.task_name, j.queue, j.status, j.priority, j.lock, j.queueing_lock, j.attempts,
-         j.worker_id, j.abort_requested, j.task_kwargs) for j in jobs
-    ])
+    answers.append(
+        [
+            (
+                j.id,
+                j.task_name,
+                j.queue,
+                j.status,
+                j.priority,
+                j.lock,
+                j.queueing_lock,
+                j.attempts,
+                j.worker_id,
+                j.abort_requested,
+                j.task_kwargs,
+            )
+            for j in jobs
+        ]
+    )
     for job in jobs:
         answers.append([(e["type"], e["attempt"]) for e in await m.list_job_events_async(job.id)])
     answers.append(await m.list_queues_async())
@@ -178,7 +200,9 @@ async def test_listen_notify_wakes_on_defer_and_abort():
     received: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
     listening = asyncio.Event()
     task = asyncio.create_task(
-        connector.listen_notify(["pcq_q_a", "pcq_abort"], lambda c, p: received.put_nowait((c, p)), listening.set)
+        connector.listen_notify(
+            ["pcq_q_a", "pcq_abort"], lambda c, p: received.put_nowait((c, p)), listening.set
+        )
     )
     try:
         await asyncio.wait_for(listening.wait(), 5)

@@ -10,7 +10,13 @@ import procrastinate_core as pc
 from procrastinate_core import exceptions
 from tests.support.waiting import wait_until
 
-ENVIRONMENT = {"host": "PGHOST", "port": "PGPORT", "dbname": "PGDATABASE", "user": "PGUSER", "password": "PGPASSWORD"}
+ENVIRONMENT = {
+    "host": "PGHOST",
+    "port": "PGPORT",
+    "dbname": "PGDATABASE",
+    "user": "PGUSER",
+    "password": "PGPASSWORD",
+}
 OURS = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = %s"
 
 
@@ -34,8 +40,9 @@ def test_pool_arguments_pass_through(db_dsn, db_conn):
     class Tagged(psycopg2.extensions.connection):
         pass
 
-    connector = pc.Psycopg2Connector(dsn=db_dsn, minconn=2, maxconn=5, connection_factory=Tagged,
-                                     application_name="shop")
+    connector = pc.Psycopg2Connector(
+        dsn=db_dsn, minconn=2, maxconn=5, connection_factory=Tagged, application_name="shop"
+    )
     connector.open()
     try:
         assert (connector.pool.minconn, connector.pool.maxconn) == (2, 5)
@@ -61,7 +68,10 @@ def test_many_threads_share_a_small_pool(db_dsn, db_conn):
 
     with app.open():
         # The probe connection of open() is closed; wait until its backend is gone too.
-        wait_until(lambda: db_conn.execute(OURS, ("procrastinate_core",)).fetchone() == (2,), what="the pool")
+        wait_until(
+            lambda: db_conn.execute(OURS, ("procrastinate_core",)).fetchone() == (2,),
+            what="the pool",
+        )
         threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
         for thread in threads:
             thread.start()
@@ -72,7 +82,9 @@ def test_many_threads_share_a_small_pool(db_dsn, db_conn):
             thread.join()
     assert errors == []
     rows = db_conn.execute("SELECT args FROM pcq_jobs").fetchall()
-    assert sorted((r[0]["thread"], r[0]["i"]) for r in rows) == [(t, i) for t in range(8) for i in range(25)]
+    assert sorted((r[0]["thread"], r[0]["i"]) for r in rows) == [
+        (t, i) for t in range(8) for i in range(25)
+    ]
     assert peak <= 2
 
 
@@ -84,7 +96,10 @@ def test_a_broken_connection_is_discarded_not_reused(db_dsn, db_conn):
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE datname = current_database() AND application_name = 'procrastinate_core'"
         )
-        wait_until(lambda: db_conn.execute(OURS, ("procrastinate_core",)).fetchone() == (0,), what="termination")
+        wait_until(
+            lambda: db_conn.execute(OURS, ("procrastinate_core",)).fetchone() == (0,),
+            what="termination",
+        )
         # The dead connection fails the call that uses it, loudly and translated...
         with pytest.raises(exceptions.DatabaseConnectionError, match="dbname="):
             app.configure_task("t").defer()

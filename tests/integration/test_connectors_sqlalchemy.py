@@ -12,7 +12,13 @@ from procrastinate_core import exceptions
 from procrastinate_core.contrib.sqlalchemy import SQLAlchemyPsycopg2Connector
 from tests.integration.test_connector_contract import url_of
 
-ENVIRONMENT = {"host": "PGHOST", "port": "PGPORT", "dbname": "PGDATABASE", "user": "PGUSER", "password": "PGPASSWORD"}
+ENVIRONMENT = {
+    "host": "PGHOST",
+    "port": "PGPORT",
+    "dbname": "PGDATABASE",
+    "user": "PGUSER",
+    "password": "PGPASSWORD",
+}
 OTHERS = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
 
 
@@ -88,11 +94,15 @@ def test_the_applications_engine_is_shared_not_duplicated(db_params, db_conn):
     assert errors == []
     assert 1 <= peak <= 2
     rows = db_conn.execute("SELECT args FROM pcq_jobs").fetchall()
-    assert sorted((r[0]["thread"], r[0]["i"]) for r in rows) == [(t, i) for t in range(8) for i in range(25)]
+    assert sorted((r[0]["thread"], r[0]["i"]) for r in rows) == [
+        (t, i) for t in range(8) for i in range(25)
+    ]
 
 
 def test_an_engine_with_another_driver_is_refused_with_the_fix(db_params):
-    engine = sqlalchemy.create_engine(url_of(db_params).replace("postgresql://", "postgresql+psycopg://", 1))
+    engine = sqlalchemy.create_engine(
+        url_of(db_params).replace("postgresql://", "postgresql+psycopg://", 1)
+    )
     try:
         with pytest.raises(exceptions.ConfigurationError, match="postgresql\\+psycopg2://"):
             pc.App(connector=SQLAlchemyPsycopg2Connector()).open(engine)
@@ -106,7 +116,9 @@ def test_defer_inside_a_session_transaction(db_params, db_conn):
     """The ORM way: defer on the session's connection; rollback takes the job with it."""
     from sqlalchemy.orm import Session
 
-    engine = sqlalchemy.create_engine(url_of(db_params).replace("postgresql://", "postgresql+psycopg2://", 1))
+    engine = sqlalchemy.create_engine(
+        url_of(db_params).replace("postgresql://", "postgresql+psycopg2://", 1)
+    )
     app = pc.App(connector=SQLAlchemyPsycopg2Connector())
     try:
         app.open(engine)

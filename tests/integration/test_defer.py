@@ -9,7 +9,10 @@ import procrastinate_core as pc
 from procrastinate_core import exceptions
 
 
-def rows(db_conn, query="SELECT task_name, queue_name, args, priority, lock, queueing_lock, status FROM pcq_jobs ORDER BY id"):
+def rows(
+    db_conn,
+    query="SELECT task_name, queue_name, args, priority, lock, queueing_lock, status FROM pcq_jobs ORDER BY id",
+):
     return db_conn.execute(query).fetchall()
 
 
@@ -192,7 +195,9 @@ def test_custom_json_hooks_round_trip(db_dsn):
 
         return json.loads(text, object_hook=hook)
 
-    app = pc.App(connector=pc.SyncPsycopgConnector(conninfo=db_dsn, json_dumps=dumps, json_loads=loads))
+    app = pc.App(
+        connector=pc.SyncPsycopgConnector(conninfo=db_dsn, json_dumps=dumps, json_loads=loads)
+    )
 
     @app.task(name="t")
     def t(day):
@@ -223,7 +228,7 @@ def test_batch_defer_encodes_each_jobs_arguments_once_and_stores_them_exactly(db
     when = datetime.datetime(2030, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
     with app.open():
         ids = t.configure(queue="q1", lock="l\u00e9", priority=3, schedule_at=when).batch_defer(
-            {"n": 1, "s": "caf\u00e9 \"quoted\" \\ \u2603"},
+            {"n": 1, "s": 'caf\u00e9 "quoted" \\ \u2603'},
             {"n": 2, "day": datetime.date(2026, 1, 2)},
             {},
         )
@@ -234,7 +239,14 @@ def test_batch_defer_encodes_each_jobs_arguments_once_and_stores_them_exactly(db
         "SELECT id, args, queue_name, lock, priority, scheduled_at, status FROM pcq_jobs ORDER BY id"
     ).fetchall()
     assert [row[0] for row in got] == [*ids, job_id]
-    assert got[0][1:] == ({"n": 1, "s": "caf\u00e9 \"quoted\" \\ \u2603"}, "q1", "l\u00e9", 3, when, "todo")
+    assert got[0][1:] == (
+        {"n": 1, "s": 'caf\u00e9 "quoted" \\ \u2603'},
+        "q1",
+        "l\u00e9",
+        3,
+        when,
+        "todo",
+    )
     assert got[1][1] == {"n": 2, "day": {"__date__": "2026-01-02"}}
     assert got[2][1] == {}
     assert got[3][1:] == ({"n": 4}, "default", None, 0, None, "todo")
@@ -261,12 +273,16 @@ def test_manager_batch_of_mixed_templates_with_and_without_texts(app, db_conn):
         ("x", "a", {"i": 3}, 0, None, None),
     ]
     assert [row[:6] for row in got] == expected * 2
-    assert [job.id for job in with_texts + without] == [row[0] for row in db_conn.execute("SELECT id FROM pcq_jobs ORDER BY id")]
+    assert [job.id for job in with_texts + without] == [
+        row[0] for row in db_conn.execute("SELECT id FROM pcq_jobs ORDER BY id")
+    ]
     with pytest.raises(ValueError, match="2 argument texts for 3 jobs"):
         app.job_manager.batch_defer_jobs(jobs, args_json=texts[:2])
 
 
-async def test_batch_from_a_configured_template_merges_arguments_and_returns_ids_in_order(async_app, db_conn):
+async def test_batch_from_a_configured_template_merges_arguments_and_returns_ids_in_order(
+    async_app, db_conn
+):
     """batch_defer sends one template and per-job argument texts: every row gets the
     template's fields, the template's task_kwargs under each call's, ids in call order."""
 
@@ -275,7 +291,9 @@ async def test_batch_from_a_configured_template_merges_arguments_and_returns_ids
         pass
 
     at = datetime.datetime(2031, 5, 1, 12, tzinfo=datetime.timezone.utc)
-    deferrer = t.configure(queue="b", priority=4, lock="L", schedule_at=at, task_kwargs={"k": 1, "i": -1})
+    deferrer = t.configure(
+        queue="b", priority=4, lock="L", schedule_at=at, task_kwargs={"k": 1, "i": -1}
+    )
     ids = await deferrer.batch_defer_async(*[{"i": i} for i in range(5)])
     rows = db_conn.execute(
         "SELECT id, task_name, queue_name, priority, lock, scheduled_at, args FROM pcq_jobs ORDER BY id"

@@ -35,7 +35,9 @@ def test_delete_old_jobs_loops_until_done_and_takes_the_events(app, db_conn):
     recent = app.configure_task("t").defer()
     assert app.job_manager.delete_old_jobs(1, batch_size=3) == 7  # batches of 3, 3, 1
     assert [job.id for job in app.job_manager.list_jobs()] == [recent]
-    assert db_conn.execute("SELECT count(*) FROM pcq_events WHERE job_id = ANY(%s)", [ids]).fetchone() == (0,)
+    assert db_conn.execute(
+        "SELECT count(*) FROM pcq_events WHERE job_id = ANY(%s)", [ids]
+    ).fetchone() == (0,)
     assert DELETE_OLD_JOBS_BATCH_SIZE == 10_000  # documented in docs/jobs.md
 
 

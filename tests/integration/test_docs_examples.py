@@ -19,7 +19,13 @@ from tests.integration.test_connector_contract import url_of
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 PAGES = ["connectors.md", "observability.md", "migrating-from-procrastinate.md", "flow-control.md"]
 _BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
-ENVIRONMENT = {"host": "PGHOST", "port": "PGPORT", "dbname": "PGDATABASE", "user": "PGUSER", "password": "PGPASSWORD"}
+ENVIRONMENT = {
+    "host": "PGHOST",
+    "port": "PGPORT",
+    "dbname": "PGDATABASE",
+    "user": "PGUSER",
+    "password": "PGPASSWORD",
+}
 
 
 def blocks(page: str) -> list[str]:

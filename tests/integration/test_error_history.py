@@ -31,7 +31,9 @@ def _error(n: int) -> dict[str, Any]:
 async def _attempt(m: JobManager, worker: int, job_id: int, **outcome: Any) -> None:
     [job] = await m.fetch_jobs_async(worker, None, 1)
     assert job.id == job_id
-    assert await m.finish_jobs_async([JobOutcome(job_id, worker, job.claims, **outcome)]) == {job_id}
+    assert await m.finish_jobs_async([JobOutcome(job_id, worker, job.claims, **outcome)]) == {
+        job_id
+    }
 
 
 async def test_each_failed_attempt_keeps_its_error_after_a_retry_succeeds(every_connector):
@@ -93,8 +95,12 @@ def test_a_claim_does_not_touch_the_history(db_conn):
         "INSERT INTO pcq_jobs (queue_name, task_name, error) VALUES ('q', 't', %s) RETURNING id",
         [json.dumps(_error(0))],
     ).fetchone()[0]
-    db_conn.execute("UPDATE pcq_jobs SET status = 'doing', attempts = attempts + 1 WHERE id = %s", [job_id])
-    assert db_conn.execute("SELECT errors FROM pcq_jobs WHERE id = %s", [job_id]).fetchone()[0] == []
+    db_conn.execute(
+        "UPDATE pcq_jobs SET status = 'doing', attempts = attempts + 1 WHERE id = %s", [job_id]
+    )
+    assert (
+        db_conn.execute("SELECT errors FROM pcq_jobs WHERE id = %s", [job_id]).fetchone()[0] == []
+    )
 
 
 def test_the_migration_keeps_the_error_of_jobs_that_failed_before_it(pg_server, empty_db_name):
@@ -113,7 +119,9 @@ def test_the_migration_keeps_the_error_of_jobs_that_failed_before_it(pg_server, 
             "VALUES ('q', 't', 'failed', 2, 7, now(), %s) RETURNING id",
             [json.dumps(_error(2))],
         ).fetchone()[0]
-        fine = conn.execute("INSERT INTO pcq_jobs (queue_name, task_name) VALUES ('q', 't') RETURNING id").fetchone()[0]
+        fine = conn.execute(
+            "INSERT INTO pcq_jobs (queue_name, task_name) VALUES ('q', 't') RETURNING id"
+        ).fetchone()[0]
         for migration in sql.migrations():
             if migration.version >= ours.version:
                 conn.execute(migration.sql)

@@ -65,7 +65,11 @@ def _check(db_conn: Any, committed: bool, ids: list[int], committed_id: int) -> 
     statuses = _statuses(db_conn)
     if committed:
         assert statuses == {
-            committed_id: "cancelled", ids[0]: "todo", ids[1]: "cancelled", ids[2]: "todo", ids[3]: "todo"
+            committed_id: "cancelled",
+            ids[0]: "todo",
+            ids[1]: "cancelled",
+            ids[2]: "todo",
+            ids[3]: "todo",
         }
     else:
         assert statuses == {committed_id: "todo"}
@@ -95,7 +99,9 @@ def _sqlalchemy(db_dsn: str, commit: bool) -> Iterator[Any]:
     import psycopg2
     import sqlalchemy
 
-    engine = sqlalchemy.create_engine("postgresql+psycopg2://", creator=lambda: psycopg2.connect(db_dsn))
+    engine = sqlalchemy.create_engine(
+        "postgresql+psycopg2://", creator=lambda: psycopg2.connect(db_dsn)
+    )
     try:
         with engine.connect() as conn:
             transaction = conn.begin()
@@ -106,7 +112,10 @@ def _sqlalchemy(db_dsn: str, commit: bool) -> Iterator[Any]:
 
 
 SYNC_CASES = {
-    "sync_psycopg": (lambda p: pc.SyncPsycopgConnector(conninfo=_url(p), min_size=1, max_size=2), _psycopg_sync),
+    "sync_psycopg": (
+        lambda p: pc.SyncPsycopgConnector(conninfo=_url(p), min_size=1, max_size=2),
+        _psycopg_sync,
+    ),
     "psycopg2": (lambda p: pc.Psycopg2Connector(dsn=_url(p), minconn=1, maxconn=2), _psycopg2),
     "sqlalchemy": (lambda p: pc.SQLAlchemyPsycopg2Connector(dsn=_url(p), pool_size=2), _sqlalchemy),
 }

@@ -25,17 +25,28 @@ def shell(capsys, app, *argv):
 def test_pause_list_resume(capsys, app, db_conn):
     job = app.job_manager.defer_job(app.configure_task("t", queue="mail").make_new_job())
     assert shell(capsys, app, "list_paused") == (0, "Nothing is paused.\n", "")
-    assert shell(capsys, app, "pause_queue", "mail") == (0, "Queue 'mail' paused: 1 waiting job(s) held.\n", "")
+    assert shell(capsys, app, "pause_queue", "mail") == (
+        0,
+        "Queue 'mail' paused: 1 waiting job(s) held.\n",
+        "",
+    )
     assert shell(capsys, app, "pause_task", "t")[1] == "Task 't' paused: 0 waiting job(s) held.\n"
     code, out, _ = shell(capsys, app, "list_paused")
     assert code == 0
     assert [line.split(":")[0] for line in out.splitlines()] == ["queue mail", "task t"]
     assert app.job_manager.fetch_jobs(app.job_manager.register_worker(), None, 5) == []
-    assert shell(capsys, app, "resume_queue", "mail")[1] == "Queue 'mail' resumed: 0 waiting job(s) released.\n"
+    assert (
+        shell(capsys, app, "resume_queue", "mail")[1]
+        == "Queue 'mail' resumed: 0 waiting job(s) released.\n"
+    )
     # still held by its paused task
-    assert db_conn.execute("SELECT waiting_for FROM pcq_jobs WHERE id = %s", (job.id,)).fetchone() == ("pause",)
+    assert db_conn.execute(
+        "SELECT waiting_for FROM pcq_jobs WHERE id = %s", (job.id,)
+    ).fetchone() == ("pause",)
     assert shell(capsys, app, "resume_task", "t")[0] == 0
-    assert db_conn.execute("SELECT waiting_for FROM pcq_jobs WHERE id = %s", (job.id,)).fetchone() == (None,)
+    assert db_conn.execute(
+        "SELECT waiting_for FROM pcq_jobs WHERE id = %s", (job.id,)
+    ).fetchone() == (None,)
 
 
 def test_usage_errors(capsys, app):

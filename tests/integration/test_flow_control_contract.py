@@ -38,13 +38,17 @@ def _forget_django_aliases() -> Iterator[None]:
     django_contract.forget_all()
 
 
-async def claim(m: JobManager, worker: int, limit: int = 10, queues: list[str] | None = None) -> list[int]:
+async def claim(
+    m: JobManager, worker: int, limit: int = 10, queues: list[str] | None = None
+) -> list[int]:
     return sorted(job.id for job in await m.fetch_jobs_async(worker, queues, limit))  # type: ignore[misc]
 
 
 async def finish(m: JobManager, worker: int, job_id: int, status: str, **fields: Any) -> None:
     [job] = await m.list_jobs_async(id=job_id)
-    assert await m.finish_jobs_async([JobOutcome(job_id, worker, job.claims, status, **fields)]) == {job_id}
+    assert await m.finish_jobs_async(
+        [JobOutcome(job_id, worker, job.claims, status, **fields)]
+    ) == {job_id}
 
 
 # -- concurrency limits -------------------------------------------------------------
@@ -71,7 +75,9 @@ async def test_a_key_runs_at_most_n_and_every_path_frees_a_slot(every_connector)
         assert await claim(m, w) == [ids[5]]
         # Recovery of a dead worker holding two slots: the slots come back.
         assert sorted(await m.recover_stalled_jobs_async(0)) == [
-            (ids[3], pc.Status.TODO), (ids[5], pc.Status.TODO), (free, pc.Status.TODO),
+            (ids[3], pc.Status.TODO),
+            (ids[5], pc.Status.TODO),
+            (free, pc.Status.TODO),
         ]
         w = await m.register_worker_async("w2")
         assert await claim(m, w) == [ids[3], ids[5], free]
@@ -102,10 +108,16 @@ async def test_keys_are_independent_and_slots_go_by_priority(every_connector):
         m = app.job_manager
         w = await m.register_worker_async()
 
-        @app.task(name="per_customer", concurrency_limit=1, concurrency_key=lambda customer, **_: f"c:{customer}")
+        @app.task(
+            name="per_customer",
+            concurrency_limit=1,
+            concurrency_key=lambda customer, **_: f"c:{customer}",
+        )
         def per_customer(customer: int) -> None: ...
 
-        a1, a2, b1 = await per_customer.batch_defer_async({"customer": 1}, {"customer": 1}, {"customer": 2})
+        a1, a2, b1 = await per_customer.batch_defer_async(
+            {"customer": 1}, {"customer": 1}, {"customer": 2}
+        )
         high = await per_customer.configure(priority=5).defer_async(customer=1)
         assert await claim(m, w) == [a1, b1]
         await finish(m, w, a1, "succeeded")
@@ -125,7 +137,9 @@ async def test_keys_are_independent_and_slots_go_by_priority(every_connector):
 
 def test_lock_and_limit_do_not_combine_and_bad_limits_are_refused():
     app = pc.App(connector=InMemoryConnector())
-    with pytest.raises(exceptions.ConfigurationError, match="lock='L' and concurrency_limit=2 cannot be combined"):
+    with pytest.raises(
+        exceptions.ConfigurationError, match="lock='L' and concurrency_limit=2 cannot be combined"
+    ):
         app.task(name="both", lock="L", concurrency_limit=2)(lambda: None)
     plain = app.task(name="plain")(lambda: None)
     with pytest.raises(exceptions.ConfigurationError, match="cannot be combined"):
@@ -166,7 +180,9 @@ async def test_a_paused_queue_starts_nothing_until_resumed(every_connector):
         assert await claim(m, w) == [in_b]
         assert await claim(m, w, queues=["a"]) == []
         # Paused state is data: another app on the same database sees it.
-        assert [(row["kind"], row["name"]) for row in await m.list_paused_async()] == [("queue", "a")]
+        assert [(row["kind"], row["name"]) for row in await m.list_paused_async()] == [
+            ("queue", "a")
+        ]
         assert await m.resume_queue_async("a") == 5
         assert await m.list_paused_queues_async() == []
         assert await claim(m, w) == sorted([*in_a, later, soon])
@@ -202,8 +218,12 @@ async def test_a_paused_lock_head_keeps_its_place_and_limit_holders_their_slots(
         w = await m.register_worker_async()
         head = await app.configure_task("h", queue="paused", lock="L").defer_async()
         behind = await app.configure_task("b", queue="open", lock="L").defer_async()
-        slot = await app.configure_task("s", queue="paused", concurrency_key="K", concurrency_limit=1).defer_async()
-        waits = await app.configure_task("s", queue="open", concurrency_key="K", concurrency_limit=1).defer_async()
+        slot = await app.configure_task(
+            "s", queue="paused", concurrency_key="K", concurrency_limit=1
+        ).defer_async()
+        waits = await app.configure_task(
+            "s", queue="open", concurrency_key="K", concurrency_limit=1
+        ).defer_async()
         await m.pause_queue_async("paused")
         # Lock order holds across queues: the paused head is still first.
         assert await claim(m, w) == []
@@ -244,8 +264,13 @@ async def test_unique_key_raise_ignore_replace(every_connector):
         with pytest.raises(exceptions.AlreadyEnqueued) as caught:
             await app.configure_task("u", unique_key="k").defer_async(n=2)
         assert caught.value.conflict_ids == [first]  # type: ignore[attr-defined]
-        assert await app.configure_task("u", unique_key="k", on_conflict="ignore").defer_async(n=3) == first
-        second = await app.configure_task("u", unique_key="k", on_conflict="replace").defer_async(n=4)
+        assert (
+            await app.configure_task("u", unique_key="k", on_conflict="ignore").defer_async(n=3)
+            == first
+        )
+        second = await app.configure_task("u", unique_key="k", on_conflict="replace").defer_async(
+            n=4
+        )
         assert await m.get_job_status_async(first) == pc.Status.CANCELLED
         [job] = await m.list_jobs_async(id=second)
         assert job.task_kwargs == {"n": 4}
@@ -257,7 +282,11 @@ async def test_unique_key_raise_ignore_replace(every_connector):
         await finish(m, w, second, "succeeded")
         third = await app.configure_task("u", unique_key="k").defer_async()
         # ...unless they are, for a period.
-        strict = {"unique_key": "s", "unique_states": ("todo", "doing", "succeeded"), "unique_for": 3600}
+        strict = {
+            "unique_key": "s",
+            "unique_states": ("todo", "doing", "succeeded"),
+            "unique_for": 3600,
+        }
         done = await app.configure_task("u", **strict).defer_async()
         assert await claim(m, w) == [third, done]
         await finish(m, w, done, "succeeded")
@@ -283,10 +312,14 @@ async def test_batch_defer_decides_each_item(every_connector):
         assert len(await m.list_jobs_async()) == 3  # the conflicts did not undo the rest
         # all_or_nothing: one conflict inserts none of the batch.
         with pytest.raises(exceptions.AlreadyEnqueued, match="nothing was inserted"):
-            await sync_user.configure(all_or_nothing=True).batch_defer_async({"user": 4}, {"user": 1})
+            await sync_user.configure(all_or_nothing=True).batch_defer_async(
+                {"user": 4}, {"user": 1}
+            )
         assert len(await m.list_jobs_async()) == 3
         # ignore: every item gets the id of the job that will do the work.
-        got = await sync_user.configure(on_conflict="ignore").batch_defer_async({"user": 1}, {"user": 5}, {"user": 5})
+        got = await sync_user.configure(on_conflict="ignore").batch_defer_async(
+            {"user": 1}, {"user": 5}, {"user": 5}
+        )
         assert got[0] == existing and got[1] == got[2] and got[1] not in ids
 
 
@@ -317,7 +350,9 @@ def test_concurrent_claims_never_exceed_a_limit(app, db_dsn):
     def deferrer(n: int) -> None:
         try:
             for i in range(40):
-                app.configure_task("t", concurrency_key=f"K{i % 3}", concurrency_limit=3, priority=(n + i) % 4).defer()
+                app.configure_task(
+                    "t", concurrency_key=f"K{i % 3}", concurrency_limit=3, priority=(n + i) % 4
+                ).defer()
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -333,21 +368,28 @@ def test_concurrent_claims_never_exceed_a_limit(app, db_dsn):
     def watcher() -> None:
         with psycopg.connect(db_dsn, autocommit=True) as conn:
             while not stop.is_set():
-                violations.extend(conn.execute(
-                    "SELECT concurrency_key, count(*) FROM pcq_jobs WHERE concurrency_key IS NOT NULL AND "
-                    "(status = 'doing' OR (status = 'todo' AND waiting_for IS NULL)) "
-                    "GROUP BY concurrency_key HAVING count(*) > 3"
-                ).fetchall())
+                violations.extend(
+                    conn.execute(
+                        "SELECT concurrency_key, count(*) FROM pcq_jobs WHERE concurrency_key IS NOT NULL AND "
+                        "(status = 'doing' OR (status = 'todo' AND waiting_for IS NULL)) "
+                        "GROUP BY concurrency_key HAVING count(*) > 3"
+                    ).fetchall()
+                )
 
     deferrers = [threading.Thread(target=deferrer, args=(n,)) for n in range(4)]
-    helpers = [threading.Thread(target=runner) for _ in range(3)] + [threading.Thread(target=watcher)]
+    helpers = [threading.Thread(target=runner) for _ in range(3)] + [
+        threading.Thread(target=watcher)
+    ]
     for thread in deferrers + helpers:
         thread.start()
     for thread in deferrers:
         thread.join(60)
     try:
-        wait_until(lambda: m.list_jobs(status="todo") == [] and m.list_jobs(status="doing") == [],
-                   timeout=60, what="every job run")
+        wait_until(
+            lambda: m.list_jobs(status="todo") == [] and m.list_jobs(status="doing") == [],
+            timeout=60,
+            what="every job run",
+        )
     finally:
         stop.set()
         for thread in helpers:
@@ -398,9 +440,13 @@ def test_a_pause_racing_defers_leaves_no_ready_job(app, db_dsn):
     for thread in threads:
         thread.start()
     try:
-        wait_until(lambda: len(m.list_jobs(queue="q", limit=30)) >= 30, timeout=30, what="defers under way")
+        wait_until(
+            lambda: len(m.list_jobs(queue="q", limit=30)) >= 30, timeout=30, what="defers under way"
+        )
         m.pause_queue("q")
-        wait_until(lambda: len(m.list_jobs(queue="q")) >= 300, timeout=30, what="defers after the pause")
+        wait_until(
+            lambda: len(m.list_jobs(queue="q")) >= 300, timeout=30, what="defers after the pause"
+        )
     finally:
         stop.set()
         for thread in threads:
@@ -424,9 +470,16 @@ def test_a_conflict_does_not_abort_the_callers_transaction(db_dsn):
             deferrer = app.configure_task("u", unique_key="k", all_or_nothing=all_or_nothing)
             with conn.transaction():
                 results = app.job_manager.defer_flow(
-                    deferrer.job, deferrer.flow, [{}, {}], ["{}", "{}"], connection=conn  # type: ignore[arg-type]
+                    deferrer.job,
+                    deferrer.flow,
+                    [{}, {}],
+                    ["{}", "{}"],
+                    connection=conn,  # type: ignore[arg-type]
                 )
-                assert [r.outcome for r in results] == ["conflict", "conflict" if not all_or_nothing else "skipped"]
+                assert [r.outcome for r in results] == [
+                    "conflict",
+                    "conflict" if not all_or_nothing else "skipped",
+                ]
                 assert results[0].conflict_id == existing
                 assert conn.execute("SELECT count(*) FROM pcq_jobs").fetchone() == (1,)
 

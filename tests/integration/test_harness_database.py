@@ -44,7 +44,9 @@ def test_rows_are_emptied_and_ids_start_again(database):
 
 def test_tables_a_test_added_are_dropped_in_place(database):
     with connect(database) as conn:
-        conn.execute("CREATE TABLE ledger (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, job bigint)")
+        conn.execute(
+            "CREATE TABLE ledger (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, job bigint)"
+        )
         conn.execute("CREATE INDEX ON ledger (job)")
     recreated = database.recreated
     database.reset()
@@ -79,7 +81,9 @@ def test_any_other_change_gets_a_fresh_clone(database, change):
 def test_connections_a_test_left_open_do_not_block_the_reset(database):
     leftover = connect(database)
     leftover.autocommit = False
-    leftover.execute("LOCK TABLE pcq_jobs IN ACCESS EXCLUSIVE MODE")  # an open transaction holding a lock
+    leftover.execute(
+        "LOCK TABLE pcq_jobs IN ACCESS EXCLUSIVE MODE"
+    )  # an open transaction holding a lock
     recreated = database.recreated
     database.reset()
     assert database.recreated == recreated
@@ -100,7 +104,9 @@ def test_db_name_is_the_workers_database(db_name, worker_database, db_conn):
     assert db_conn.execute("SELECT count(*) FROM pcq_jobs").fetchone() == (0,)
 
 
-def test_own_db_name_is_a_database_of_the_tests_own_with_the_schema(own_db_name, worker_database, pg_server):
+def test_own_db_name_is_a_database_of_the_tests_own_with_the_schema(
+    own_db_name, worker_database, pg_server
+):
     assert own_db_name != worker_database.name
     with psycopg.connect(pg_server.conninfo(own_db_name), autocommit=True) as conn:
         assert catalog(conn) == worker_database.pristine

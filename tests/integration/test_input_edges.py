@@ -41,7 +41,12 @@ def _too_long(field: str) -> str:
 BAD_NAMES = [
     (field, label, value)
     for field in ("queue", "task", "lock", "queueing_lock")
-    for label, value in (("nul", NUL), ("surrogate", SURROGATE), ("too_long", _too_long(field)), ("control", "a\nb"))
+    for label, value in (
+        ("nul", NUL),
+        ("surrogate", SURROGATE),
+        ("too_long", _too_long(field)),
+        ("control", "a\nb"),
+    )
 ]
 
 
@@ -59,7 +64,9 @@ def _assert_names_field_and_limit(error: BaseException, field: str) -> None:
     assert len(message) < 600, "the value must be shortened in the message"
 
 
-@pytest.mark.parametrize(("field", "label", "value"), BAD_NAMES, ids=[f"{f}-{kind}" for f, kind, _ in BAD_NAMES])
+@pytest.mark.parametrize(
+    ("field", "label", "value"), BAD_NAMES, ids=[f"{f}-{kind}" for f, kind, _ in BAD_NAMES]
+)
 def test_bad_names_are_refused_before_sql_sync(harness, field: str, label: str, value: str) -> None:
     with harness.app().open() as app:
         with pytest.raises(exceptions.ConfigurationError) as error:
@@ -70,8 +77,14 @@ def test_bad_names_are_refused_before_sql_sync(harness, field: str, label: str, 
     assert [name for name, _ in harness.jobs()] == ["ok"]
 
 
-@pytest.mark.parametrize(("field", "label", "value"), BAD_NAMES[::3], ids=[f"{f}-{kind}" for f, kind, _ in BAD_NAMES[::3]])
-async def test_bad_names_are_refused_before_sql_async(harness, field: str, label: str, value: str) -> None:
+@pytest.mark.parametrize(
+    ("field", "label", "value"),
+    BAD_NAMES[::3],
+    ids=[f"{f}-{kind}" for f, kind, _ in BAD_NAMES[::3]],
+)
+async def test_bad_names_are_refused_before_sql_async(
+    harness, field: str, label: str, value: str
+) -> None:
     async with harness.app().open_async() as app:
         with pytest.raises(exceptions.ConfigurationError):
             await _configure(app, field, value).batch_defer_async({"x": 1}, {"x": 2})
@@ -80,7 +93,9 @@ async def test_bad_names_are_refused_before_sql_async(harness, field: str, label
 
 
 @pytest.mark.parametrize("field", ["queue", "lock", "queueing_lock", "task"])
-def test_a_refused_name_leaves_the_callers_transaction_usable(transactional_harness, field: str) -> None:
+def test_a_refused_name_leaves_the_callers_transaction_usable(
+    transactional_harness, field: str
+) -> None:
     harness = transactional_harness
     with harness.app().open() as app:
         with harness.case.transaction(harness.url, True) as conn:
@@ -154,7 +169,9 @@ def test_max_payload_bytes_is_checked_at_construction(value: Any) -> None:
         pc.App(connector=pc.testing.InMemoryConnector(), max_payload_bytes=value)
 
 
-def test_large_batches_are_split_and_keep_their_order(harness, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_large_batches_are_split_and_keep_their_order(
+    harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Each statement carries at most DEFER_CHUNK_BYTES of arguments (a larger job alone)."""
     monkeypatch.setattr(manager, "DEFER_CHUNK_BYTES", 2000)
     batch = [{"i": i, "pad": "p" * 300} for i in range(20)] + [{"i": 20, "pad": "q" * 5000}]
@@ -175,7 +192,10 @@ def test_a_split_batch_is_all_or_nothing_in_the_callers_transaction(
         app.configure_task("before").defer()
         template = app.configure_task("bulk", queueing_lock="Q").job
         texts = [json.dumps({"i": i, "pad": "p" * 400}) for i in range(2)]
-        assert len(__import__("procrastinate_core.serialization").serialization.chunked(texts, 500)) == 2
+        assert (
+            len(__import__("procrastinate_core.serialization").serialization.chunked(texts, 500))
+            == 2
+        )
         with pytest.raises(exceptions.AlreadyEnqueued):
             with harness.case.transaction(harness.url, True) as conn:
                 app.job_manager.defer_from_template(template, texts, connection=conn)
@@ -249,7 +269,9 @@ def test_a_refused_call_leaves_the_callers_transaction_usable(transactional_harn
     with app.open():
         with harness.case.transaction(harness.url, True) as conn:
             with pytest.raises(exceptions.TaskArgumentsError):
-                app.job_manager.defer_job(send.configure().make_new_job(too="typo"), connection=conn)
+                app.job_manager.defer_job(
+                    send.configure().make_new_job(too="typo"), connection=conn
+                )
             app.job_manager.defer_job(send.configure().make_new_job(to="a"), connection=conn)
     assert harness.jobs() == [("send", {"to": "a"})]
 
@@ -288,7 +310,9 @@ def test_a_split_batch_is_all_or_nothing_without_a_callers_transaction(
     assert [name for name, _ in harness.jobs()] == ["before", "after", "bulk", "bulk"]
 
 
-async def test_a_split_batch_is_all_or_nothing_async(harness, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_split_batch_is_all_or_nothing_async(
+    harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(manager, "DEFER_CHUNK_BYTES", 500)
     batch = [{"i": i, "pad": "p" * 400} for i in range(3)]
     async with harness.app().open_async() as app:

@@ -113,7 +113,9 @@ async def test_finish_is_fenced_on_worker_and_attempt(async_app, db_conn):
     w1 = await manager.register_worker_async("w1")
     [job] = await manager.fetch_jobs_async(w1, None, 1)
     # The worker is considered dead: its job is recovered and run by another one.
-    db_conn.execute("UPDATE pcq_workers SET last_heartbeat = now() - interval '1 hour' WHERE id = %s", [w1])
+    db_conn.execute(
+        "UPDATE pcq_workers SET last_heartbeat = now() - interval '1 hour' WHERE id = %s", [w1]
+    )
     recovered = await manager.recover_stalled_jobs_async(30)
     assert recovered == [(job_id, Status.TODO)]
     assert await manager.update_heartbeat_async(w1) is False  # its row was pruned
@@ -122,7 +124,9 @@ async def test_finish_is_fenced_on_worker_and_attempt(async_app, db_conn):
     assert (again.claims, again.attempts) == (2, 1)
     late = JobOutcome(job_id=job_id, worker_id=w1, attempt=1, status=Status.FAILED)
     assert await manager.finish_jobs_async([late]) == set()  # lost ownership: refused
-    good = JobOutcome(job_id=job_id, worker_id=w2, attempt=2, status=Status.SUCCEEDED, result={"ok": 1})
+    good = JobOutcome(
+        job_id=job_id, worker_id=w2, attempt=2, status=Status.SUCCEEDED, result={"ok": 1}
+    )
     assert await manager.finish_jobs_async([good]) == {job_id}
     [done] = await manager.list_jobs_async(id=job_id)
     assert (done.status, done.result, done.claims) == ("succeeded", {"ok": 1}, 2)
@@ -137,14 +141,34 @@ async def test_finish_many_with_retry_delete_and_error(async_app, db_conn):
     await manager.fetch_jobs_async(w, None, 3)
     retry_at = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
     outcomes = [
-        JobOutcome(job_id=ids[0], worker_id=w, attempt=1, status=Status.TODO, retry_at=retry_at, priority=9, queue="other", lock="new"),
+        JobOutcome(
+            job_id=ids[0],
+            worker_id=w,
+            attempt=1,
+            status=Status.TODO,
+            retry_at=retry_at,
+            priority=9,
+            queue="other",
+            lock="new",
+        ),
         JobOutcome(job_id=ids[1], worker_id=w, attempt=1, status=Status.SUCCEEDED, delete_job=True),
-        JobOutcome(job_id=ids[2], worker_id=w, attempt=1, status=Status.FAILED, error={"type": "ValueError", "message": "boom", "traceback": "..."}),
+        JobOutcome(
+            job_id=ids[2],
+            worker_id=w,
+            attempt=1,
+            status=Status.FAILED,
+            error={"type": "ValueError", "message": "boom", "traceback": "..."},
+        ),
     ]
     assert await manager.finish_jobs_async(outcomes) == set(ids)
-    row = db_conn.execute("SELECT status, scheduled_at, priority, queue_name, lock FROM pcq_jobs WHERE id = %s", [ids[0]]).fetchone()
+    row = db_conn.execute(
+        "SELECT status, scheduled_at, priority, queue_name, lock FROM pcq_jobs WHERE id = %s",
+        [ids[0]],
+    ).fetchone()
     assert row == ("todo", retry_at, 9, "other", "new")
-    assert db_conn.execute("SELECT count(*) FROM pcq_jobs WHERE id = %s", [ids[1]]).fetchone()[0] == 0
+    assert (
+        db_conn.execute("SELECT count(*) FROM pcq_jobs WHERE id = %s", [ids[1]]).fetchone()[0] == 0
+    )
     [failed] = await manager.list_jobs_async(id=ids[2])
     assert failed.status == "failed" and failed.error["message"] == "boom"
 
@@ -158,7 +182,9 @@ def test_cancel_abort_and_delete(defer, manager, db_conn):
     db_conn.execute("UPDATE pcq_jobs SET status = 'doing' WHERE id = %s", [doing])
     assert manager.cancel_job_by_id(doing) is False  # running, and no abort asked
     assert manager.cancel_job_by_id(doing, abort=True) is True
-    assert db_conn.execute("SELECT abort_requested FROM pcq_jobs WHERE id = %s", [doing]).fetchone() == (True,)
+    assert db_conn.execute(
+        "SELECT abort_requested FROM pcq_jobs WHERE id = %s", [doing]
+    ).fetchone() == (True,)
     deleted = defer()
     assert manager.cancel_job_by_id(deleted, delete_job=True) is True
     assert manager.list_jobs(id=deleted) == []
@@ -178,7 +204,10 @@ def test_abort_request_is_notified_at_commit(defer, manager, db_dsn, db_conn):
 
 def test_manual_retry_of_finished_jobs(defer, manager, db_conn):
     job_id = defer(queueing_lock="Q")
-    db_conn.execute("UPDATE pcq_jobs SET status = 'failed', attempts = 3, finished_at = now() WHERE id = %s", [job_id])
+    db_conn.execute(
+        "UPDATE pcq_jobs SET status = 'failed', attempts = 3, finished_at = now() WHERE id = %s",
+        [job_id],
+    )
     assert manager.retry_job_by_id(job_id, priority=4) is True
     [job] = manager.list_jobs(id=job_id)
     assert (job.status, job.priority, job.attempts, job.finished_at) == ("todo", 4, 3, None)
@@ -197,14 +226,23 @@ def test_delete_old_jobs(defer, manager, db_conn):
             "UPDATE pcq_jobs SET status = %s, finished_at = now() - interval '3 hours' WHERE id = %s",
             [status, job_id],
         )
-    db_conn.execute("UPDATE pcq_jobs SET status = 'succeeded', finished_at = now() WHERE id = %s", [recent])
+    db_conn.execute(
+        "UPDATE pcq_jobs SET status = 'succeeded', finished_at = now() WHERE id = %s", [recent]
+    )
     assert manager.delete_old_jobs(2) == 1
     assert manager.delete_old_jobs(2, queue="other", include_failed=True) == 0
-    assert manager.delete_old_jobs(2, include_failed=True, include_cancelled=True, include_aborted=True) == 3
+    assert (
+        manager.delete_old_jobs(
+            2, include_failed=True, include_cancelled=True, include_aborted=True
+        )
+        == 3
+    )
     assert [j.id for j in manager.list_jobs()] == [recent]
 
 
-async def test_recovery_marks_abort_requested_jobs_aborted_and_superseded_ones_cancelled(async_app, db_conn):
+async def test_recovery_marks_abort_requested_jobs_aborted_and_superseded_ones_cancelled(
+    async_app, db_conn
+):
     manager = async_app.job_manager
     aborting = await async_app.configure_task("t").defer_async()
     superseded = await async_app.configure_task("t", queueing_lock="Q").defer_async()
@@ -249,7 +287,9 @@ async def test_deleting_jobs_deletes_their_events_and_only_theirs(async_app, db_
     await manager.fetch_jobs_async(w, None, 2)
     await manager.finish_jobs_async(
         [
-            JobOutcome(job_id=ids[0], worker_id=w, attempt=1, status=Status.SUCCEEDED, delete_job=True),
+            JobOutcome(
+                job_id=ids[0], worker_id=w, attempt=1, status=Status.SUCCEEDED, delete_job=True
+            ),
             JobOutcome(job_id=ids[1], worker_id=w, attempt=1, status=Status.SUCCEEDED),
         ]
     )
@@ -260,7 +300,10 @@ async def test_deleting_jobs_deletes_their_events_and_only_theirs(async_app, db_
 
     assert events() == {ids[1]: 3, ids[2]: 1, ids[3]: 1, ids[4]: 1}
     assert await manager.delete_finished_job_by_id_async(ids[1]) is True
-    db_conn.execute("UPDATE pcq_jobs SET status = 'failed', finished_at = now() - interval '3 hours' WHERE id = %s", [ids[2]])
+    db_conn.execute(
+        "UPDATE pcq_jobs SET status = 'failed', finished_at = now() - interval '3 hours' WHERE id = %s",
+        [ids[2]],
+    )
     assert await manager.delete_old_jobs_async(2, include_failed=True) == 1
     db_conn.execute("DELETE FROM pcq_jobs WHERE id = %s", [ids[3]])
     assert events() == {ids[4]: 1}

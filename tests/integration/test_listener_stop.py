@@ -37,14 +37,18 @@ async def test_cancelled_call_finishes_cancelling_before_the_connection_closes(
 
         async def backends(state: str | None = None) -> int:
             query = "SELECT count(*) FROM pg_stat_activity WHERE pid = %s"
-            cur = await observer.execute(query + (" AND state = %s" if state else ""),
-                                         (pid, state) if state else (pid,))
+            cur = await observer.execute(
+                query + (" AND state = %s" if state else ""), (pid, state) if state else (pid,)
+            )
             return (await cur.fetchone())[0]
 
-        await wait_until_async(lambda: backends("active"), timeout=5, interval=0.01, what="the query running")
+        await wait_until_async(
+            lambda: backends("active"), timeout=5, interval=0.01, what="the query running"
+        )
         listener.cancel()
         with pytest.raises(asyncio.CancelledError):
             await listener
+
         # The server has seen the connection close: whatever psycopg had to say, it said.
         async def gone() -> bool:
             return await backends() == 0

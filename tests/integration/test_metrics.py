@@ -50,17 +50,45 @@ async def test_job_metrics_count_outcomes_durations_and_retries(async_app):
     await async_app.run_worker_async(wait=False, worker_middleware=[job_metrics], **FAST)
 
     fine_name, flaky_name = fine.name, flaky.name
-    assert _value(registry, "procrastinate_job_outcomes_total", task=fine_name, queue="mq", outcome="succeeded") == 2
+    assert (
+        _value(
+            registry,
+            "procrastinate_job_outcomes_total",
+            task=fine_name,
+            queue="mq",
+            outcome="succeeded",
+        )
+        == 2
+    )
     # max_attempts=2: the first run and two retries, all failed.
-    assert _value(registry, "procrastinate_job_outcomes_total", task=flaky_name, queue="mq", outcome="failed") == 3
+    assert (
+        _value(
+            registry,
+            "procrastinate_job_outcomes_total",
+            task=flaky_name,
+            queue="mq",
+            outcome="failed",
+        )
+        == 3
+    )
     assert _value(registry, "procrastinate_job_retries_total", task=flaky_name, queue="mq") == 2
     assert _value(registry, "procrastinate_job_retries_total", task=fine_name, queue="mq") is None
     assert (
-        _value(registry, "procrastinate_job_outcomes_total", task=cooperative.name, queue="mq", outcome="aborted")
+        _value(
+            registry,
+            "procrastinate_job_outcomes_total",
+            task=cooperative.name,
+            queue="mq",
+            outcome="aborted",
+        )
         == 1
     )
     count = _value(
-        registry, "procrastinate_job_duration_seconds_count", task=fine_name, queue="mq", outcome="succeeded"
+        registry,
+        "procrastinate_job_duration_seconds_count",
+        task=fine_name,
+        queue="mq",
+        outcome="succeeded",
     )
     assert count == 2
     assert _value(registry, "procrastinate_jobs_running", queue="mq") == 0
@@ -85,7 +113,13 @@ async def test_an_aborted_async_job_is_counted_as_aborted(async_app):
     assert await async_app.job_manager.cancel_job_by_id_async(job_id, abort=True)
     await asyncio.wait_for(run, 20)
     assert (
-        _value(registry, "procrastinate_job_outcomes_total", task=forever.name, queue="default", outcome="aborted")
+        _value(
+            registry,
+            "procrastinate_job_outcomes_total",
+            task=forever.name,
+            queue="default",
+            outcome="aborted",
+        )
         == 1
     )
 
@@ -107,7 +141,9 @@ async def test_queue_gauges_read_waiting_and_running_jobs_and_workers(async_app,
     )
     # Finished jobs are not read, and not counted.
     done = await work.defer_async()
-    db_conn.execute("UPDATE pcq_jobs SET status = 'succeeded', finished_at = now() WHERE id = %s", [done])
+    db_conn.execute(
+        "UPDATE pcq_jobs SET status = 'succeeded', finished_at = now() WHERE id = %s", [done]
+    )
     await async_app.job_manager.register_worker_async("w-metrics", "host", 1)
 
     snapshot = await metrics.read_snapshot_async(async_app.job_manager)
@@ -117,13 +153,18 @@ async def test_queue_gauges_read_waiting_and_running_jobs_and_workers(async_app,
     assert _value(registry, "procrastinate_queue_jobs", queue="gauges", status="doing") == 0
     assert _value(registry, "procrastinate_queue_jobs", queue="other", status="doing") == 1
     latency = _value(registry, "procrastinate_queue_latency_seconds", queue="gauges")
-    assert latency is not None and 89 <= latency < 200  # the oldest ready job, not the scheduled one
+    assert (
+        latency is not None and 89 <= latency < 200
+    )  # the oldest ready job, not the scheduled one
     oldest = _value(registry, "procrastinate_queue_oldest_running_seconds", queue="other")
     assert oldest is not None and 6 <= oldest < 120
     assert _value(registry, "procrastinate_queue_latency_seconds", queue="other") == 0
     assert _value(registry, "procrastinate_workers") == 1
     [sample] = [
-        s for m in registry.collect() for s in m.samples if s.name == "procrastinate_worker_heartbeat_age_seconds"
+        s
+        for m in registry.collect()
+        for s in m.samples
+        if s.name == "procrastinate_worker_heartbeat_age_seconds"
     ]
     assert sample.labels["name"] == "w-metrics" and 0 <= sample.value < 60
 
@@ -138,7 +179,9 @@ def test_queue_stats_on_the_in_memory_connector_match():
 
     with app.open():
         work.defer()
-        work.configure(schedule_at=datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)).defer()
+        work.configure(
+            schedule_at=datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
+        ).defer()
         [stats] = app.job_manager.get_queue_stats()
     assert (stats.queue_name, stats.todo, stats.doing) == ("mem", 2, 0)
     assert stats.oldest_ready_age is not None and stats.oldest_ready_age >= 0
@@ -161,13 +204,21 @@ async def test_the_worker_exporter_serves_job_metrics_and_queue_gauges(async_app
     async def fine() -> None: ...
 
     await fine.defer_async()
-    async with metrics.WorkerExporter(async_app.job_manager, 0, host="127.0.0.1", refresh=0.1) as exporter:
-        await async_app.run_worker_async(wait=False, worker_middleware=[exporter.job_metrics], **FAST)
+    async with metrics.WorkerExporter(
+        async_app.job_manager, 0, host="127.0.0.1", refresh=0.1
+    ) as exporter:
+        await async_app.run_worker_async(
+            wait=False, worker_middleware=[exporter.job_metrics], **FAST
+        )
         await fine.configure(schedule_in={"hours": 1}).defer_async()
 
         async def scraped_gauge() -> str | None:
             text = await asyncio.to_thread(_scrape, exporter.port)
-            return text if 'procrastinate_queue_jobs{queue="exported",status="todo"} 1.0' in text else None
+            return (
+                text
+                if 'procrastinate_queue_jobs{queue="exported",status="todo"} 1.0' in text
+                else None
+            )
 
         text = await wait_until_async(scraped_gauge, what="the refreshed queue gauge")
     assert (
@@ -184,11 +235,24 @@ def test_worker_metrics_port_serves_metrics_from_a_worker_process(db_dsn, db_con
     env = {**os.environ, "PCQ_TEST_DSN": db_dsn, "PYTHONPATH": str(ROOT)}
     log = (tmp_path / "worker.log").open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "procrastinate_core", "--app=tests.acceptance.worker_app.app",
-         "worker", "--metrics-port", str(port), "--metrics-host", "127.0.0.1"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "procrastinate_core",
+            "--app=tests.acceptance.worker_app.app",
+            "worker",
+            "--metrics-port",
+            str(port),
+            "--metrics-host",
+            "127.0.0.1",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
+
         def serving() -> str | None:
             if process.poll() is not None:
                 raise AssertionError((tmp_path / "worker.log").read_text())
@@ -209,7 +273,9 @@ def test_worker_metrics_port_serves_metrics_from_a_worker_process(db_dsn, db_con
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
-    assert db_conn.execute("SELECT count(*) FROM pcq_jobs WHERE status = 'doing'").fetchone()[0] == 0
+    assert (
+        db_conn.execute("SELECT count(*) FROM pcq_jobs WHERE status = 'doing'").fetchone()[0] == 0
+    )
 
 
 def test_a_missing_prometheus_client_names_the_extra(monkeypatch):

@@ -59,7 +59,9 @@ async def test_defer_async_and_worker_start_without_schema_name_the_fix(empty_ap
         _assert_names_the_fix(error.value)
         if empty_app.connector.is_async:
             with pytest.raises(exceptions.SchemaNotInstalled) as error:
-                await asyncio.wait_for(empty_app.run_worker_async(wait=False, install_signal_handlers=False), 30)
+                await asyncio.wait_for(
+                    empty_app.run_worker_async(wait=False, install_signal_handlers=False), 30
+                )
             _assert_names_the_fix(error.value)
 
 
@@ -74,7 +76,11 @@ def empty_cli_app(pg_server: Any, empty_db_name: str) -> Any:
 
 @pytest.mark.parametrize(
     "argv",
-    [["defer", "tests.acceptance.cli_app.add", '{"a": 1, "b": 2}'], ["shell", "list_jobs"], ["worker", "--one-shot"]],
+    [
+        ["defer", "tests.acceptance.cli_app.add", '{"a": 1, "b": 2}'],
+        ["shell", "list_jobs"],
+        ["worker", "--one-shot"],
+    ],
     ids=["defer", "shell", "worker"],
 )
 def test_cli_without_schema_names_the_fix(empty_cli_app: Any, capsys: Any, argv: list[str]) -> None:

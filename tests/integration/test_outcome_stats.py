@@ -28,7 +28,9 @@ def _forget_django_aliases() -> Iterator[None]:
 
 async def _run(m: JobManager, worker: int, queue: str = "qa", **outcome: Any) -> None:
     [job] = await m.fetch_jobs_async(worker, [queue], 1)
-    assert await m.finish_jobs_async([JobOutcome(job.id, worker, job.claims, **outcome)]) == {job.id}
+    assert await m.finish_jobs_async([JobOutcome(job.id, worker, job.claims, **outcome)]) == {
+        job.id
+    }
 
 
 def _totals(rows: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
@@ -66,7 +68,9 @@ def test_concurrent_writers_never_wait_on_each_others_counters(pg_server, db_nam
     dsn = pg_server.conninfo(db_name)
     finish = sql.query("job_finish_many")
     with psycopg.connect(dsn, autocommit=True) as setup:
-        worker = setup.execute("INSERT INTO pcq_workers (name) VALUES ('w') RETURNING id").fetchone()[0]
+        worker = setup.execute(
+            "INSERT INTO pcq_workers (name) VALUES ('w') RETURNING id"
+        ).fetchone()[0]
         ids = [
             setup.execute(
                 "INSERT INTO pcq_jobs (queue_name, task_name, status, worker_id, attempts) "
@@ -99,7 +103,9 @@ def test_old_minutes_are_pruned(db_conn, app):
         " (date_trunc('minute', now()), 'q', 'succeeded', 1, 2)"
     )
     assert app.job_manager.prune_outcome_stats(hours=3) == 1
-    assert [(r["queue_name"], r["count"]) for r in app.job_manager.get_outcome_stats()] == [("q", 2)]
+    assert [(r["queue_name"], r["count"]) for r in app.job_manager.get_outcome_stats()] == [
+        ("q", 2)
+    ]
 
 
 async def test_every_worker_runs_the_stats_pruner(db_conn, async_app):
@@ -117,7 +123,11 @@ async def test_every_worker_runs_the_stats_pruner(db_conn, async_app):
     from procrastinate_core.worker_services import WorkerCallbacks, build_services
 
     services = build_services(
-        async_app.job_manager, async_app.connector, WorkerOptions(), [], {},
+        async_app.job_manager,
+        async_app.connector,
+        WorkerOptions(),
+        [],
+        {},
         WorkerCallbacks(lambda: None, lambda: False, lambda: None, lambda *a: None, lambda: None),  # type: ignore[arg-type,return-value]
     )
     assert any(isinstance(s, StatsPruner) for s in services.feeders.services)

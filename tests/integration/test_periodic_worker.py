@@ -51,7 +51,9 @@ async def test_missed_ticks_are_caught_up_within_max_delay_only(connector, db_co
         # A new worker starting late catches up the latest tick once, not again.
         late = PeriodicDeferrer.from_app(app, clock=lambda: clock[0])
         assert await late.defer_due() == 0
-    stamps = [int(r[0]) for r in db_conn.execute("SELECT args->>'timestamp' FROM pcq_jobs ORDER BY id")]
+    stamps = [
+        int(r[0]) for r in db_conn.execute("SELECT args->>'timestamp' FROM pcq_jobs ORDER BY id")
+    ]
     assert stamps == [int(T0)] + [int(T0) + s for s in range(96, 101)]
 
 

@@ -175,8 +175,11 @@ def test_task_defined_inside_a_function_is_named_after_module_and_name(app):
 
 @pytest.mark.parametrize(
     ("script", "expected"),
-    [("jobs/nightly.py", "jobs.nightly.clean"), ("./nightly.py", "nightly.clean"),
-     ("/srv/jobs/nightly.py", "__main__.clean")],
+    [
+        ("jobs/nightly.py", "jobs.nightly.clean"),
+        ("./nightly.py", "nightly.clean"),
+        ("/srv/jobs/nightly.py", "__main__.clean"),
+    ],
 )
 def test_task_of_a_script_is_named_after_its_relative_path(app, monkeypatch, script, expected):
     import types
@@ -253,7 +256,9 @@ def test_shell_list_jobs_takes_key_value_filters_and_bare_details(cli_test_app, 
     other = _defer_echo(cli_test_app, queue="other", lock="L")
     assert main(["shell", "list_jobs", "queue=other", "details"], app=cli_test_app) == 0
     procrastinate_style = capsys.readouterr().out
-    assert procrastinate_style.startswith(f"#{other} tests.acceptance.cli_app.echo on other - [todo] (")
+    assert procrastinate_style.startswith(
+        f"#{other} tests.acceptance.cli_app.echo on other - [todo] ("
+    )
     assert procrastinate_style.count("\n") == 1 and "lock=L" in procrastinate_style
     # our spelling still works and prints the same
     assert main(["shell", "list_jobs", "--queue", "other", "--details"], app=cli_test_app) == 0
@@ -266,7 +271,9 @@ def test_shell_prompt_takes_key_value_filters(cli_test_app, capsys, monkeypatch)
     import io
 
     other = _defer_echo(cli_test_app, queue="other")
-    monkeypatch.setattr("sys.stdin", io.StringIO(f"list_jobs queue=other id={other}\nlist_jobs bogus=1\n"))
+    monkeypatch.setattr(
+        "sys.stdin", io.StringIO(f"list_jobs queue=other id={other}\nlist_jobs bogus=1\n")
+    )
     assert main(["shell"], app=cli_test_app) == 0
     out = capsys.readouterr().out
     assert f"#{other} tests.acceptance.cli_app.echo on other - [todo]" in out
@@ -288,13 +295,24 @@ def no_root_handlers():
 
 @pytest.mark.parametrize(
     ("log_format", "style"),
-    [("%(levelname)s|%(name)s|%(message)s", "%"), ("{levelname}|{name}|{message}", "{"),
-     ("$levelname|$name|$message", "$")],
+    [
+        ("%(levelname)s|%(name)s|%(message)s", "%"),
+        ("{levelname}|{name}|{message}", "{"),
+        ("$levelname|$name|$message", "$"),
+    ],
 )
 def test_log_format_string_in_each_style(capsys, db_dsn, log_format, style):
     app = pc.App(connector=pc.PsycopgConnector(conninfo=db_dsn))
-    argv = ["-v", "--log-format", log_format, "--log-format-style", style,
-            "worker", "--one-shot", "--no-signal-handlers"]
+    argv = [
+        "-v",
+        "--log-format",
+        log_format,
+        "--log-format-style",
+        style,
+        "worker",
+        "--one-shot",
+        "--no-signal-handlers",
+    ]
     with no_root_handlers():
         assert main(argv, app=app) == 0
     lines = [line for line in capsys.readouterr().err.splitlines() if line]
@@ -364,7 +382,8 @@ def test_stalled_jobs_sync_spelling(app, db_conn):
         dead = manager.register_worker("dead", "h", 1)
         manager.fetch_jobs(dead, None, 1)
         db_conn.execute(
-            "UPDATE pcq_workers SET last_heartbeat = now() - interval '1 minute' WHERE id = %s", [dead]
+            "UPDATE pcq_workers SET last_heartbeat = now() - interval '1 minute' WHERE id = %s",
+            [dead],
         )
         assert manager.get_stalled_jobs(seconds_since_heartbeat=3600) == []
         [stalled] = manager.get_stalled_jobs(seconds_since_heartbeat=30)

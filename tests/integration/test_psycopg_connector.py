@@ -17,7 +17,12 @@ def test_parameters_three_ways(db_params, db_dsn, monkeypatch):
     by_keywords = pc.SyncPsycopgConnector(min_size=1, **db_params)
     by_kwargs = pc.SyncPsycopgConnector(min_size=1, kwargs=dict(db_params))
     for name, value in db_params.items():
-        monkeypatch.setenv({"host": "PGHOST", "port": "PGPORT", "dbname": "PGDATABASE", "user": "PGUSER"}.get(name, "PG_IGNORED"), value)
+        monkeypatch.setenv(
+            {"host": "PGHOST", "port": "PGPORT", "dbname": "PGDATABASE", "user": "PGUSER"}.get(
+                name, "PG_IGNORED"
+            ),
+            value,
+        )
     by_env = pc.SyncPsycopgConnector(min_size=1)
     for connector in (by_dsn, by_keywords, by_kwargs, by_env):
         connector.open()
@@ -33,7 +38,11 @@ def test_pool_arguments_pass_through(db_dsn):
     async def check():
         await connector.open_async()
         try:
-            assert (connector.pool.min_size, connector.pool.max_size, connector.pool.name) == (1, 3, "mine")
+            assert (connector.pool.min_size, connector.pool.max_size, connector.pool.name) == (
+                1,
+                3,
+                "mine",
+            )
             assert connector.pool.timeout == 7
         finally:
             await connector.close_async()
@@ -50,7 +59,9 @@ def test_unknown_argument_is_a_type_error_naming_it(cls):
 
 
 def test_dead_server_error_names_target_but_not_password():
-    connector = pc.SyncPsycopgConnector(host="127.0.0.1", port=1, dbname="nope", user="u", password="s3cret-pw", connect_timeout=2)
+    connector = pc.SyncPsycopgConnector(
+        host="127.0.0.1", port=1, dbname="nope", user="u", password="s3cret-pw", connect_timeout=2
+    )
     with pytest.raises(exceptions.DatabaseConnectionError) as info:
         connector.open()
     message = str(info.value)
@@ -59,7 +70,9 @@ def test_dead_server_error_names_target_but_not_password():
 
 
 async def test_dead_server_error_async():
-    connector = pc.PsycopgConnector(conninfo="postgresql://u:s3cret@127.0.0.1:1/nope?connect_timeout=2")
+    connector = pc.PsycopgConnector(
+        conninfo="postgresql://u:s3cret@127.0.0.1:1/nope?connect_timeout=2"
+    )
     with pytest.raises(exceptions.DatabaseConnectionError) as info:
         await connector.open_async()
     assert "port=1" in str(info.value) and "s3cret" not in str(info.value)
@@ -67,7 +80,9 @@ async def test_dead_server_error_async():
 
 def test_sync_connector_refuses_worker_work(sync_connector):
     app = pc.App(connector=sync_connector)
-    with pytest.raises(exceptions.SyncConnectorConfigurationError, match="PsycopgConnector or AiopgConnector"):
+    with pytest.raises(
+        exceptions.SyncConnectorConfigurationError, match="PsycopgConnector or AiopgConnector"
+    ):
         asyncio.run(sync_connector.listen_notify(["pcq_any"], lambda c, p: None))
     with app.open():
         with pytest.raises(exceptions.SyncConnectorConfigurationError):
@@ -93,7 +108,9 @@ def test_open_close_idempotent_and_external_pool(db_dsn):
 
 
 def test_get_sync_connector_before_open_is_a_real_sync_counterpart(db_dsn):
-    connector = pc.PsycopgConnector(conninfo=db_dsn, min_size=1, json_dumps=lambda v: __import__("json").dumps(v))
+    connector = pc.PsycopgConnector(
+        conninfo=db_dsn, min_size=1, json_dumps=lambda v: __import__("json").dumps(v)
+    )
     sync = connector.get_sync_connector()
     assert isinstance(sync, pc.SyncPsycopgConnector)
     assert sync.json_dumps is connector.json_dumps
@@ -141,7 +158,9 @@ def test_application_name_is_set(db_dsn, db_conn):
         from tests.support.waiting import wait_until
 
         def names():
-            query = "SELECT application_name FROM pg_stat_activity WHERE datname = current_database()"
+            query = (
+                "SELECT application_name FROM pg_stat_activity WHERE datname = current_database()"
+            )
             return {r[0] for r in db_conn.execute(query)}
 
         wait_until(lambda: "procrastinate_core" in names(), what="a pool connection")
@@ -151,14 +170,20 @@ def test_application_name_is_set(db_dsn, db_conn):
 
 def test_driver_errors_are_translated(app):
     with pytest.raises(exceptions.ConnectorException) as info:
-        app.connector.get_sync_connector().execute_query_one("job_get_status", {"job_id": "not-a-number"})
+        app.connector.get_sync_connector().execute_query_one(
+            "job_get_status", {"job_id": "not-a-number"}
+        )
     assert isinstance(info.value.__cause__, psycopg.Error)
 
 
 def test_pool_factory_builds_the_pool_as_procrastinate_documents(db_dsn, db_conn):
     from psycopg_pool import AsyncNullConnectionPool, NullConnectionPool
 
-    app = pc.App(connector=pc.PsycopgConnector(conninfo=db_dsn, pool_factory=AsyncNullConnectionPool, max_size=3))
+    app = pc.App(
+        connector=pc.PsycopgConnector(
+            conninfo=db_dsn, pool_factory=AsyncNullConnectionPool, max_size=3
+        )
+    )
 
     @app.task(name="t")
     async def t() -> None:

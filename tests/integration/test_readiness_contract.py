@@ -45,13 +45,17 @@ def _forget_django_aliases() -> Iterator[None]:
     django_contract.forget_all()
 
 
-async def claim(m: JobManager, worker: int, limit: int = 10, queues: list[str] | None = None) -> list[int]:
+async def claim(
+    m: JobManager, worker: int, limit: int = 10, queues: list[str] | None = None
+) -> list[int]:
     return [job.id for job in await m.fetch_jobs_async(worker, queues, limit)]  # type: ignore[misc]
 
 
 async def finish(m: JobManager, worker: int, job_id: int, status: str, **fields: Any) -> None:
     [job] = await m.list_jobs_async(id=job_id)
-    assert await m.finish_jobs_async([JobOutcome(job_id, worker, job.claims, status, **fields)]) == {job_id}
+    assert await m.finish_jobs_async(
+        [JobOutcome(job_id, worker, job.claims, status, **fields)]
+    ) == {job_id}
 
 
 async def test_every_path_that_frees_a_lock_promotes_the_next_job(every_connector):
@@ -129,7 +133,9 @@ async def test_schedule_reaching_its_time_is_promoted_by_the_stager(async_connec
         soon = await app.configure_task("soon", schedule_in={"seconds": 1}).defer_async()
         # A lock job scheduled for later does not block the lock's ready jobs.
         far = await app.configure_task("far", lock="L", schedule_in={"hours": 1}).defer_async()
-        soon_locked = await app.configure_task("soon_locked", lock="L", priority=3, schedule_in={"seconds": 1}).defer_async()
+        soon_locked = await app.configure_task(
+            "soon_locked", lock="L", priority=3, schedule_in={"seconds": 1}
+        ).defer_async()
         ready_locked = await app.configure_task("ready_locked", lock="L").defer_async()
         assert await claim(m, w) == [ready_locked]
         assert await m.promote_due_jobs_async() == 0
@@ -164,7 +170,9 @@ async def test_queueing_lock_and_periodic_defers_with_a_lock(async_connector):
         b = await app.configure_task("b", lock="L", queueing_lock="Q").defer_async()
         with pytest.raises(pc.exceptions.AlreadyEnqueued):
             await app.configure_task("c", lock="L", queueing_lock="Q").defer_async()
-        tick = await m.defer_periodic_job_async(pc.Job(queue="default", task_name="tick", lock="L"), "", 100)
+        tick = await m.defer_periodic_job_async(
+            pc.Job(queue="default", task_name="tick", lock="L"), "", 100
+        )
         assert await claim(m, w) == []
         # a's retry cannot take Q (b holds it): it ends failed, and the lock goes on.
         await finish(m, w, a, "todo")
@@ -201,7 +209,10 @@ def test_waiting_for_is_stored_and_cleared(app, db_conn):
     queued = app.configure_task("q", lock="L").defer()
     plain = app.configure_task("p").defer()
     assert _waiting(db_conn) == {
-        future: ("todo", "schedule"), head: ("todo", None), queued: ("todo", "lock"), plain: ("todo", None),
+        future: ("todo", "schedule"),
+        head: ("todo", None),
+        queued: ("todo", "lock"),
+        plain: ("todo", None),
     }
     app.job_manager.cancel_job_by_id(queued)
     assert _waiting(db_conn)[queued] == ("cancelled", None)  # only todo jobs wait
@@ -218,7 +229,9 @@ def test_concurrent_defers_claims_and_finishes_on_one_lock(app, db_dsn):
     def deferrer(n: int) -> None:
         try:
             for i in range(40):
-                deferred.append(app.configure_task("t", lock=f"L{i % 3}", priority=(n * 7 + i) % 5).defer())
+                deferred.append(
+                    app.configure_task("t", lock=f"L{i % 3}", priority=(n * 7 + i) % 5).defer()
+                )
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -242,7 +255,9 @@ def test_concurrent_defers_claims_and_finishes_on_one_lock(app, db_dsn):
                 violations.extend(row)
 
     threads = [threading.Thread(target=deferrer, args=(n,)) for n in range(4)]
-    helpers = [threading.Thread(target=runner) for _ in range(3)] + [threading.Thread(target=watcher)]
+    helpers = [threading.Thread(target=runner) for _ in range(3)] + [
+        threading.Thread(target=watcher)
+    ]
     for thread in threads + helpers:
         thread.start()
     for thread in threads:
@@ -268,7 +283,9 @@ def test_migration_computes_readiness_of_in_flight_jobs(pg_server, empty_db_name
     with psycopg.connect(dsn, autocommit=True) as conn:
         for migration in sql.migrations()[:5]:
             conn.execute(migration.sql)
-        worker = conn.execute("INSERT INTO pcq_workers (name) VALUES ('old') RETURNING id").fetchone()[0]
+        worker = conn.execute(
+            "INSERT INTO pcq_workers (name) VALUES ('old') RETURNING id"
+        ).fetchone()[0]
         insert = (
             "INSERT INTO pcq_jobs (queue_name, task_name, lock, priority, scheduled_at) "
             "VALUES ('default', %s, %s, %s, %s) RETURNING id"
@@ -278,17 +295,29 @@ def test_migration_computes_readiness_of_in_flight_jobs(pg_server, empty_db_name
             return conn.execute(insert, (name, lock, priority, at)).fetchone()[0]
 
         running = add("running", "A")
-        conn.execute("UPDATE pcq_jobs SET status = 'doing', worker_id = %s, attempts = 1 WHERE id = %s", (worker, running))
+        conn.execute(
+            "UPDATE pcq_jobs SET status = 'doing', worker_id = %s, attempts = 1 WHERE id = %s",
+            (worker, running),
+        )
         behind_running = add("behind_running", "A", priority=9)
         low, high = add("low", "B"), add("high", "B", priority=2)
-        future = add("future", "B", priority=5, at=datetime.datetime.now(UTC) + datetime.timedelta(hours=1))
+        future = add(
+            "future", "B", priority=5, at=datetime.datetime.now(UTC) + datetime.timedelta(hours=1)
+        )
         due = add("due", at=datetime.datetime.now(UTC) - datetime.timedelta(minutes=1))
         for migration in sql.migrations()[5:]:
             conn.execute(migration.sql)
         assert _waiting(conn) == {
-            running: ("doing", None), behind_running: ("todo", "lock"), low: ("todo", "lock"),
-            high: ("todo", None), future: ("todo", "schedule"), due: ("todo", None),
+            running: ("doing", None),
+            behind_running: ("todo", "lock"),
+            low: ("todo", "lock"),
+            high: ("todo", None),
+            future: ("todo", "schedule"),
+            due: ("todo", None),
         }
         # The old worker's job finishes with the new schema: its lock goes on.
-        conn.execute("UPDATE pcq_jobs SET status = 'succeeded', finished_at = now() WHERE id = %s", (running,))
+        conn.execute(
+            "UPDATE pcq_jobs SET status = 'succeeded', finished_at = now() WHERE id = %s",
+            (running,),
+        )
         assert _waiting(conn)[behind_running] == ("todo", None)

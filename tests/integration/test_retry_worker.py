@@ -34,7 +34,9 @@ async def test_retry_strategy_max_attempts_allows_that_many_retries_after_the_fi
 
 
 async def test_retry_succeeds_and_only_listed_exceptions_retry(async_app):
-    @async_app.task(retry=RetryStrategy(max_attempts=5, retry_exceptions=[ConnectionError]), pass_context=True)
+    @async_app.task(
+        retry=RetryStrategy(max_attempts=5, retry_exceptions=[ConnectionError]), pass_context=True
+    )
     async def net(context):
         if context.job.attempts < 1:
             raise ConnectionError("down")
@@ -47,8 +49,14 @@ async def test_retry_succeeds_and_only_listed_exceptions_retry(async_app):
     ok = await net.defer_async()
     bad = await broken.defer_async()
     await async_app.run_worker_async(**RUN)
-    assert ((await get_job(async_app, ok)).status, (await get_job(async_app, ok)).result) == ("succeeded", "up")
-    assert ((await get_job(async_app, bad)).status, (await get_job(async_app, bad)).attempts) == ("failed", 0)
+    assert ((await get_job(async_app, ok)).status, (await get_job(async_app, ok)).result) == (
+        "succeeded",
+        "up",
+    )
+    assert ((await get_job(async_app, bad)).status, (await get_job(async_app, bad)).attempts) == (
+        "failed",
+        0,
+    )
 
 
 async def test_retry_wait_schedules_the_next_attempt(async_app):
@@ -196,8 +204,10 @@ async def test_fenced_outcome_of_a_lost_job_is_refused_and_logged(async_app, db_
         if context.job.attempts == 0:
             # While we run, another worker's sweep decides we are dead.
             db_conn.execute("DELETE FROM pcq_workers")
-            db_conn.execute("UPDATE pcq_jobs SET status = 'todo', worker_id = NULL WHERE id = %s",
-                            [context.job.id])
+            db_conn.execute(
+                "UPDATE pcq_jobs SET status = 'todo', worker_id = NULL WHERE id = %s",
+                [context.job.id],
+            )
         return context.job.attempts
 
     job_id = await zombie.defer_async()
@@ -219,7 +229,9 @@ async def test_stalled_jobs_of_a_dead_worker_are_rerun_by_live_workers(async_app
     dead = await manager.register_worker_async("dead", "h", 1)
     [claimed] = await manager.fetch_jobs_async(dead, None, 1)
     assert claimed.id == job_id
-    db_conn.execute("UPDATE pcq_workers SET last_heartbeat = now() - interval '1 hour' WHERE id = %s", [dead])
+    db_conn.execute(
+        "UPDATE pcq_workers SET last_heartbeat = now() - interval '1 hour' WHERE id = %s", [dead]
+    )
     async with running_worker(async_app, stalled_worker_timeout=2, update_heartbeat_interval=0.5):
         job = await wait_status(async_app, job_id, "succeeded", timeout=10)
     assert (job.attempts, job.claims) == (1, 2)
@@ -231,7 +243,9 @@ async def test_stalled_jobs_of_a_dead_worker_are_rerun_by_live_workers(async_app
 
 
 async def test_pruned_worker_registers_again(async_app, db_conn):
-    async with running_worker(async_app, update_heartbeat_interval=0.3, stalled_worker_timeout=5) as worker:
+    async with running_worker(
+        async_app, update_heartbeat_interval=0.3, stalled_worker_timeout=5
+    ) as worker:
         first = worker.worker_id
         db_conn.execute("DELETE FROM pcq_workers WHERE id = %s", [first])
         await wait_until_async(lambda: worker.worker_id != first, what="re-registered")

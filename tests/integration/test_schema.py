@@ -12,7 +12,9 @@ from procrastinate_core.schema import read_schema
 
 @pytest.fixture
 def empty_app(pg_server, empty_db_name):
-    app = pc.App(connector=pc.SyncPsycopgConnector(conninfo=pg_server.conninfo(empty_db_name), min_size=1))
+    app = pc.App(
+        connector=pc.SyncPsycopgConnector(conninfo=pg_server.conninfo(empty_db_name), min_size=1)
+    )
     with app.open():
         yield app
 
@@ -33,7 +35,9 @@ def test_apply_on_empty_database_then_again(empty_app):
 
 
 async def test_apply_async(pg_server, empty_db_name):
-    app = pc.App(connector=pc.PsycopgConnector(conninfo=pg_server.conninfo(empty_db_name), min_size=1))
+    app = pc.App(
+        connector=pc.PsycopgConnector(conninfo=pg_server.conninfo(empty_db_name), min_size=1)
+    )
     async with app.open_async():
         assert await app.schema_manager.apply_schema_async() == list(range(1, latest() + 1))
         assert (await app.schema_manager.check_async()).is_current
@@ -57,7 +61,11 @@ def test_concurrent_appliers_both_succeed(pg_server, empty_db_name):
     errors, results = [], []
 
     def apply():
-        app = pc.App(connector=pc.SyncPsycopgConnector(conninfo=pg_server.conninfo(empty_db_name), min_size=1))
+        app = pc.App(
+            connector=pc.SyncPsycopgConnector(
+                conninfo=pg_server.conninfo(empty_db_name), min_size=1
+            )
+        )
         try:
             with app.open():
                 results.append(app.schema_manager.apply_schema())

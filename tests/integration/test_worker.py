@@ -123,7 +123,9 @@ async def test_polling_fallback_without_listen_notify(async_app):
     async def ping():
         return "pong"
 
-    async with running_worker(async_app, listen_notify=False, fetch_job_polling_interval=0.3) as worker:
+    async with running_worker(
+        async_app, listen_notify=False, fetch_job_polling_interval=0.3
+    ) as worker:
         job_id = await ping.defer_async()
         await wait_status(async_app, job_id, "succeeded", timeout=5)
         assert not worker.listening
@@ -187,7 +189,12 @@ async def test_one_log_line_per_job_start_and_end_with_fields(async_app, caplog)
     records = [r for r in caplog.records if getattr(r, "job_id", None) == job_id]
     assert [r.action for r in records] == ["start_job", "end_job"]
     end = records[1]
-    assert (end.task_name, end.queue, end.attempt, end.outcome) == (send.name, "mail", 1, "succeeded")
+    assert (end.task_name, end.queue, end.attempt, end.outcome) == (
+        send.name,
+        "mail",
+        1,
+        "succeeded",
+    )
     assert end.duration >= 0
 
 
@@ -218,7 +225,10 @@ async def test_task_module_import_error_is_reported_on_the_job(async_app, tmp_pa
     await async_app.run_worker_async(wait=False, install_signal_handlers=False)
     job = await get_job(async_app, job_id)
     assert job.status == "failed"
-    assert "importing 'pcq_broken_tasks' failed: ImportError: no such dependency: lxml" in job.error["message"]
+    assert (
+        "importing 'pcq_broken_tasks' failed: ImportError: no such dependency: lxml"
+        in job.error["message"]
+    )
     sys.modules.pop("pcq_broken_tasks", None)
 
 
@@ -318,7 +328,9 @@ async def test_builtin_remove_old_jobs(async_app, db_conn):
 
     old = await noop.defer_async()
     await async_app.run_worker_async(wait=False, install_signal_handlers=False)
-    db_conn.execute("UPDATE pcq_jobs SET finished_at = now() - interval '3 hours' WHERE id = %s", [old])
+    db_conn.execute(
+        "UPDATE pcq_jobs SET finished_at = now() - interval '3 hours' WHERE id = %s", [old]
+    )
     cleaner = await async_app.configure_task(
         "builtin:procrastinate_core.builtin_tasks.remove_old_jobs", queue="builtin"
     ).defer_async(max_hours=2)
@@ -343,7 +355,9 @@ async def test_stop_waits_for_jobs_then_requeues_past_the_grace_period(async_app
 
     done_id = await short.defer_async()
     endless_id = await endless.defer_async()
-    worker = Worker(async_app, WorkerOptions.build(FAST, {"concurrency": 2, "shutdown_graceful_timeout": 0.5}))
+    worker = Worker(
+        async_app, WorkerOptions.build(FAST, {"concurrency": 2, "shutdown_graceful_timeout": 0.5})
+    )
     task = asyncio.create_task(worker.run())
     await asyncio.wait_for(started.wait(), 5)
     await wait_until_async(lambda: asyncio.sleep(0, len(worker.running) == 2), what="both running")
@@ -411,7 +425,8 @@ async def test_stop_does_not_hang_on_a_stuck_claim(async_app, db_dsn, db_conn):
             "AND wait_event_type = 'Lock' AND query LIKE '%%candidate%%'"
         )
         await wait_until_async(
-            lambda: asyncio.sleep(0, db_conn.execute(blocked).fetchone()[0] > 0), what="claim blocked"
+            lambda: asyncio.sleep(0, db_conn.execute(blocked).fetchone()[0] > 0),
+            what="claim blocked",
         )
         start = time.monotonic()
         worker.stop()
@@ -439,7 +454,9 @@ async def test_jobs_of_a_claim_whose_reply_was_lost_are_released(async_app, db_c
         return jobs
 
     manager.fetch_jobs_async = fetch_then_lose_reply
-    await asyncio.wait_for(async_app.run_worker_async(wait=False, install_signal_handlers=False), 10)
+    await asyncio.wait_for(
+        async_app.run_worker_async(wait=False, install_signal_handlers=False), 10
+    )
     job = await get_job(async_app, job_id)
     assert [j.id for j in lost] == [job_id]
     assert (job.status, job.claims) == ("succeeded", 2)
@@ -460,7 +477,9 @@ async def test_builtin_remove_old_jobs_as_procrastinates_module_exposes_it(async
 
     old = await noop.defer_async()
     await async_app.run_worker_async(wait=False, install_signal_handlers=False)
-    db_conn.execute("UPDATE pcq_jobs SET finished_at = now() - interval '3 hours' WHERE id = %s", [old])
+    db_conn.execute(
+        "UPDATE pcq_jobs SET finished_at = now() - interval '3 hours' WHERE id = %s", [old]
+    )
     mine = await my_cleanup.defer_async()
     await async_app.run_worker_async(wait=False, install_signal_handlers=False)
     assert (await get_job(async_app, mine)).result == 1

@@ -42,7 +42,9 @@ async def test_unwritten_outcomes_hold_slots_beyond_the_cap(db_dsn: str) -> None
     async with app.open_async():
         app.connector.gate = asyncio.Event()  # type: ignore[attr-defined]
         ids = await quick.batch_defer_async(*({} for _ in range(20)))
-        worker = Worker(app, WorkerOptions.build(FAST, {"concurrency": 2, "fetch_job_polling_interval": 0.05}))
+        worker = Worker(
+            app, WorkerOptions.build(FAST, {"concurrency": 2, "fetch_job_polling_interval": 0.05})
+        )
         task = asyncio.create_task(worker.run())
         try:
             # Jobs end at once, their outcomes cannot be written: claims stop at 2 x 2.
@@ -62,7 +64,9 @@ async def test_unwritten_outcomes_hold_slots_beyond_the_cap(db_dsn: str) -> None
             await asyncio.wait_for(task, STOP_BOUND)
 
 
-async def test_a_result_over_the_limit_fails_its_job_once_and_holds_back_no_other(async_app, caplog) -> None:
+async def test_a_result_over_the_limit_fails_its_job_once_and_holds_back_no_other(
+    async_app, caplog
+) -> None:
     @async_app.task
     async def huge() -> str:
         return "x" * (MAX_RESULT_BYTES + 1)
@@ -104,7 +108,9 @@ async def test_a_refused_outcome_is_isolated_by_splitting_its_batch(async_app, c
     for job_id in ids:  # all in one loop turn: one batch
         queue = "q" * 80 if job_id == bad else None  # over the queue name CHECK
         status = pc.Status.TODO if job_id == bad else pc.Status.SUCCEEDED
-        recorder.add(JobOutcome(job_id=job_id, worker_id=worker_id, attempt=1, status=status, queue=queue))
+        recorder.add(
+            JobOutcome(job_id=job_id, worker_id=worker_id, attempt=1, status=status, queue=queue)
+        )
     recorder.start()
     try:
         await asyncio.wait_for(recorder.wait_idle(), 20)

@@ -98,6 +98,8 @@ def test_shutdown_timeout_action_is_checked_and_has_a_flag():
     with pytest.raises(exceptions.ConfigurationError, match="max_stalled_recoveries=0"):
         WorkerOptions(max_stalled_recoveries=0)
     argv = ["worker", "--shutdown-timeout-action", "abort", "--max-stalled-recoveries", "5"]
-    options = WorkerOptions.build(worker_options_from(build_parser(with_app_option=False).parse_args(argv)))
+    options = WorkerOptions.build(
+        worker_options_from(build_parser(with_app_option=False).parse_args(argv))
+    )
     assert options.shutdown_timeout_action is ShutdownTimeoutAction.ABORT
     assert options.max_stalled_recoveries == 5

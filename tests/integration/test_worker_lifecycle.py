@@ -41,7 +41,9 @@ class GatedConnector(pc.PsycopgConnector):
             self.gate, self.at_gate = asyncio.Event(), asyncio.Event()
         return self.gate, self.at_gate
 
-    async def listen_notify(self, channels: Any, on_notification: Any, on_listening: Any = None) -> None:
+    async def listen_notify(
+        self, channels: Any, on_notification: Any, on_listening: Any = None
+    ) -> None:
         gate, at_gate = self._events()
         at_gate.set()
         swallowed = False
@@ -93,8 +95,12 @@ async def _returns_within_bound(task: asyncio.Task[None], how: str) -> None:
 
 
 @pytest.mark.parametrize("how", ["stop", "cancel"])
-@pytest.mark.parametrize("deaf", [False, True], ids=["listener-cancellable", "listener-swallows-cancel"])
-async def test_stop_while_the_listener_connects(gated_app: pc.App, how: str, deaf: bool, caplog) -> None:
+@pytest.mark.parametrize(
+    "deaf", [False, True], ids=["listener-cancellable", "listener-swallows-cancel"]
+)
+async def test_stop_while_the_listener_connects(
+    gated_app: pc.App, how: str, deaf: bool, caplog
+) -> None:
     gated_app.connector.deaf = deaf  # type: ignore[attr-defined]
     async with gated_app.open_async():
         worker = _worker(gated_app)
@@ -111,7 +117,9 @@ async def test_stop_while_the_listener_connects(gated_app: pc.App, how: str, dea
         gated_app.connector._events()[0].set()  # type: ignore[attr-defined]
 
 
-async def test_one_shot_run_returns_while_the_listener_is_still_connecting(gated_app: pc.App) -> None:
+async def test_one_shot_run_returns_while_the_listener_is_still_connecting(
+    gated_app: pc.App,
+) -> None:
     """The fetch loop finds the queue empty before the listener is up (wait=False)."""
     gated_app.connector.deaf = True  # type: ignore[attr-defined]
 
@@ -130,7 +138,9 @@ async def test_one_shot_run_returns_while_the_listener_is_still_connecting(gated
         gated_app.connector._events()[0].set()  # type: ignore[attr-defined]
 
 
-async def test_one_shot_run_whose_listener_comes_up_as_the_queue_is_found_empty(gated_app: pc.App) -> None:
+async def test_one_shot_run_whose_listener_comes_up_as_the_queue_is_found_empty(
+    gated_app: pc.App,
+) -> None:
     """The hang of issue 11: the listener connects in the same loop turn as the drain."""
     async with gated_app.open_async():
         worker = _worker(gated_app, wait=False)
@@ -169,14 +179,19 @@ def _lock_waiters(dsn: str) -> int:
 
 
 @pytest.mark.parametrize("how", ["stop", "cancel"])
-async def test_stop_mid_claim_on_a_locked_table(async_app: pc.App, db_dsn: str, how: str, caplog) -> None:
+async def test_stop_mid_claim_on_a_locked_table(
+    async_app: pc.App, db_dsn: str, how: str, caplog
+) -> None:
     worker = _worker(async_app, listen_notify=False, fetch_job_polling_interval=0.05)
     task = asyncio.create_task(worker.run())
     await worker.signals.fetched.wait(1)
     with psycopg.connect(db_dsn) as locker:
         locker.execute("LOCK TABLE pcq_jobs IN ACCESS EXCLUSIVE MODE")
         await asyncio.get_running_loop().run_in_executor(
-            None, lambda: wait_until(lambda: _lock_waiters(db_dsn) >= 1, what="a claim waiting on the lock")
+            None,
+            lambda: wait_until(
+                lambda: _lock_waiters(db_dsn) >= 1, what="a claim waiting on the lock"
+            ),
         )
         _stop(worker, task, how)
         await _returns_within_bound(task, how)
@@ -206,7 +221,10 @@ async def test_stop_mid_write_of_an_outcome(async_app: pc.App, db_dsn: str, capl
         blocker.execute("SELECT 1 FROM pcq_jobs WHERE id = %s FOR UPDATE", (job_id,))
         release.set()
         await asyncio.get_running_loop().run_in_executor(
-            None, lambda: wait_until(lambda: _lock_waiters(db_dsn) >= 1, what="the write waiting on the row")
+            None,
+            lambda: wait_until(
+                lambda: _lock_waiters(db_dsn) >= 1, what="the write waiting on the row"
+            ),
         )
         worker.stop()
         await _returns_within_bound(task, "stop")
@@ -262,7 +280,9 @@ def cpu_load() -> Iterator[None]:
         busy.wait(5)
 
 
-async def test_300_one_shot_runs_with_the_listener_on_never_exceed_the_bound(async_app: pc.App, cpu_load) -> None:
+async def test_300_one_shot_runs_with_the_listener_on_never_exceed_the_bound(
+    async_app: pc.App, cpu_load
+) -> None:
     """The issue's scene: a sync task defers another through the compat layer, then a
     wait=False run on the same App; 300 times in a row, each within STOP_BOUND."""
 

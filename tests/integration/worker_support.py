@@ -48,7 +48,9 @@ async def wait_status(app: App, job_id: int, *statuses: Status | str, timeout: f
         jobs = await app.job_manager.list_jobs_async(id=job_id)
         return jobs[0] if jobs and Status(jobs[0].status) in wanted else None
 
-    return await wait_until_async(reached, timeout=timeout, what=f"job {job_id} in {sorted(wanted)}")
+    return await wait_until_async(
+        reached, timeout=timeout, what=f"job {job_id} in {sorted(wanted)}"
+    )
 
 
 async def get_job(app: App, job_id: int) -> Any:

@@ -120,13 +120,17 @@ class Bouncer:
         deadline = time.monotonic() + timeout
         while True:
             if self.process.poll() is not None:
-                raise RuntimeError(f"pgbouncer exited with {self.process.returncode}:\n{self.log()}")
+                raise RuntimeError(
+                    f"pgbouncer exited with {self.process.returncode}:\n{self.log()}"
+                )
             try:
                 psycopg.connect(connect_timeout=2, **self.params).close()
                 return
             except psycopg.OperationalError as exc:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"pgbouncer not answering after {timeout}s ({exc}):\n{self.log()}") from exc
+                    raise RuntimeError(
+                        f"pgbouncer not answering after {timeout}s ({exc}):\n{self.log()}"
+                    ) from exc
             time.sleep(0.05)
 
     def show(self, what: str) -> list[dict[str, Any]]:

@@ -21,7 +21,9 @@ from tests.pgbouncer.bouncer import MODES, Bouncer, PooledServer, pgbouncer_bina
 
 def _missing(reason: str) -> None:
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"{reason} (CI=true: .ci/run installs Debian's pgbouncer; run it, or apt-get install pgbouncer)")
+        pytest.fail(
+            f"{reason} (CI=true: .ci/run installs Debian's pgbouncer; run it, or apt-get install pgbouncer)"
+        )
     pytest.skip(f"{reason}; install it (apt-get install pgbouncer) to run the PgBouncer tests")
 
 
@@ -59,4 +61,6 @@ def pooled_dsn(pooled_params: dict[str, str]) -> str:
 def direct_listen_dsn(pg_server: PooledServer) -> str:
     """Where a listener reaches the server itself: host and port only, the rest is the main DSN's."""
     direct = pg_server.direct.params
-    return psycopg.conninfo.make_conninfo(host=direct.get("host", ""), port=direct.get("port", "5432"))
+    return psycopg.conninfo.make_conninfo(
+        host=direct.get("host", ""), port=direct.get("port", "5432")
+    )

@@ -57,7 +57,9 @@ def _rebind(test: Any) -> Any:
             values = _swap(list(mark.args[1]))
             mark = pytest.mark.parametrize(mark.args[0], values, ids=[v.name for v in values]).mark
         marks.append(mark)
-    clone = types.FunctionType(test.__code__, test.__globals__, test.__name__, test.__defaults__, test.__closure__)
+    clone = types.FunctionType(
+        test.__code__, test.__globals__, test.__name__, test.__defaults__, test.__closure__
+    )
     clone.__dict__.update(test.__dict__)
     clone.pytestmark = marks
     return clone

@@ -22,7 +22,9 @@ ROOT = Path(__file__).resolve().parents[2]
 TESTS = ["tests/django/test_transactions.py"]
 
 
-def test_django_defer_from_view_tests_pass_through_pgbouncer(pgbouncer: Bouncer, direct_listen_dsn: str) -> None:
+def test_django_defer_from_view_tests_pass_through_pgbouncer(
+    pgbouncer: Bouncer, direct_listen_dsn: str
+) -> None:
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "tests.pgbouncer.django_settings",
@@ -34,7 +36,17 @@ def test_django_defer_from_view_tests_pass_through_pgbouncer(pgbouncer: Bouncer,
         row["database"] for row in pgbouncer.show("POOLS")
     }
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", *TESTS, "-q", "-p", "no:randomly", "-p", "no:cacheprovider"],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            *TESTS,
+            "-q",
+            "-p",
+            "no:randomly",
+            "-p",
+            "no:cacheprovider",
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,

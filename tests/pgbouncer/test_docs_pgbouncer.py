@@ -10,7 +10,10 @@ from tests.pgbouncer.bouncer import Bouncer
 
 
 def test_pgbouncer_page_examples_run(
-    pgbouncer: Bouncer, pooled_params: dict[str, str], direct_listen_dsn: str, monkeypatch: pytest.MonkeyPatch
+    pgbouncer: Bouncer,
+    pooled_params: dict[str, str],
+    direct_listen_dsn: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     if pgbouncer.mode != "transaction":
         pytest.skip("the page's examples are written for transaction mode")

@@ -61,7 +61,11 @@ def test_psycopg_prepared_statements_break_transaction_pooling_unless_pooler_is_
 
     def alternate(pooler: str | None) -> None:
         apps = [
-            pc.App(connector=pc.SyncPsycopgConnector(min_size=1, max_size=1, pooler=pooler, **pooled_params))
+            pc.App(
+                connector=pc.SyncPsycopgConnector(
+                    min_size=1, max_size=1, pooler=pooler, **pooled_params
+                )
+            )
             for _ in range(2)
         ]
         for app in apps:
@@ -90,11 +94,15 @@ def test_an_explicit_prepare_threshold_is_kept_for_poolers_that_support_it() -> 
     assert "prepare_threshold" not in pc.SyncPsycopgConnector()._settings.connection_kwargs()
 
 
-def _async_connector(kind: str, params: dict[str, str], **extra: Any) -> pc.PsycopgConnector | AiopgConnector:
+def _async_connector(
+    kind: str, params: dict[str, str], **extra: Any
+) -> pc.PsycopgConnector | AiopgConnector:
     if kind == "aiopg":
         return AiopgConnector(minsize=1, maxsize=6, **params, **extra)
     if kind == "psycopg-null-pool":  # procrastinate's recipe behind PgBouncer
-        return pc.PsycopgConnector(pool_factory=psycopg_pool.AsyncNullConnectionPool, max_size=6, **params, **extra)
+        return pc.PsycopgConnector(
+            pool_factory=psycopg_pool.AsyncNullConnectionPool, max_size=6, **params, **extra
+        )
     return pc.PsycopgConnector(min_size=1, max_size=6, **params, **extra)
 
 
@@ -129,7 +137,9 @@ def test_worker_drains_a_queue_through_pgbouncer(
     assert _statuses(db_conn) == {"succeeded": 360}
     assert sorted(seen) == list(range(300)) + [i + 1000 for i in range(30)]
     stats = {row["database"]: row for row in pgbouncer.show("STATS")}
-    assert int(stats[db_name]["total_xact_count"]) > 60  # the defers and claims went through the bouncer
+    assert (
+        int(stats[db_name]["total_xact_count"]) > 60
+    )  # the defers and claims went through the bouncer
 
 
 @pytest.mark.parametrize("kind", ["psycopg", "aiopg"])
@@ -144,7 +154,9 @@ async def test_without_listen_dsn_behind_a_transaction_pooler_the_worker_polls_a
         # Polling every 60 s: only the connector's 1 s wake-ups can start the job in time.
         async with running_worker(app, fetch_job_polling_interval=60):
             job_id = await app.configure_task("t").defer_async()
-            await wait_status(app, job_id, "failed", timeout=10)  # task "t" is unknown: it fails, fast
+            await wait_status(
+                app, job_id, "failed", timeout=10
+            )  # task "t" is unknown: it fails, fast
     [line] = [r.getMessage() for r in caplog.records if "wakes up by" in r.getMessage()]
     assert "polling every 1 s (transaction pooler and no listen_dsn" in line
 
@@ -160,7 +172,9 @@ async def test_listen_dsn_listens_on_the_server_itself_and_the_worker_says_so(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     _only(pgbouncer, "transaction")
-    connector = _async_connector(kind, pooled_params, pooler="transaction", listen_dsn=direct_listen_dsn)
+    connector = _async_connector(
+        kind, pooled_params, pooler="transaction", listen_dsn=direct_listen_dsn
+    )
     app = pc.App(connector=connector)
     caplog.set_level(logging.INFO, logger=WORKER_LOGGER)
     async with app.open_async():
@@ -169,26 +183,38 @@ async def test_listen_dsn_listens_on_the_server_itself_and_the_worker_says_so(
             job_id = await app.configure_task("t").defer_async()
             await wait_status(app, job_id, "failed", timeout=10)
             # The listener is a direct connection: the server sees it, the bouncer does not.
-            names = {r[0] for r in db_conn.execute(
-                "SELECT application_name FROM pg_stat_activity WHERE datname = current_database()"
-            )}
+            names = {
+                r[0]
+                for r in db_conn.execute(
+                    "SELECT application_name FROM pg_stat_activity WHERE datname = current_database()"
+                )
+            }
             assert "procrastinate_core-listener" in names
-            assert not [name for name in _bouncer_clients(pgbouncer, db_name) if name.endswith("-listener")]
+            assert not [
+                name for name in _bouncer_clients(pgbouncer, db_name) if name.endswith("-listener")
+            ]
     [line] = [r.getMessage() for r in caplog.records if "wakes up by" in r.getMessage()]
     assert "LISTEN on a direct connection" in line
 
 
 async def test_session_pooling_listens_through_the_bouncer(
-    pgbouncer: Bouncer, pooled_params: dict[str, str], db_name: str, caplog: pytest.LogCaptureFixture
+    pgbouncer: Bouncer,
+    pooled_params: dict[str, str],
+    db_name: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     _only(pgbouncer, "session")
-    app = pc.App(connector=pc.PsycopgConnector(min_size=1, max_size=4, pooler="session", **pooled_params))
+    app = pc.App(
+        connector=pc.PsycopgConnector(min_size=1, max_size=4, pooler="session", **pooled_params)
+    )
     caplog.set_level(logging.INFO, logger=WORKER_LOGGER)
     async with app.open_async():
         async with running_worker(app, fetch_job_polling_interval=60) as worker:
             await wait_until_async(_listening(worker), what="the listener")
             assert "procrastinate_core-listener" in _bouncer_clients(pgbouncer, db_name)
             job_id = await app.configure_task("t").defer_async()
-            await wait_status(app, job_id, "failed", timeout=10)  # woken by NOTIFY, not the 60 s poll
+            await wait_status(
+                app, job_id, "failed", timeout=10
+            )  # woken by NOTIFY, not the 60 s poll
     [line] = [r.getMessage() for r in caplog.records if "wakes up by" in r.getMessage()]
     assert "LISTEN through the session pooler" in line

@@ -218,7 +218,9 @@ class WorkerDatabase:
                 tables = sorted({owner for owner, _ in added if owner})
                 conn.execute(
                     sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(
-                        sql.SQL(", ").join(sql.SQL(table) for table in tables)  # regclass text, quoted
+                        sql.SQL(", ").join(
+                            sql.SQL(table) for table in tables
+                        )  # regclass text, quoted
                     )
                 )
                 if catalog(conn) != self.pristine:
@@ -293,7 +295,12 @@ def _locate() -> TestServer:
     if os.environ.get("PROCRASTINATE_TEST_EMBEDDED") != "1":
         if os.environ.get("PGHOST") and _reachable({}):
             return TestServer(
-                _with_port({"host": os.environ["PGHOST"], "dbname": os.environ.get("PGDATABASE", "postgres")})
+                _with_port(
+                    {
+                        "host": os.environ["PGHOST"],
+                        "dbname": os.environ.get("PGDATABASE", "postgres"),
+                    }
+                )
             )
         local = {"host": "127.0.0.1", "port": "5432", "dbname": "postgres"}
         if _reachable(local):

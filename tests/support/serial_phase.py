@@ -42,7 +42,10 @@ def _distributed(config: pytest.Config) -> bool:
     """True in the controller of an xdist run (not on a worker, not with -n 0)."""
     if hasattr(config, "workerinput"):
         return False
-    return bool(getattr(config.option, "numprocesses", None)) and config.getoption("dist", "no") != "no"
+    return (
+        bool(getattr(config.option, "numprocesses", None))
+        and config.getoption("dist", "no") != "no"
+    )
 
 
 @pytest.hookimpl(trylast=True)
@@ -118,16 +121,18 @@ def _guard(item: pytest.Item) -> Iterator[None]:
         return
     names = sorted({str(mark.args[0]) for mark in item.iter_markers("exclusive")})
     with contextlib.ExitStack() as held:
-        for name, mode in [("lock", fcntl.LOCK_EX if item.get_closest_marker("serial") else fcntl.LOCK_SH)] + [
-            (f"lock-{name}", fcntl.LOCK_EX) for name in names
-        ]:
+        for name, mode in [
+            ("lock", fcntl.LOCK_EX if item.get_closest_marker("serial") else fcntl.LOCK_SH)
+        ] + [(f"lock-{name}", fcntl.LOCK_EX) for name in names]:
             lock = held.enter_context(open(os.path.join(folder, name), "a"))
             fcntl.flock(lock, mode)
         yield
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, Any, Any]:
+def pytest_runtest_protocol(
+    item: pytest.Item, nextitem: pytest.Item | None
+) -> Generator[None, Any, Any]:
     with _guard(item):
         return (yield)
 

@@ -34,17 +34,26 @@ class _Deadline:
             raise AssertionError(f"timed out after {self.timeout}s waiting for {self.what}")
 
 
-def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, what: str = "condition") -> T:
+def wait_until(
+    predicate: Callable[[], T],
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    what: str = "condition",
+) -> T:
     """Polls a sync predicate until it returns something truthy, and returns that."""
     if inspect.iscoroutinefunction(predicate):
-        raise TypeError(f"{predicate!r} is async: use `await wait_until_async(...)` from an async test")
+        raise TypeError(
+            f"{predicate!r} is async: use `await wait_until_async(...)` from an async test"
+        )
     deadline = _Deadline(timeout, what)
     while True:
         value = predicate()
         if inspect.isawaitable(value):
             if inspect.iscoroutine(value):
                 value.close()  # never awaited, and it is not the caller's to await
-            raise TypeError(f"{predicate!r} returned an awaitable: use `await wait_until_async(...)`")
+            raise TypeError(
+                f"{predicate!r} returned an awaitable: use `await wait_until_async(...)`"
+            )
         if value:
             return value
         deadline.check()
@@ -52,7 +61,10 @@ def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: floa
 
 
 async def wait_until_async(
-    predicate: Predicate[Any], timeout: float = 10.0, interval: float = 0.02, what: str = "condition"
+    predicate: Predicate[Any],
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    what: str = "condition",
 ) -> Any:
     """Polls a sync or async predicate until it gives something truthy, and returns that."""
     deadline = _Deadline(timeout, what)

@@ -32,14 +32,18 @@ def app(connector: InMemoryConnector) -> Any:
         (["--queueing-lock", "a\x00"], "queueing_lock="),
     ],
 )
-def test_defer_refuses_bad_names(app: Any, connector: InMemoryConnector, capsys: Any, flags: list[str], field: str) -> None:
+def test_defer_refuses_bad_names(
+    app: Any, connector: InMemoryConnector, capsys: Any, flags: list[str], field: str
+) -> None:
     assert main(["defer", *flags, ADD, '{"a": 1, "b": 2}'], app=app) == 1
     err = capsys.readouterr().err
     assert field in err and "bytes" in err
     assert connector.jobs == {}
 
 
-def test_worker_refuses_bad_queue_names(app: Any, connector: InMemoryConnector, capsys: Any) -> None:
+def test_worker_refuses_bad_queue_names(
+    app: Any, connector: InMemoryConnector, capsys: Any
+) -> None:
     assert main(["worker", "--one-shot", "--queues", "ok," + "q" * 60], app=app) != 0
     assert "queues=" in capsys.readouterr().err
     assert connector.workers == {}

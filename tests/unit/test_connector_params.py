@@ -31,7 +31,9 @@ def test_libpq_keywords_at_top_level_are_connection_parameters():
     connector = Psycopg2Connector(host="db.example", port=6543, dbname="shop", maxconn=3)
     assert connector._settings.connection == {"host": "db.example", "port": 6543, "dbname": "shop"}
     assert connector.maxconn == 3 and connector.minconn == 1
-    aiopg = AiopgConnector(host="db.example", sslmode="require", maxsize=7, timeout=5, pool_recycle=30)
+    aiopg = AiopgConnector(
+        host="db.example", sslmode="require", maxsize=7, timeout=5, pool_recycle=30
+    )
     assert aiopg._settings.connection == {"host": "db.example", "sslmode": "require"}
     assert aiopg._settings.pool_arguments == {"maxsize": 7, "timeout": 5, "pool_recycle": 30}
 
@@ -43,7 +45,10 @@ def test_sqlalchemy_sorts_libpq_keywords_into_connect_args():
     assert connector._url == "postgresql+psycopg2://"
     assert connector._engine_arguments["pool_size"] == 3
     assert connector._engine_arguments["connect_args"] == {
-        "connect_timeout": 4, "host": "h1", "dbname": "d1", "sslmode": "prefer",
+        "connect_timeout": 4,
+        "host": "h1",
+        "dbname": "d1",
+        "sslmode": "prefer",
         "application_name": "procrastinate_core",
     }
     assert SQLAlchemyPsycopg2Connector(dsn="postgres://u@h/d")._url == "postgresql+psycopg2://u@h/d"
@@ -77,7 +82,9 @@ def test_target_names_host_port_dbname_and_never_the_password(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PGHOST", "env-host")
     monkeypatch.setenv("PGPASSWORD", "env-secret")
-    settings = ConnectionSettings("X", {"dsn": "postgresql://u:dsn-secret@h:5433/d", "password": "kw-secret"})
+    settings = ConnectionSettings(
+        "X", {"dsn": "postgresql://u:dsn-secret@h:5433/d", "password": "kw-secret"}
+    )
     target = settings.target()
     assert target == "host=h port=5433 dbname=d user=u"
     env_only = ConnectionSettings("X", {"dbname": "d"}).target()
@@ -87,7 +94,12 @@ def test_target_names_host_port_dbname_and_never_the_password(monkeypatch):
 def test_aiopg_sync_counterpart_has_the_same_parameters_and_hooks():
     dumps = json.dumps
     connector = AiopgConnector(
-        dsn="postgresql://u@h/d", sslmode="require", minsize=2, maxsize=6, timeout=3, json_dumps=dumps
+        dsn="postgresql://u@h/d",
+        sslmode="require",
+        minsize=2,
+        maxsize=6,
+        timeout=3,
+        json_dumps=dumps,
     )
     counterpart = connector.get_sync_connector()
     assert isinstance(counterpart, Psycopg2Connector)
@@ -131,7 +143,9 @@ else:
 )
 def test_missing_driver_names_the_extra_but_imports_work(blocked, action, extra):
     code = MISSING.format(blocked=blocked, action=action)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert f'pip install "procrastinate-core[{extra}]"' in result.stdout, result.stdout
 
@@ -164,7 +178,9 @@ def test_error_target_is_described_only_when_an_error_is_raised():
     class OperationalError(Exception):
         pass
 
-    with pytest.raises(exceptions.DatabaseConnectionError, match=r"\(host=db port=5432 dbname=app\): gone"):
+    with pytest.raises(
+        exceptions.DatabaseConnectionError, match=r"\(host=db port=5432 dbname=app\): gone"
+    ):
         with errors.translated(target):
             raise OperationalError("gone")
     assert calls == [1]
@@ -208,10 +224,15 @@ def test_pooler_is_validated_by_every_connector(build):
 
 
 def test_listen_dsn_is_for_async_connectors_and_adds_to_the_main_parameters():
-    connector = pc.PsycopgConnector(conninfo="host=bouncer port=6432 dbname=app user=u", pooler="transaction",
-                                    listen_dsn="postgresql://db.internal:5432")
+    connector = pc.PsycopgConnector(
+        conninfo="host=bouncer port=6432 dbname=app user=u",
+        pooler="transaction",
+        listen_dsn="postgresql://db.internal:5432",
+    )
     assert connector._settings.listener_kwargs() == {
-        "application_name": "procrastinate_core-listener", "host": "db.internal", "port": "5432",
+        "application_name": "procrastinate_core-listener",
+        "host": "db.internal",
+        "port": "5432",
     }
     assert connector._settings.listener_target() == "host=db.internal port=5432 dbname=app user=u"
     counterpart = connector.get_sync_connector()  # the sync twin keeps the pooler, not the listener

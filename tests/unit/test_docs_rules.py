@@ -34,9 +34,15 @@ def test_the_worker_options_table_lists_every_worker_option_once():
     rows = table_rows((ROOT / "docs/worker.md").read_text("utf-8"), "| option |")
     documented = [row[0].strip("`") for row in rows]
     declared = [field.name for field in dataclasses.fields(WorkerOptions)]
-    assert sorted(documented) == sorted(set(documented)), "an option appears twice in docs/worker.md"
-    assert set(documented) - set(declared) == set(), "docs/worker.md documents options WorkerOptions lacks"
-    assert set(declared) - set(documented) == set(), "options missing from the table of docs/worker.md"
+    assert sorted(documented) == sorted(set(documented)), (
+        "an option appears twice in docs/worker.md"
+    )
+    assert set(documented) - set(declared) == set(), (
+        "docs/worker.md documents options WorkerOptions lacks"
+    )
+    assert set(declared) - set(documented) == set(), (
+        "options missing from the table of docs/worker.md"
+    )
     assert all(meaning for _, meaning in rows), "every option in docs/worker.md says what it does"
     assert [field.name for field in WORKER_OPTIONS] == declared
 

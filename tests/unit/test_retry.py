@@ -92,16 +92,36 @@ def test_retry_decision_times():
 
 @pytest.mark.parametrize(
     ("claims", "status", "attempts"),
-    [(0, "todo", 0), (1, "doing", 0), (2, "doing", 1), (1, "todo", 1), (3, "failed", 2),
-     (1, "succeeded", 0), (1, "aborted", 0), (0, "cancelled", 0), (2, "cancelled", 2)],
+    [
+        (0, "todo", 0),
+        (1, "doing", 0),
+        (2, "doing", 1),
+        (1, "todo", 1),
+        (3, "failed", 2),
+        (1, "succeeded", 0),
+        (1, "aborted", 0),
+        (0, "cancelled", 0),
+        (2, "cancelled", 2),
+    ],
 )
 def test_public_attempts_count_earlier_runs(claims, status, attempts):
     """The stored claim count (the outcome fence) maps to procrastinate's attempts in one place."""
     from procrastinate_core.jobs import public_attempts
 
-    row = {"id": 1, "queue_name": "q", "task_name": "t", "priority": 0, "lock": None,
-           "queueing_lock": None, "args": "{}", "status": status, "scheduled_at": None,
-           "attempts": claims, "worker_id": None, "abort_requested": False}
+    row = {
+        "id": 1,
+        "queue_name": "q",
+        "task_name": "t",
+        "priority": 0,
+        "lock": None,
+        "queueing_lock": None,
+        "args": "{}",
+        "status": status,
+        "scheduled_at": None,
+        "attempts": claims,
+        "worker_id": None,
+        "abort_requested": False,
+    }
     built = Job.from_row(row)
     assert (built.attempts, built.claims) == (attempts, claims)
     assert public_attempts(claims, status) == attempts

@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-TESTS = '''
+TESTS = """
 import os
 import pytest
 
@@ -44,17 +44,33 @@ def test_parallel(i):
 @pytest.mark.parametrize("i", range(4))
 def test_exclusive(i):
     pass
-'''
+"""
 
 
 def run_session(tmp_path: Path, *options: str) -> list[tuple[str, str, str]]:
     (tmp_path / "test_mix.py").write_text(TESTS)
-    (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    serial: alone\n    exclusive: one at a time\n")
+    (tmp_path / "pytest.ini").write_text(
+        "[pytest]\nmarkers =\n    serial: alone\n    exclusive: one at a time\n"
+    )
     log = tmp_path / "order.log"
     env = {**os.environ, "PCQ_ORDER_LOG": str(log), "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "tests.support.serial_phase", "-n", "2", "-q", *options],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "tests.support.serial_phase",
+            "-n",
+            "2",
+            "-q",
+            *options,
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "19 passed" in done.stdout
@@ -69,7 +85,9 @@ def assert_serial_tests_ran_alone(events: list[tuple[str, str, str]]) -> None:
         else:
             running.remove(name)
         serial = {n for n in running if n.startswith("test_serial")}
-        assert not serial or running == serial and len(serial) == 1, f"{sorted(running)} ran together"
+        assert not serial or running == serial and len(serial) == 1, (
+            f"{sorted(running)} ran together"
+        )
         exclusive = {n for n in running if n.startswith("test_exclusive")}
         assert len(exclusive) <= 1, f"{sorted(exclusive)} share a scarce resource but ran together"
 

@@ -168,7 +168,9 @@ def test_app_rejects_bad_construction():
 
 
 def test_from_path_errors_name_the_path():
-    with pytest.raises(exceptions.LoadFromPathError, match="cannot import module 'no_such_module_x'"):
+    with pytest.raises(
+        exceptions.LoadFromPathError, match="cannot import module 'no_such_module_x'"
+    ):
         pc.App.from_path("no_such_module_x.app")
     with pytest.raises(exceptions.LoadFromPathError, match="has no App named 'nothing'"):
         pc.App.from_path("procrastinate_core.nothing")
@@ -196,18 +198,44 @@ def test_job_from_row_sets_every_field_like_the_constructor():
 
     when = datetime.datetime(2026, 1, 2, tzinfo=datetime.timezone.utc)
     row = {
-        "id": 9, "queue_name": "q", "task_name": "t", "priority": -1, "lock": "l",
-        "queueing_lock": "ql", "args": '{"a": [1, 2]}', "status": "doing", "scheduled_at": when,
-        "attempts": 2, "worker_id": 4, "abort_requested": True, "created_at": when,
-        "started_at": when, "finished_at": None, "result": '{"r": 1}',
+        "id": 9,
+        "queue_name": "q",
+        "task_name": "t",
+        "priority": -1,
+        "lock": "l",
+        "queueing_lock": "ql",
+        "args": '{"a": [1, 2]}',
+        "status": "doing",
+        "scheduled_at": when,
+        "attempts": 2,
+        "worker_id": 4,
+        "abort_requested": True,
+        "created_at": when,
+        "started_at": when,
+        "finished_at": None,
+        "result": '{"r": 1}',
         "error": '{"type": "E", "message": "m", "traceback": ""}',
     }
     job = Job.from_row(row, json.loads)
     expected = Job(
-        id=9, queue="q", task_name="t", priority=-1, lock="l", queueing_lock="ql",
-        task_kwargs={"a": [1, 2]}, status="doing", scheduled_at=when, attempts=1, claims=2, worker_id=4,
-        abort_requested=True, created_at=when, started_at=when, finished_at=None,
-        result={"r": 1}, error={"type": "E", "message": "m", "traceback": ""},
+        id=9,
+        queue="q",
+        task_name="t",
+        priority=-1,
+        lock="l",
+        queueing_lock="ql",
+        task_kwargs={"a": [1, 2]},
+        status="doing",
+        scheduled_at=when,
+        attempts=1,
+        claims=2,
+        worker_id=4,
+        abort_requested=True,
+        created_at=when,
+        started_at=when,
+        finished_at=None,
+        result={"r": 1},
+        error={"type": "E", "message": "m", "traceback": ""},
     )
     assert job == expected
     assert set(vars(job)) == {field.name for field in dataclasses.fields(Job)}
