@@ -222,7 +222,7 @@ class DeferResult:
 
     #: the inserted job, or (outcome "ignored") the job already holding the key; None otherwise
     job_id: int | None
-    outcome: Literal["inserted", "ignored", "replaced", "conflict", "skipped"]
+    outcome: Literal["inserted", "ignored", "replaced", "conflict", "skipped", "queueing_lock"]
     #: the job that conflicted (ignored, replaced or conflict)
     conflict_id: int | None
 
@@ -234,6 +234,12 @@ def parse_results(rows: list[dict[str, Any]]) -> list[DeferResult]:
 
 def ids_or_raise(task_name: str, results: list[DeferResult]) -> list[int]:
     """The ids to hand back; AlreadyEnqueued (UniqueJobConflict) if an item conflicted."""
+    if any(r.outcome == "queueing_lock" for r in results):
+        raise exceptions.AlreadyEnqueued(
+            f"task {task_name!r}: a job with this queueing lock is already waiting to run; "
+            "nothing was inserted. Catch AlreadyEnqueued to ignore it, or use another "
+            "queueing_lock."
+        )
     conflicts = [r for r in results if r.outcome == "conflict"]
     if conflicts:
         inserted = [r.job_id for r in results]

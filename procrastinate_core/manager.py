@@ -112,8 +112,22 @@ def _first(column: str) -> Callable[[Any], Any]:
 
 
 def _sorted_ids(rows: list[dict[str, Any]]) -> list[int]:
-    """Ids of inserted rows in insertion order (ids grow in the order rows were given)."""
+    """Ids of inserted rows in insertion order (ids grow in the order rows were given).
+
+    job_defer_many answers a held queueing lock with one row whose id is NULL
+    (nothing was inserted, and the caller's transaction goes on): AlreadyEnqueued.
+    """
+    for row in rows:
+        if row["id"] is None:
+            raise _already_enqueued(row.get("conflict"))
     return sorted(row["id"] for row in rows)
+
+
+def _already_enqueued(detail: Any) -> exceptions.AlreadyEnqueued:
+    return exceptions.AlreadyEnqueued(
+        f"a job with this queueing lock is already waiting to run ({detail}). "
+        "Catch AlreadyEnqueued to ignore it, or use another queueing_lock."
+    )
 
 
 def _pivot_counts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -144,10 +158,7 @@ class JobManager(FlowOperations, HasConnector):  # FlowOperations: flow control 
             isinstance(exc, exceptions.UniqueViolation)
             and exc.constraint_name == QUEUEING_LOCK_CONSTRAINT
         ):
-            return exceptions.AlreadyEnqueued(
-                "a job with this queueing lock is already waiting to run "
-                f"({exc}). Catch AlreadyEnqueued to ignore it, or use another queueing_lock."
-            )
+            return _already_enqueued(exc)
         return exc
 
     def _to_job(self, row: dict[str, Any]) -> Job:
@@ -186,6 +197,13 @@ class JobManager(FlowOperations, HasConnector):  # FlowOperations: flow control 
         What task.defer and batch_defer need: no Job object per row is built on the
         way in or out, which is most of a large batch's client CPU.
         """
+        if template.queueing_lock is not None and len(args_json) > 1:
+            # Only one job per queueing lock may wait: such a batch always conflicts
+            # with itself. Refused before SQL, so that a batch sent in several
+            # chunks never leaves its first chunks in the caller's transaction.
+            raise _already_enqueued(
+                f"{len(args_json)} jobs in one batch share queueing_lock {template.queueing_lock!r}"
+            )
         chunks = serialization.chunked(args_json, DEFER_CHUNK_BYTES)
         if len(chunks) == 1:
             payload = serialization.template_payload(template, args_json)

@@ -134,9 +134,11 @@ class DjangoConnector(BaseSyncConnector):
     """Runs queries on Django's connection `alias`, inside the caller's transaction if any.
 
     Django owns the connection: open() only checks that the database answers
-    (it is optional), close() does nothing. Inside an
-    atomic block each query runs in its own savepoint, so an error (such as
-    AlreadyEnqueued) leaves the caller's transaction usable.
+    (it is optional), close() does nothing. Inside an atomic block a query runs
+    as one statement of the caller's transaction, with no savepoint around it
+    (a savepoint costs two round trips per defer): no query raises a refusal
+    (a held queueing lock or a unique conflict comes back as a row, and bad
+    input is refused before any SQL), so the caller's transaction stays usable.
     """
 
     # Async callers (async views, async tasks) use the thread Django's async ORM
@@ -210,17 +212,6 @@ class DjangoConnector(BaseSyncConnector):
             }
         )
 
-    @contextlib.contextmanager
-    def _guarded(self, connection: Any) -> Iterator[None]:
-        """A savepoint when inside the caller's atomic block, so a failed query can be caught."""
-        if getattr(connection, "in_atomic_block", False):
-            from django.db import transaction
-
-            with transaction.atomic(using=connection.alias):
-                yield
-        else:
-            yield
-
     def run_query(
         self, name: str, query_params: Params | None, connection: Any, fetch: Fetch
     ) -> Any:
@@ -232,7 +223,7 @@ class DjangoConnector(BaseSyncConnector):
         text = sql.query(name)
         connection = self.connection if connection is None else connection
         with errors.translated(self._target):
-            with self._guarded(connection), connection.cursor() as cursor:
+            with connection.cursor() as cursor:
                 cursor.execute(text, dict(query_params or {}))
                 return _fetch(cursor, fetch)
 

@@ -17,6 +17,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from procrastinate_core import exceptions
 from procrastinate_core.connectors.in_memory_tables import InMemoryTables, timestamp
 
 _HOLDING_WAITS = (None, "pause")
@@ -170,6 +171,19 @@ class FlowTables(InMemoryTables):
                         }
                         for n in range(1, len(items) + 1)
                     ]
+        except exceptions.UniqueViolation as exc:
+            # pcq_defer_flow_guarded: a held queueing lock inserts nothing and says so
+            self.jobs, self.events, self._next_event_id = saved
+            return [
+                {
+                    "ord": n,
+                    "id": None,
+                    "outcome": "queueing_lock",
+                    "conflict_id": None,
+                    "conflict": str(exc),
+                }
+                for n in range(1, len(items) + 1)
+            ]
         except BaseException:
             self.jobs, self.events, self._next_event_id = saved
             raise

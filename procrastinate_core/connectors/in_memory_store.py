@@ -60,11 +60,13 @@ class InMemoryStore(FlowTables):  # flow control (#13): in_memory_flow.py
             queueing_lock = job["queueing_lock"]
             if queueing_lock is not None:
                 if queueing_lock in seen or self._queueing_lock_taken(queueing_lock):
-                    raise self._unique_violation(queueing_lock)
+                    # pcq_defer_jobs: nothing inserted, one row saying why (never raises)
+                    detail = f"Key (queueing_lock)=({queueing_lock}) already exists."
+                    return [{"id": None, "conflict": detail}]
                 seen.add(queueing_lock)
         for job in jobs:
             self._inserted(job)
-        return [{"id": job["id"]} for job in jobs]
+        return [{"id": job["id"], "conflict": None} for job in jobs]
 
     def job_fetch_many(self, p: dict[str, Any]) -> list[dict[str, Any]]:
         now = self.clock()

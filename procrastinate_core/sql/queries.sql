@@ -4,20 +4,13 @@
 -- JSON adaptation never interferes with the app's json_dumps / json_loads.
 
 -- name: job_defer_many
--- Inserts the jobs of a JSON array in one statement; returns their ids
--- (ids grow in array order). A job's schedule_in_seconds (configure's schedule_in)
--- is added to the database's now(): one clock, whatever the client's says.
-INSERT INTO pcq_jobs (queue_name, task_name, priority, lock, queueing_lock, args, scheduled_at)
-SELECT j.queue_name, j.task_name, j.priority, j.lock, j.queueing_lock, j.args,
-       coalesce(j.scheduled_at, now() + make_interval(secs => j.schedule_in_seconds))
-FROM ROWS FROM (
-    jsonb_to_recordset(%(jobs)s::jsonb) AS (
-        queue_name text, task_name text, priority integer, lock text, queueing_lock text,
-        args jsonb, scheduled_at timestamptz, schedule_in_seconds float8
-    )
-) WITH ORDINALITY AS j(queue_name, task_name, priority, lock, queueing_lock, args, scheduled_at, schedule_in_seconds, ord)
-ORDER BY j.ord
-RETURNING id;
+-- Inserts the jobs of a JSON array in one statement (pcq_defer_jobs, migration
+-- 0010); returns their ids (ids grow in array order), conflict NULL. A job's
+-- schedule_in_seconds is added to the database's now(): one clock, whatever the
+-- client's says. A queueing lock already held inserts nothing and returns one
+-- row (id NULL, conflict: the server's detail): a refusal never raises, so it
+-- never aborts the caller's transaction.
+SELECT id, conflict FROM pcq_defer_jobs(%(jobs)s::jsonb);
 
 -- name: job_fetch_many
 -- Claims up to %(limit)s ready jobs for worker %(worker_id)s; returns the claimed jobs.
@@ -476,8 +469,10 @@ SELECT extract(epoch FROM clock_timestamp())::float8 AS now;
 -- the key's settling reads pcq_jobs_limit_queue_idx (best waiting job) and
 -- pcq_jobs_limit_holders_idx (count of holders). 1.2 ms for one limited,
 -- unique job beside 1,000,000 limited, 1,000,000 paused and 1,000,000 finished rows.
-SELECT ord, id, outcome, conflict_id
-FROM pcq_defer_flow(%(jobs)s::jsonb, %(all_or_nothing)s::boolean);
+-- A held queueing lock: every item with outcome 'queueing_lock', nothing
+-- inserted (pcq_defer_flow_guarded, migration 0010).
+SELECT ord, id, outcome, conflict_id, conflict
+FROM pcq_defer_flow_guarded(%(jobs)s::jsonb, %(all_or_nothing)s::boolean);
 
 -- name: paused_set
 -- Pauses (%(paused)s true) or resumes the queue or task (%(kind)s) named

@@ -31,10 +31,25 @@ def test_unique_violation_is_translated_and_transaction_stays_usable(pcq_app) ->
         deferrer.defer(value="a")
         with pytest.raises(exceptions.AlreadyEnqueued, match="queueing lock"):
             deferrer.defer(value="b")
-        # the failed insert ran in a savepoint: the outer transaction goes on
+        # the database answered the conflict with a row, not an error: the outer
+        # transaction goes on
         with connection.cursor() as cursor:
             cursor.execute("SELECT count(*) FROM pcq_jobs")
             assert cursor.fetchone()[0] == 1
+
+
+def test_a_defer_inside_atomic_is_one_statement_with_no_savepoint(pcq_app) -> None:
+    """A defer from a view costs one round trip: no SAVEPOINT / RELEASE around it."""
+    from django.test.utils import CaptureQueriesContext
+
+    with transaction.atomic(), CaptureQueriesContext(connection) as queries:
+        record.defer(value="a")
+        record.configure(queueing_lock="one").defer(value="b")
+        with pytest.raises(exceptions.AlreadyEnqueued):
+            record.configure(queueing_lock="one").defer(value="c")
+    statements = [q["sql"] for q in queries.captured_queries]
+    assert not [s for s in statements if "SAVEPOINT" in s.upper()], statements
+    assert len(statements) == 3, statements
 
 
 def test_connector_params_follow_django_settings() -> None:

@@ -165,3 +165,54 @@ def test_sync_defer_on_a_sync_connection_while_the_async_connector_is_not_open(d
             job_id = send.configure(connection=conn).defer(n=1)
             assert app.job_manager.get_job_status(job_id, connection=conn) is pc.Status.TODO
     assert _statuses(db_conn) == {}
+
+
+def _refusals_leave_the_transaction_usable(app: pc.App, send: Any, conn: Any) -> int:
+    """A held queueing lock, on the caller's connection: AlreadyEnqueued, nothing
+    inserted, and the caller's transaction goes on (the database never raised)."""
+    held = send.configure(connection=conn, queueing_lock="q").defer(n=1)
+    with pytest.raises(exceptions.AlreadyEnqueued, match="queueing lock"):
+        send.configure(connection=conn, queueing_lock="q").defer(n=2)
+    with pytest.raises(exceptions.AlreadyEnqueued, match="share queueing_lock"):
+        send.configure(connection=conn, queueing_lock="r").batch_defer({"n": 3}, {"n": 4})
+    # the flow-control path (a concurrency key) with a held queueing lock
+    limited = send.configure(
+        connection=conn, queueing_lock="q", concurrency_key="k", concurrency_limit=2
+    )
+    with pytest.raises(exceptions.AlreadyEnqueued, match="queueing lock"):
+        limited.defer(n=5)
+    # still usable: a later defer and a read in the same transaction
+    after = send.configure(connection=conn).defer(n=6)
+    assert app.job_manager.get_job_status(after, connection=conn) is pc.Status.TODO
+    return held
+
+
+@pytest.mark.parametrize("case", sorted(SYNC_CASES))
+def test_a_refused_defer_leaves_the_callers_sync_transaction_usable(
+    case, db_params, db_dsn, db_conn
+):
+    build, transaction = SYNC_CASES[case]
+    app = pc.App(connector=build(db_params))
+    send = _declare(app)
+    with app.open():
+        with transaction(db_dsn, True) as conn:
+            held = _refusals_leave_the_transaction_usable(app, send, conn)
+    rows = db_conn.execute("SELECT id, args->>'n' FROM pcq_jobs ORDER BY id").fetchall()
+    assert rows[0][0] == held
+    assert [n for _, n in rows] == ["1", "6"]
+
+
+async def test_a_refused_defer_leaves_the_callers_async_transaction_usable(
+    connector, db_dsn, db_conn
+):
+    app = pc.App(connector=connector)
+    send = _declare(app)
+    async with app.open_async():
+        async with await psycopg.AsyncConnection.connect(db_dsn) as conn:
+            async with conn.transaction():
+                await send.configure(connection=conn, queueing_lock="q").defer_async(n=1)
+                with pytest.raises(exceptions.AlreadyEnqueued):
+                    await send.configure(connection=conn, queueing_lock="q").defer_async(n=2)
+                await send.configure(connection=conn).defer_async(n=3)
+    rows = db_conn.execute("SELECT args->>'n' FROM pcq_jobs ORDER BY id").fetchall()
+    assert [n for (n,) in rows] == ["1", "3"]
