@@ -42,6 +42,9 @@ SPELLINGS: dict[str, FlagSpelling] = {
     "queues": FlagSpelling(short="-q", metavar="QUEUE[,QUEUE...]"),
     "name": FlagSpelling(short="-n"),
     "concurrency": FlagSpelling(short="-c"),
+    "fetch_job_polling_interval": FlagSpelling(short="-p"),
+    "abort_job_polling_interval": FlagSpelling(short="-a"),
+    "listen_notify": FlagSpelling(short="-l"),
     "wait": FlagSpelling(short="-w", true_flag="--wait", false_flag="--one-shot"),
     "install_signal_handlers": FlagSpelling(
         true_flag="--signal-handlers", false_flag="--no-signal-handlers"

@@ -276,3 +276,17 @@ def test_a_variable_of_a_command_is_not_read_for_another():
         {"PROCRASTINATE_DEFER_QUEUE": "reports", "PROCRASTINATE_WORKER_NAME": "w"}, "worker"
     )
     assert "queue" not in vars(args) and worker_options_from(args) == {"name": "w"}
+
+
+def test_worker_short_flags_are_procrastinates():
+    args, _ = parse({}, "worker", "-n", "w", "-q", "a", "-c", "2", "-p", "0.5", "-a", "3", "-l")
+    assert worker_options_from(args) == {
+        "name": "w",
+        "queues": ("a",),
+        "concurrency": 2,
+        "fetch_job_polling_interval": 0.5,
+        "abort_job_polling_interval": 3.0,
+        "listen_notify": True,
+    }
+    args, _ = parse({}, "--app", "x.app", "worker", "-a", "3")  # the worker's -a is not --app
+    assert args.app == "x.app" and worker_options_from(args) == {"abort_job_polling_interval": 3.0}
