@@ -13,7 +13,8 @@ Options are added with `add_option(parser, "--queues", env=..., ...)` on a
 the `[env: ...]` help suffix and the table in docs/cli.md all come from that
 list, never from argparse's internals.
 
-A variable is checked like its flag. A bad value is a usage error naming the
+An empty variable counts as unset (as in procrastinate: `PROCRASTINATE_WORKER_QUEUES=`
+leaves the queues to `worker_defaults`, else all queues). A variable is checked like its flag. A bad value is a usage error naming the
 variable, raised only when its command runs: a typo in the worker's variables
 does not break `defer` in the same environment.
 """
@@ -181,7 +182,7 @@ def apply(parser: Parser, environ: Mapping[str, str]) -> Problems:
     for option in variables(parser):
         _, defaults, sources = found.setdefault(id(option.parser), (option, {}, {}))
         name, dest = option.env or "", option.action.dest
-        if name not in environ or dest in defaults:
+        if not environ.get(name) or dest in defaults:  # empty: unset, as in procrastinate
             continue
         raw = environ[name]
         try:

@@ -290,3 +290,21 @@ def test_worker_short_flags_are_procrastinates():
     }
     args, _ = parse({}, "--app", "x.app", "worker", "-a", "3")  # the worker's -a is not --app
     assert args.app == "x.app" and worker_options_from(args) == {"abort_job_polling_interval": 3.0}
+
+
+def test_an_empty_variable_is_unset_as_in_procrastinate():
+    from procrastinate_core.options import WorkerOptions
+
+    environ = {
+        "PROCRASTINATE_WORKER_CONCURRENCY": "",
+        "PROCRASTINATE_WORKER_QUEUES": "",
+        "PROCRASTINATE_DEFER_UNKNOWN": "",
+    }
+    args, problems = parse(environ, "worker")
+    assert not any(problems.values()) and worker_options_from(args) == {}
+    defaults = {"queues": ["mail"], "concurrency": 3}
+    built = WorkerOptions.build(defaults, worker_options_from(args))
+    assert (built.queues, built.concurrency) == (("mail",), 3)  # the app's defaults stand
+    assert WorkerOptions.build({}, worker_options_from(args)).queues is None  # all queues
+    args, _ = parse(environ, "worker", "--queues", "")  # the flag: all queues, over defaults
+    assert WorkerOptions.build(defaults, worker_options_from(args)).queues is None
