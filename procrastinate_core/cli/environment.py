@@ -81,7 +81,8 @@ class Parser(argparse.ArgumentParser):
     """An ArgumentParser that keeps the options declared through `add_option`.
 
     Command parsers share their root's list (`add_command`), so the whole CLI's
-    variables are known from the root.
+    variables are known from the root; `commands` holds the parsers `add_command`
+    made (the shell's, made by shell.py, declares no option with a variable).
     """
 
     def __init__(
@@ -129,7 +130,10 @@ def _count(value: str) -> int:
 
 
 def _reader(kind: Any, action: argparse.Action, env: str) -> Callable[[str], Any]:
-    """How a variable's text becomes the option's value, from how the option was declared."""
+    """How a variable's text becomes the option's value, from how the option was declared.
+
+    For a flag, the variable gives the value of its dest (`..._WAIT=false` is `--one-shot`).
+    """
     if kind in ("store_true", "store_false", argparse.BooleanOptionalAction):
         return _boolean
     if kind == "count":
