@@ -158,3 +158,6 @@ def build_app() -> DjangoApp:
 
 #: The App to decorate tasks with: `@app.task`. Built on first use.
 app: DjangoApp = SimpleLazyObject(build_app)  # type: ignore[assignment]
+
+#: The same App under procrastinate.contrib.django's name (its testing guide patches it).
+current_app = app

@@ -8,7 +8,8 @@
 
 See docs/cli.md for every command and flag. Every option may also come from
 an environment variable: PROCRASTINATE_APP, PROCRASTINATE_VERBOSE,
-PROCRASTINATE_WORKER_CONCURRENCY, PROCRASTINATE_DEFER_UNKNOWN... (cli/environment.py).
+PROCRASTINATE_WORKER_CONCURRENCY, PROCRASTINATE_DEFER_UNKNOWN..., each declared
+where its option is added (cli/environment.py: add_option).
 
 Reusing the CLI from other programs (this is what `manage.py procrastinate`
 builds on):

@@ -14,7 +14,7 @@ import importlib
 import json
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 from procrastinate_core import exceptions
@@ -74,9 +74,11 @@ def worker(app: Any, args: argparse.Namespace, out: TextIO) -> int:
 
 
 # -- defer -----------------------------------------------------------------------
-def _parse_kwargs(text: str) -> dict[str, Any]:
+def _parse_kwargs(text: str, loads: Callable[[str], Any] = json.loads) -> dict[str, Any]:
+    """The task's arguments, decoded by the connector's `json_loads` (as procrastinate does),
+    so a custom decoder (dates, decimals...) applies to the command line too."""
     try:
-        value = json.loads(text)
+        value = loads(text)
     except ValueError as exc:
         raise CommandError(
             f"JSON_KWARGS {text!r} is not valid JSON ({exc}); pass an object such as "
@@ -129,7 +131,7 @@ def _import_failure(module_path: str, task_name: str, exc: Exception) -> str:
 
 def defer(app: Any, args: argparse.Namespace, out: TextIO) -> int:
     """Defer one job; print its id on stdout (and what was deferred on stderr)."""
-    task_kwargs = _parse_kwargs(args.json_kwargs)
+    task_kwargs = _parse_kwargs(args.json_kwargs, app.connector.json_loads)
     configure: dict[str, Any] = {}
     for option in ("queue", "priority", "lock", "queueing_lock"):
         value = getattr(args, option)

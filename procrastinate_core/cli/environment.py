@@ -1,12 +1,20 @@
-"""Options from the environment: PROCRASTINATE_<OPTION> and PROCRASTINATE_<COMMAND>_<OPTION>.
+"""Options from the environment: each option names its variable where it is added.
 
 As in procrastinate's CLI, every option can come from an environment variable,
 which is how containers and process managers configure a worker
 (`PROCRASTINATE_WORKER_CONCURRENCY=8`, `PROCRASTINATE_VERBOSE=1`,
-`PROCRASTINATE_DEFER_UNKNOWN=true`). A flag on the command line wins over the
-variable, and the variable wins over `App(worker_defaults=...)`.
+`PROCRASTINATE_DEFER_UNKNOWN=true`): `PROCRASTINATE_<OPTION>` for a global
+option, `PROCRASTINATE_<COMMAND>_<OPTION>` for a command's. A flag on the
+command line wins over the variable, and the variable wins over
+`App(worker_defaults=...)`.
 
-A variable is checked like its flag. A bad value is a usage error naming the
+Options are added with `add_option(parser, "--queues", env=..., ...)` on a
+`Parser`, which keeps the list of what was declared: reading the environment,
+the `[env: ...]` help suffix and the table in docs/cli.md all come from that
+list, never from argparse's internals.
+
+An empty variable counts as unset (as in procrastinate: `PROCRASTINATE_WORKER_QUEUES=`
+leaves the queues to `worker_defaults`, else all queues). A variable is checked like its flag. A bad value is a usage error naming the
 variable, raised only when its command runs: a typo in the worker's variables
 does not break `defer` in the same environment.
 """
@@ -14,37 +22,95 @@ does not break `defer` in the same environment.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 PREFIX = "PROCRASTINATE"
-TRUE = ("1", "true", "yes", "on")
-FALSE = ("0", "false", "no", "off")
+#: Boolean spellings: ours, plus procrastinate's one-letter ones (1/y/t, 0/n/f).
+TRUE = ("1", "true", "yes", "on", "y", "t")
+FALSE = ("0", "false", "no", "off", "n", "f")
 
 #: Problems found in the environment, by command (None: the global options).
 Problems = dict[str | None, list[str]]
 
-
 #: Namespace attribute (suffixed by the command) mapping each option's dest to the
-#: (variable, raw value) it came from.
+#: (variable, raw value, converted value) it came from.
 SOURCES = "environment_sources:"
 
-_NO_VARIABLE = (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)
+
+class AppendOverDefault(argparse.Action):
+    """Repeatable flag (`--worker-middleware a --worker-middleware b`) whose first use
+    replaces the default instead of extending it.
+
+    The default can come from a variable, and a flag must win over its
+    variable, as single-valued flags do.
+    """
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        current = getattr(namespace, self.dest, None)
+        given = [] if current is None or current is self.default else list(current)
+        setattr(namespace, self.dest, [*given, values])
 
 
-def variable_name(command: str | None, action: argparse.Action) -> str | None:
-    """The variable of an option, or None for what has none (positionals, --help, subcommands)."""
-    if not action.option_strings or isinstance(action, _NO_VARIABLE):
-        return None
-    if type(action) is argparse._StoreConstAction:  # flags sharing one dest (schema --apply/--read)
-        return None
-    if ":" in action.dest:  # generated options (worker_option:concurrency): the field's name
-        option = action.dest.split(":", 1)[1]
-    else:
-        long_flags = [s for s in action.option_strings if s.startswith("--")]
-        option = long_flags[0][2:] if long_flags else action.dest
-    parts = [PREFIX] + ([command] if command else []) + [option]
-    return "_".join(parts).replace("-", "_").upper()
+class Container(Protocol):
+    """A parser or an argument group of one (what `add_argument` is called on)."""
+
+    def add_argument(self, *name_or_flags: str, **kwargs: Any) -> argparse.Action: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One option as declared: its flags, its variable (None: none) and how to read it."""
+
+    flags: tuple[str, ...]
+    env: str | None
+    command: str | None  # None: a global option
+    parser: argparse.ArgumentParser  # the parser of its command, whose defaults it sets
+    action: argparse.Action
+    read: Callable[[str], Any]
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser that keeps the options declared through `add_option`.
+
+    Command parsers share their root's list (`add_command`), so the whole CLI's
+    variables are known from the root; `commands` holds the parsers `add_command`
+    made (the shell's, made by shell.py, declares no option with a variable).
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        command: str | None = None,
+        options: list[Option] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.command = command
+        self.options: list[Option] = [] if options is None else options
+        self.commands: dict[str, Parser] = {}
+
+
+class Commands(Protocol):
+    """What `add_subparsers()` returns, as far as `add_command` needs it."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> Any: ...
+
+
+def add_command(root: Parser, subparsers: Commands, name: str, **kwargs: Any) -> Parser:
+    """A command's parser, sharing `root`'s declared options (its variables: PROCRASTINATE_<NAME>_*)."""
+    parser = subparsers.add_parser(name, command=name, options=root.options, **kwargs)
+    if not isinstance(parser, Parser):
+        raise TypeError("create the commands with root.add_subparsers(parser_class=Parser)")
+    root.commands[name] = parser
+    return parser
 
 
 def _boolean(value: str) -> bool:
@@ -53,50 +119,86 @@ def _boolean(value: str) -> bool:
         return True
     if lowered in FALSE:
         return False
-    raise ValueError(f"expected one of {', '.join(TRUE + FALSE)}")
+    raise ValueError(f"expected a boolean: {'/'.join(TRUE)} or {'/'.join(FALSE)}")
 
 
-def _converted(action: argparse.Action, value: str) -> Any:
-    if isinstance(
-        action,
-        (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction),
-    ):
-        return _boolean(value)
-    if isinstance(action, argparse._CountAction):
-        count = int(value)
-        if count < 0:
-            raise ValueError("expected a count of 0 or more")
-        return count
+def _count(value: str) -> int:
+    count = int(value)
+    if count < 0:
+        raise ValueError("expected a count of 0 or more")
+    return count
+
+
+def _reader(kind: Any, action: argparse.Action, env: str) -> Callable[[str], Any]:
+    """How a variable's text becomes the option's value, from how the option was declared.
+
+    For a flag, the variable gives the value of its dest (`..._WAIT=false` is `--one-shot`).
+    """
+    if kind in ("store_true", "store_false", argparse.BooleanOptionalAction):
+        return _boolean
+    if kind == "count":
+        return _count
     convert: Callable[[str], Any] = action.type if callable(action.type) else str  # type: ignore[assignment]
-    if isinstance(action, argparse._AppendAction):  # several values, comma-separated
-        return [convert(part.strip()) for part in value.split(",") if part.strip()]
-    converted = convert(value)
-    if action.choices is not None and converted not in action.choices:
-        raise ValueError(f"expected one of {', '.join(map(str, action.choices))}")
-    return converted
+    if kind is AppendOverDefault:  # several values, comma-separated
+        return lambda value: [convert(part.strip()) for part in value.split(",") if part.strip()]
+    if kind not in (None, "store"):
+        raise TypeError(f"{env}: an option with action={kind!r} cannot come from a variable")
+    choices = action.choices
+
+    def read(value: str) -> Any:
+        converted = convert(value)
+        if choices is not None and converted not in choices:
+            raise ValueError(f"expected one of {', '.join(map(str, choices))}")
+        return converted
+
+    return read
 
 
-def _apply_to(
-    parser: argparse.ArgumentParser, command: str | None, environ: Mapping[str, str]
-) -> list[str]:
-    problems: list[str] = []
-    defaults: dict[str, Any] = {}
-    sources: dict[str, tuple[str, str, Any]] = {}
-    for action in parser._actions:
-        name = variable_name(command, action)
-        if name is None:
-            continue
-        action.help = f"{action.help or ''} [env: {name}]".strip()
-        if name not in environ or action.dest in defaults:
+def add_option(
+    parser: Parser, *flags: str, env: str | None, group: Container | None = None, **kwargs: Any
+) -> argparse.Action:
+    """Add an option to `parser` (or to its `group`) with the variable it may come from.
+
+    `env=None` declares an option without a variable (the second flag of a
+    pair such as --wait/--one-shot, whose variable is on the first).
+    """
+    if env is not None:
+        kwargs["help"] = f"{kwargs.get('help') or ''} [env: {env}]".strip()
+    action = (group or parser).add_argument(*flags, **kwargs)
+    read = _reader(kwargs.get("action"), action, env) if env is not None else str
+    parser.options.append(Option(flags, env, parser.command, parser, action, read))
+    return action
+
+
+def variables(parser: Parser) -> list[Option]:
+    """The options of the CLI that have a variable, in declaration order."""
+    return [option for option in parser.options if option.env is not None]
+
+
+def apply(parser: Parser, environ: Mapping[str, str]) -> Problems:
+    """Turn the variables set in `environ` into option defaults of `parser` and its commands.
+
+    Returns the values that could not be used, by command, for the caller to
+    report once it knows the command.
+    """
+    problems: Problems = {None: [], **{name: [] for name in parser.commands}}
+    found: dict[int, tuple[Option, dict[str, Any], dict[str, tuple[str, str, Any]]]] = {}
+    for option in variables(parser):
+        _, defaults, sources = found.setdefault(id(option.parser), (option, {}, {}))
+        name, dest = option.env or "", option.action.dest
+        if not environ.get(name) or dest in defaults:  # empty: unset, as in procrastinate
             continue
         raw = environ[name]
         try:
-            defaults[action.dest] = _converted(action, raw)
+            defaults[dest] = option.read(raw)
         except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
-            problems.append(f"environment variable {name}={raw!r}: {exc}")
+            problems.setdefault(option.command, []).append(
+                f"environment variable {name}={raw!r}: {exc}"
+            )
         else:
-            sources[action.dest] = (name, raw, defaults[action.dest])
-    parser.set_defaults(**defaults, **{SOURCES + (command or ""): sources})
+            sources[dest] = (name, raw, defaults[dest])
+    for first, defaults, sources in found.values():
+        first.parser.set_defaults(**defaults, **{SOURCES + (first.command or ""): sources})
     return problems
 
 
@@ -121,15 +223,11 @@ def explain(exc: BaseException, args: argparse.Namespace) -> str:
     return message
 
 
-def apply(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> Problems:
-    """Turn the variables set in `environ` into option defaults of `parser` and its commands.
-
-    Every option's help names its variable. Returns the values that could not
-    be used, by command, for the caller to report once it knows the command.
-    """
-    problems: Problems = {None: _apply_to(parser, None, environ)}
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for command, subparser in action.choices.items():
-                problems[command] = _apply_to(subparser, command, environ)
-    return problems
+def markdown_table(parser: Parser) -> str:
+    """The table of every variable, as docs/cli.md shows it (a test keeps the two equal)."""
+    rows = ["| Variable | Command | Flags |", "| --- | --- | --- |"]
+    for option in variables(parser):
+        shown = option.action.option_strings or [str(option.action.metavar or option.action.dest)]
+        flags = ", ".join(f"`{flag}`" for flag in shown)
+        rows.append(f"| `{option.env}` | {option.command or '(global)'} | {flags} |")
+    return "\n".join(rows)

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from procrastinate_core import options
+from procrastinate_core.cli import environment
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +42,9 @@ SPELLINGS: dict[str, FlagSpelling] = {
     "queues": FlagSpelling(short="-q", metavar="QUEUE[,QUEUE...]"),
     "name": FlagSpelling(short="-n"),
     "concurrency": FlagSpelling(short="-c"),
+    "fetch_job_polling_interval": FlagSpelling(short="-p"),
+    "abort_job_polling_interval": FlagSpelling(short="-a"),
+    "listen_notify": FlagSpelling(short="-l"),
     "wait": FlagSpelling(short="-w", true_flag="--wait", false_flag="--one-shot"),
     "install_signal_handlers": FlagSpelling(
         true_flag="--signal-handlers", false_flag="--no-signal-handlers"
@@ -111,25 +115,6 @@ def _typed(name: str, convert: Callable[[str], Any]) -> Callable[[str], Any]:
     return convert
 
 
-class _AppendOverDefault(argparse._AppendAction):
-    """Repeatable flag whose first use replaces the default instead of extending it.
-
-    The default can come from an environment variable (cli/environment.py),
-    and a flag must win over its variable, as single-valued flags do.
-    """
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: Any,
-        option_string: str | None = None,
-    ) -> None:
-        if self.default is not None and getattr(namespace, self.dest, None) is self.default:
-            setattr(namespace, self.dest, [])
-        super().__call__(parser, namespace, values, option_string)
-
-
 def _float_or_none(value: str) -> float | None:
     return None if value.lower() in ("none", "") else float(value)
 
@@ -145,7 +130,7 @@ def _converter(annotation: Any) -> tuple[Callable[[str], Any] | None, dict[str, 
     if origin is tuple:
         if typing.get_args(core)[0] is str:
             return _typed("comma-separated list", _comma_list), {}
-        return _typed("dotted path", _dotted_object), {"action": _AppendOverDefault}
+        return _typed("dotted path", _dotted_object), {"action": environment.AppendOverDefault}
     if origin is collections.abc.Mapping:
         return _typed("JSON object", _json_object), {}
     if isinstance(core, type) and issubclass(core, enum.Enum):
@@ -159,7 +144,13 @@ def _converter(annotation: Any) -> tuple[Callable[[str], Any] | None, dict[str, 
 _METAVARS: dict[Any, str] = {int: "N", float: "SECONDS", _float_or_none: "SECONDS", str: "NAME"}
 
 
-def add_worker_flags(parser: argparse.ArgumentParser) -> None:
+def variable(field_name: str) -> str:
+    """A worker option's variable: PROCRASTINATE_WORKER_ and the field's name, whatever the flag's
+    spelling (`--one-shot` sets PROCRASTINATE_WORKER_WAIT)."""
+    return f"{environment.PREFIX}_WORKER_{field_name.upper()}"
+
+
+def add_worker_flags(parser: environment.Parser) -> None:
     """One flag per WorkerOptions field; values land in `args.worker_options` (only those given)."""
     helps = field_help()
     hints = typing.get_type_hints(options.WorkerOptions)
@@ -180,20 +171,20 @@ def add_worker_flags(parser: argparse.ArgumentParser) -> None:
             true_flag = spelling.true_flag or long_flag
             false_flag = spelling.false_flag or "--no-" + long_flag[2:]
             true_flags = [f for f in (spelling.short, true_flag) if f]
-            group.add_argument(
-                *true_flags,
-                dest=dest,
-                action="store_true",
-                default=argparse.SUPPRESS,
-                help=help_text,
-            )
-            group.add_argument(
-                false_flag,
-                dest=dest,
-                action="store_false",
-                default=argparse.SUPPRESS,
-                help=f"the opposite of {true_flag}",
-            )
+            for flags, env, action, text in (
+                (true_flags, variable(field.name), "store_true", help_text),
+                ([false_flag], None, "store_false", f"the opposite of {true_flag}"),
+            ):
+                environment.add_option(
+                    parser,
+                    *flags,
+                    env=env,
+                    group=group,
+                    dest=dest,
+                    action=action,
+                    default=argparse.SUPPRESS,
+                    help=text,
+                )
             continue
         flags = [f for f in (spelling.short, long_flag) if f]
         kwargs: dict[str, Any] = {
@@ -204,7 +195,7 @@ def add_worker_flags(parser: argparse.ArgumentParser) -> None:
         }
         kwargs["metavar"] = spelling.metavar or _METAVARS.get(convert, field.name.upper())
         kwargs.update(extra)
-        group.add_argument(*flags, **kwargs)
+        environment.add_option(parser, *flags, env=variable(field.name), group=group, **kwargs)
 
 
 def worker_options_from(args: argparse.Namespace) -> dict[str, Any]:

@@ -18,8 +18,8 @@ def parse(*argv):
 
 def test_every_worker_option_has_a_flag_with_its_default_in_the_help():
     parser = build_parser()
-    worker = parser._subparsers._group_actions[0].choices["worker"]
-    dests = {action.dest for action in worker._actions}
+    worker = parser.commands["worker"]
+    dests = {option.action.dest for option in parser.options if option.parser is worker}
     help_text = " ".join(worker.format_help().split())
     for field in dataclasses.fields(WorkerOptions):
         assert f"worker_option:{field.name}" in dests, field.name

@@ -1,0 +1,39 @@
+"""procrastinate's Django testing guide, verbatim but for the imports: `current_app` is `app`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from procrastinate_core import testing
+from procrastinate_django import app as project_app
+from procrastinate_django import procrastinate_app
+from tests.django.testapp.tasks import record
+
+
+@pytest.fixture
+def app() -> Iterator[Any]:
+    in_memory = testing.InMemoryConnector()
+    with procrastinate_app.current_app.replace_connector(in_memory) as app:
+        yield app
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_guides_in_memory_fixture_reroutes_the_projects_tasks(app: Any) -> None:
+    record.defer(value="in memory")
+    jobs = app.connector.jobs
+    assert len(jobs) == 1
+    assert project_app.connector is app.connector  # the App `from procrastinate_django import app`
+    app.run_worker(wait=False, install_signal_handlers=False)
+    assert [job["status"] for job in app.connector.jobs.values()] == ["succeeded"]
+    app.connector.reset()
+    assert app.connector.jobs == {}
+
+
+def test_the_connector_is_back_after_the_block() -> None:
+    before = project_app.connector
+    with procrastinate_app.current_app.replace_connector(testing.InMemoryConnector()):
+        assert project_app.connector is not before
+    assert project_app.connector is before
