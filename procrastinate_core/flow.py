@@ -204,6 +204,7 @@ def payload(
         "unique_states": list(flow.unique_states),
         "unique_seconds": flow.unique_for,
         "on_conflict": flow.on_conflict,
+        "trace_context": template.trace_context,  # migration 0010
     }
     items = []
     for kwargs, args in zip(kwargs_list, args_json, strict=True):

@@ -83,6 +83,10 @@ class Job:
     #: `configure(schedule_in=...)` in seconds: the database sets scheduled_at to its
     #: now() plus this at insert (one clock), so it is None once the job is read back.
     schedule_in_seconds: float | None = None
+    #: The deferring code's W3C trace context ({"traceparent": ..., "tracestate": ...}),
+    #: stored with the job so its runs can be linked to the defer (otel.py); None
+    #: unless tracing is on.
+    trace_context: dict[str, str] | None = None
 
     def evolve(self, **changes: Any) -> Job:
         """A copy with `changes` applied, like dataclasses.replace but several times
@@ -122,6 +126,7 @@ class Job:
         args = row["args"]
         result = row.get("result")
         error = row.get("error")
+        trace_context = row.get("trace_context")
         status = row["status"]
         claims = row["attempts"]
         # Filled in directly rather than through the frozen __init__ (one
@@ -147,6 +152,9 @@ class Job:
             result=json_loads(result) if isinstance(result, str) else result,
             error=json.loads(error) if isinstance(error, str) else error,
             schedule_in_seconds=None,
+            trace_context=(
+                json.loads(trace_context) if isinstance(trace_context, str) else trace_context
+            ),
         )
         return job
 

@@ -12,13 +12,16 @@ import dataclasses
 import datetime
 import json
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from procrastinate_core import exceptions, serialization, validation
 from procrastinate_core.connectors.base import BaseConnector
 from procrastinate_core.flow_manager import FlowOperations
 from procrastinate_core.jobs import Job, Status
 from procrastinate_core.plans import HasConnector, Op, Plan, either_colour, paired
+
+if TYPE_CHECKING:
+    from procrastinate_core.tasks import DeferHook
 
 QUEUEING_LOCK_CONSTRAINT = "pcq_jobs_queueing_lock_uniq"
 #: Finished jobs deleted per transaction by delete_old_jobs (and remove_old_jobs).
@@ -138,6 +141,8 @@ class JobManager(FlowOperations, HasConnector):  # FlowOperations: flow control 
         self.connector = connector
         #: the largest JSON text of one job's arguments that defer sends (App(max_payload_bytes=))
         self.max_payload_bytes = max_payload_bytes
+        #: set by otel.trace_defers(app): wraps every defer through this manager (None: off)
+        self.defer_hook: DeferHook | None = None
 
     def wrap_error(self, exc: Exception) -> Exception:
         if (

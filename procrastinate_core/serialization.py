@@ -156,6 +156,7 @@ def _job_fields(job: Job) -> dict[str, Any]:
         "queueing_lock": job.queueing_lock,
         "scheduled_at": job.scheduled_at.isoformat() if job.scheduled_at else None,
         "schedule_in_seconds": job.schedule_in_seconds,
+        "trace_context": job.trace_context,
     }
 
 
@@ -185,6 +186,7 @@ def defer_payload(
             job.queueing_lock,
             job.scheduled_at,
             job.schedule_in_seconds,
+            id(job.trace_context),  # a batch's jobs share their template's dict
         )
         text = fields_text.get(key)
         if text is None:

@@ -7,15 +7,18 @@
 -- Inserts the jobs of a JSON array in one statement; returns their ids
 -- (ids grow in array order). A job's schedule_in_seconds (configure's schedule_in)
 -- is added to the database's now(): one clock, whatever the client's says.
-INSERT INTO pcq_jobs (queue_name, task_name, priority, lock, queueing_lock, args, scheduled_at)
+-- trace_context (0010): the deferring code's W3C trace context, or null.
+INSERT INTO pcq_jobs (queue_name, task_name, priority, lock, queueing_lock, args, scheduled_at,
+                      trace_context)
 SELECT j.queue_name, j.task_name, j.priority, j.lock, j.queueing_lock, j.args,
-       coalesce(j.scheduled_at, now() + make_interval(secs => j.schedule_in_seconds))
+       coalesce(j.scheduled_at, now() + make_interval(secs => j.schedule_in_seconds)),
+       j.trace_context
 FROM ROWS FROM (
     jsonb_to_recordset(%(jobs)s::jsonb) AS (
         queue_name text, task_name text, priority integer, lock text, queueing_lock text,
-        args jsonb, scheduled_at timestamptz, schedule_in_seconds float8
+        args jsonb, scheduled_at timestamptz, schedule_in_seconds float8, trace_context jsonb
     )
-) WITH ORDINALITY AS j(queue_name, task_name, priority, lock, queueing_lock, args, scheduled_at, schedule_in_seconds, ord)
+) WITH ORDINALITY AS j(queue_name, task_name, priority, lock, queueing_lock, args, scheduled_at, schedule_in_seconds, trace_context, ord)
 ORDER BY j.ord
 RETURNING id;
 
@@ -47,7 +50,8 @@ WHERE j.id = candidate.id
 RETURNING j.id, j.queue_name, j.task_name, j.priority, j.lock, j.queueing_lock,
           j.args::text AS args, j.status, j.scheduled_at, j.attempts, j.worker_id,
           j.abort_requested, j.created_at, j.started_at, j.finished_at,
-          j.result::text AS result, j.error::text AS error;
+          j.result::text AS result, j.error::text AS error,
+          j.trace_context::text AS trace_context;
 
 -- name: job_finish_many
 -- Records the outcomes of a JSON array of finished attempts, each fenced on
@@ -244,7 +248,7 @@ SELECT status FROM pcq_jobs WHERE id = %(job_id)s;
 SELECT id, queue_name, task_name, priority, lock, queueing_lock,
        args::text AS args, status, scheduled_at, attempts, worker_id,
        abort_requested, created_at, started_at, finished_at,
-       result::text AS result, error::text AS error
+       result::text AS result, error::text AS error, trace_context::text AS trace_context
 FROM pcq_jobs
 WHERE (%(id)s::bigint IS NULL OR id = %(id)s::bigint)
   AND (%(queue)s::text IS NULL OR queue_name = %(queue)s::text)
@@ -423,7 +427,7 @@ ORDER BY 1;
 SELECT j.id, j.queue_name, j.task_name, j.priority, j.lock, j.queueing_lock,
        j.args::text AS args, j.status, j.scheduled_at, j.attempts, j.worker_id,
        j.abort_requested, j.created_at, j.started_at, j.finished_at,
-       j.result::text AS result, j.error::text AS error
+       j.result::text AS result, j.error::text AS error, j.trace_context::text AS trace_context
 FROM pcq_jobs AS j
 WHERE j.status = 'doing'
   AND (%(queue)s::text IS NULL OR j.queue_name = %(queue)s::text)
