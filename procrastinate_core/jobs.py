@@ -44,6 +44,18 @@ class Status(str, enum.Enum):
         return self.value
 
 
+#: What a person may put back in the queue (the CLI shell's `retry`, the admin's retry
+#: action): a job that ended without succeeding. A succeeded job did its work, and running
+#: it again would repeat its effects (an email sent twice); defer a new job for that.
+#: JobManager.retry_job_by_id itself accepts any finished job, as procrastinate's does.
+RETRYABLE_STATUSES: tuple[Status, ...] = (Status.FAILED, Status.ABORTED, Status.CANCELLED)
+#: Why retrying a job in another status is refused, in the words both places show.
+RETRY_RULE = (
+    "only failed, aborted or cancelled jobs can be retried "
+    "(a succeeded job is not run again: defer a new one)"
+)
+
+
 class DeleteJobCondition(str, enum.Enum):
     """Which finished jobs a worker deletes instead of keeping (`delete_jobs` option)."""
 

@@ -463,13 +463,18 @@ class JobManager(FlowOperations, HasConnector):  # FlowOperations: flow control 
         priority: int | None = None,
         queue: str | None = None,
         lock: str | None = None,
+        statuses: Iterable[Status | str] | None = None,
     ) -> Op[bool]:
         """Put a finished job back in the queue; False if it is waiting or running.
 
-        Raises AlreadyEnqueued if its queueing lock is held by another waiting job.
+        `statuses`: retry it only if it is in one of these (checked in the same
+        statement, so a job that changes meanwhile is never retried by mistake); the
+        shell and the admin pass jobs.RETRYABLE_STATUSES. Raises AlreadyEnqueued if
+        its queueing lock is held by another waiting job.
         """
         params = {
             "job_id": job_id,
+            "statuses": None if statuses is None else [Status(s).value for s in statuses],
             "retry_at": retry_at,
             "priority": None if priority is None else validation.check_priority(priority),
             "queue_name": None if queue is None else validation.check_name("queue", queue),

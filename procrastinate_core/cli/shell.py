@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 from procrastinate_core import exceptions
 from procrastinate_core.cli import flow_commands
-from procrastinate_core.jobs import Job, Status
+from procrastinate_core.jobs import RETRY_RULE, RETRYABLE_STATUSES, Job, Status
 from procrastinate_core.options import WorkerOptions
 
 STATUSES = [status.value for status in Status]
@@ -90,7 +90,8 @@ def _build_command_parsers() -> dict[str, CommandParser]:
     _job_id(new("abort", "Ask a running job to stop (a waiting one is cancelled)."))
     _job_id(
         new(
-            "retry", "Put a finished (failed, cancelled, aborted, succeeded) job back in the queue."
+            "retry",
+            "Put a failed, aborted or cancelled job back in the queue (not a succeeded one).",
         )
     )
     p = new("recover_stalled", "Requeue the jobs of workers whose heartbeat is too old.")
@@ -248,10 +249,10 @@ class ShellCommands(flow_commands.FlowShellCommands):
         return self._refused(args.job_id, "aborted", "it has already finished")
 
     def cmd_retry(self, args: argparse.Namespace) -> int:
-        if self.manager.retry_job_by_id(args.job_id):
+        if self.manager.retry_job_by_id(args.job_id, statuses=RETRYABLE_STATUSES):
             self.say(f"Job {args.job_id} is waiting again (todo).")
             return 0
-        return self._refused(args.job_id, "retried", "only finished jobs can be retried")
+        return self._refused(args.job_id, "retried", RETRY_RULE)
 
     def cmd_recover_stalled(self, args: argparse.Namespace) -> int:
         seconds = args.seconds

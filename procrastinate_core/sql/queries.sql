@@ -224,7 +224,8 @@ WHERE id = %(job_id)s AND status IN ('succeeded', 'failed', 'cancelled', 'aborte
 RETURNING id;
 
 -- name: job_retry
--- Puts a finished job back in the queue; returns its id if it was finished.
+-- Puts a finished job back in the queue; returns its id if it was finished (and,
+-- when %(statuses)s is not null, in one of those statuses).
 UPDATE pcq_jobs
 SET status = 'todo',
     scheduled_at = %(retry_at)s,
@@ -237,6 +238,7 @@ SET status = 'todo',
     finished_at = NULL
 WHERE id = %(job_id)s
   AND status IN ('failed', 'aborted', 'cancelled', 'succeeded')
+  AND (%(statuses)s::text[] IS NULL OR status = ANY (%(statuses)s::text[]))
 RETURNING id;
 
 -- name: job_get_status

@@ -8,6 +8,7 @@ import pytest
 
 import procrastinate_core as pc
 from procrastinate_core.cli import main
+from procrastinate_core.jobs import RETRY_RULE
 from tests.acceptance import cli_app
 
 ADD = "tests.acceptance.cli_app.add"
@@ -123,12 +124,30 @@ def test_retry(app, shell, db_conn):
     job_id = defer(app)
     code, out, _ = shell("retry", str(job_id))
     assert code == 1
-    assert (
-        out
-        == f"Error: job {job_id} was not retried: it is todo; only finished jobs can be retried\n"
-    )
+    assert out == f"Error: job {job_id} was not retried: it is todo; {RETRY_RULE}\n"
     set_status(db_conn, job_id, "failed")
     assert shell("retry", str(job_id)) == (0, f"Job {job_id} is waiting again (todo).\n", "")
+    assert status_of(db_conn, job_id) == "todo"
+
+
+@pytest.mark.parametrize("status", ["succeeded", "doing"])
+def test_retry_refuses_a_succeeded_or_running_job(app, shell, db_conn, status):
+    """The admin's rule (jobs.RETRYABLE_STATUSES): a succeeded job is never run again."""
+    job_id = defer(app)
+    set_status(db_conn, job_id, status)
+    assert shell("retry", str(job_id)) == (
+        1,
+        f"Error: job {job_id} was not retried: it is {status}; {RETRY_RULE}\n",
+        "",
+    )
+    assert status_of(db_conn, job_id) == status
+
+
+@pytest.mark.parametrize("status", ["aborted", "cancelled"])
+def test_retry_puts_aborted_and_cancelled_jobs_back(app, shell, db_conn, status):
+    job_id = defer(app)
+    set_status(db_conn, job_id, status)
+    assert shell("retry", str(job_id))[0] == 0
     assert status_of(db_conn, job_id) == "todo"
 
 
