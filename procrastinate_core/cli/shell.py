@@ -14,6 +14,7 @@ import argparse
 import cmd
 import json
 import shlex
+import textwrap
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
@@ -148,6 +149,23 @@ def _describe(job: Job, details: bool) -> str:
     return line
 
 
+def _error_text(entry: dict[str, Any]) -> str:
+    """One attempt's error as a person reads it: a heading, then the traceback as printed
+    by Python (its own lines, indented), never one JSON line of \\n escapes."""
+    where = [f"attempt {entry['attempt']}"] if entry.get("attempt") is not None else []
+    if entry.get("worker_id") is not None:
+        where.append(f"worker {entry['worker_id']}")
+    at = entry.get("at")
+    if at is not None:
+        where.append(f"at {at.isoformat() if hasattr(at, 'isoformat') else at}")
+    heading = "  error" + (f" ({', '.join(where)})" if where else "") + ": "
+    heading += ": ".join(str(entry[k]) for k in ("type", "message") if entry.get(k) is not None)
+    traceback = entry.get("traceback")
+    if not isinstance(traceback, str) or not traceback.strip():
+        return heading
+    return heading + "\n" + textwrap.indent(traceback.rstrip("\n"), "    ")
+
+
 class ShellCommands(flow_commands.FlowShellCommands):
     """The commands themselves; each writes to `out` and returns an exit code."""
 
@@ -217,12 +235,15 @@ class ShellCommands(flow_commands.FlowShellCommands):
             self.say(f"Error: no job with id {args.job_id}")
             return 1
         self.say(_describe(jobs[0], details=True))
-        if jobs[0].error:
-            self.say(f"  error: {json.dumps(jobs[0].error, default=str)}")
         for event in self.manager.list_job_events(args.job_id):
             rest = {k: v for k, v in event.items() if k not in ("type", "at", "job_id", "id")}
             detail = " ".join(f"{k}={v}" for k, v in rest.items() if v is not None)
             self.say(f"  {event['at'].isoformat()} {event['type']} {detail}".rstrip())
+        errors = self.manager.list_job_errors(args.job_id)
+        if not errors and jobs[0].error:
+            errors = [jobs[0].error]  # an error written without its history
+        for entry in errors:
+            self.say(_error_text(entry))
         return 0
 
     def _refused(self, job_id: int, verb: str, why: str) -> int:

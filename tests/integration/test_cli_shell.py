@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 
@@ -159,6 +160,39 @@ def test_show_job_with_history(app, shell, db_conn):
     assert code == 0 and lines[0].startswith(f"#{job_id} {ADD} on maths - [cancelled] (")
     assert len(lines) >= 2 and all(line.startswith("  ") for line in lines[1:])
     assert shell("show", "424242") == (1, "Error: no job with id 424242\n", "")
+
+
+def test_show_prints_each_attempts_traceback_readably(app, shell, db_conn):
+    job_id = defer(app)
+    traceback = (
+        "Traceback (most recent call last):\n"
+        '  File "tasks.py", line 3, in add\n'
+        "    return a / 0\n"
+        "ZeroDivisionError: division by zero\n"
+    )
+    for attempt, message in ((1, "first"), (2, "division by zero")):
+        error = {"type": "ZeroDivisionError", "message": message, "traceback": traceback}
+        db_conn.execute(
+            "UPDATE pcq_jobs SET status = 'failed', attempts = %s, worker_id = 7,"
+            " error = %s::jsonb WHERE id = %s",
+            (attempt, json.dumps(error), job_id),
+        )
+    code, out, _ = shell("show", str(job_id))
+    assert code == 0 and "\\n" not in out
+    lines = out.splitlines()
+    headings = [line for line in lines if line.startswith("  error (")]
+    assert [h.split(": ", 1)[1] for h in headings] == [
+        "ZeroDivisionError: first",
+        "ZeroDivisionError: division by zero",
+    ]
+    assert headings[0].startswith("  error (attempt 1, worker 7, at ")
+    start = lines.index(headings[1])
+    assert lines[start + 1 : start + 5] == [
+        "    Traceback (most recent call last):",
+        '      File "tasks.py", line 3, in add',
+        "        return a / 0",
+        "    ZeroDivisionError: division by zero",
+    ]
 
 
 def test_workers_and_recover_stalled(app, shell, db_conn):
