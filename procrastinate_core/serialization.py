@@ -148,7 +148,7 @@ def dumps_result(value: Any, json_dumps: JsonDumps) -> str | None:
 
 def _job_fields(job: Job) -> dict[str, Any]:
     """A job's row for job_defer_many, without its arguments."""
-    return {
+    fields: dict[str, Any] = {
         "queue_name": job.queue,
         "task_name": job.task_name,
         "priority": job.priority,
@@ -156,8 +156,10 @@ def _job_fields(job: Job) -> dict[str, Any]:
         "queueing_lock": job.queueing_lock,
         "scheduled_at": job.scheduled_at.isoformat() if job.scheduled_at else None,
         "schedule_in_seconds": job.schedule_in_seconds,
-        "trace_context": job.trace_context,
     }
+    if job.trace_context is not None:  # only when defers are traced (otel.py): no bytes otherwise
+        fields["trace_context"] = job.trace_context
+    return fields
 
 
 def defer_payload(
