@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 import procrastinate_core as pc
-from procrastinate_core import exceptions, otel
+from procrastinate_core import exceptions, otel, sql
 from procrastinate_core.testing import InMemoryConnector
 from tests.integration.worker_support import FAST
 
@@ -327,3 +327,21 @@ async def test_with_connector_keeps_tracing_defers(async_app, provider, exporter
     await other.configure_task("t").defer_async()
     assert len(spans(exporter, SpanKind.PRODUCER)) == 1
     assert trace.get_current_span() is trace.INVALID_SPAN  # nothing left attached
+
+
+async def test_migration_0010_runs_again_harmlessly(async_app, db_conn, provider, exporter):
+    """Its body (all but the pcq_migrations row, which records it once) is re-runnable,
+    and jobs deferred before and after keep their trace context."""
+    [migration] = [m for m in sql.migrations() if m.version == 10]
+    body = migration.sql.replace(
+        "INSERT INTO pcq_migrations (version, name) VALUES (10, 'trace_context');", ""
+    )
+    assert body != migration.sql
+    otel.trace_defers(async_app, tracer_provider=provider)
+    before = await async_app.configure_task("t", unique_key="a").defer_async()
+    db_conn.execute(body)
+    db_conn.execute(body)
+    after = await async_app.configure_task("t", unique_key="b").defer_async()
+    jobs = await async_app.job_manager.list_jobs_async()
+    assert [j.id for j in jobs] == [before, after]
+    assert all(j.trace_context["traceparent"].startswith("00-") for j in jobs)
