@@ -89,6 +89,7 @@ class App(Blueprint):
         )
         app.tasks = self.tasks
         app.periodic_tasks = self.periodic_tasks
+        app.job_manager.defer_hook = self.job_manager.defer_hook  # traced defers (otel.py)
         #: the App this one was made from (builtin_tasks defers through that one)
         app.derived_from = self
         return app
@@ -107,6 +108,7 @@ class App(Blueprint):
         saved = (self.connector, self.job_manager, self.schema_manager)
         self.connector = connector
         self.job_manager = JobManager(connector, max_payload_bytes=self.max_payload_bytes)
+        self.job_manager.defer_hook = saved[1].defer_hook
         self.schema_manager = SchemaManager(connector)
         try:
             yield self

@@ -192,7 +192,7 @@ def payload(
         if flow.concurrency_key is not None
         else (name if flow.concurrency_limit is not None else None)
     )
-    common = {
+    common: dict[str, Any] = {
         "queue_name": template.queue,
         "task_name": name,
         "priority": template.priority,
@@ -205,6 +205,8 @@ def payload(
         "unique_seconds": flow.unique_for,
         "on_conflict": flow.on_conflict,
     }
+    if template.trace_context is not None:  # traced defers (otel.py, migration 0010)
+        common["trace_context"] = template.trace_context
     items = []
     for kwargs, args in zip(kwargs_list, args_json, strict=True):
         fields = {

@@ -44,6 +44,18 @@ class Status(str, enum.Enum):
         return self.value
 
 
+#: What a person may put back in the queue (the CLI shell's `retry`, the admin's retry
+#: action): a job that ended without succeeding. A succeeded job did its work, and running
+#: it again would repeat its effects (an email sent twice); defer a new job for that.
+#: JobManager.retry_job_by_id itself accepts any finished job, as procrastinate's does.
+RETRYABLE_STATUSES: tuple[Status, ...] = (Status.FAILED, Status.ABORTED, Status.CANCELLED)
+#: Why retrying a job in another status is refused, in the words both places show.
+RETRY_RULE = (
+    "only failed, aborted or cancelled jobs can be retried "
+    "(a succeeded job is not run again: defer a new one)"
+)
+
+
 class DeleteJobCondition(str, enum.Enum):
     """Which finished jobs a worker deletes instead of keeping (`delete_jobs` option)."""
 
@@ -83,6 +95,10 @@ class Job:
     #: `configure(schedule_in=...)` in seconds: the database sets scheduled_at to its
     #: now() plus this at insert (one clock), so it is None once the job is read back.
     schedule_in_seconds: float | None = None
+    #: The deferring code's W3C trace context ({"traceparent": ..., "tracestate": ...}),
+    #: stored with the job so its runs can be linked to the defer (otel.py); None
+    #: unless tracing is on.
+    trace_context: dict[str, str] | None = None
 
     def evolve(self, **changes: Any) -> Job:
         """A copy with `changes` applied, like dataclasses.replace but several times
@@ -122,6 +138,7 @@ class Job:
         args = row["args"]
         result = row.get("result")
         error = row.get("error")
+        trace_context = row.get("trace_context")
         status = row["status"]
         claims = row["attempts"]
         # Filled in directly rather than through the frozen __init__ (one
@@ -147,6 +164,9 @@ class Job:
             result=json_loads(result) if isinstance(result, str) else result,
             error=json.loads(error) if isinstance(error, str) else error,
             schedule_in_seconds=None,
+            trace_context=(
+                json.loads(trace_context) if isinstance(trace_context, str) else trace_context
+            ),
         )
         return job
 

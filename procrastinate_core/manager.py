@@ -12,13 +12,16 @@ import dataclasses
 import datetime
 import json
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from procrastinate_core import exceptions, serialization, validation
 from procrastinate_core.connectors.base import BaseConnector
 from procrastinate_core.flow_manager import FlowOperations
 from procrastinate_core.jobs import Job, Status
 from procrastinate_core.plans import HasConnector, Op, Plan, either_colour, paired
+
+if TYPE_CHECKING:
+    from procrastinate_core.tasks import DeferHook
 
 QUEUEING_LOCK_CONSTRAINT = "pcq_jobs_queueing_lock_uniq"
 #: Finished jobs deleted per transaction by delete_old_jobs (and remove_old_jobs).
@@ -152,6 +155,8 @@ class JobManager(FlowOperations, HasConnector):  # FlowOperations: flow control 
         self.connector = connector
         #: the largest JSON text of one job's arguments that defer sends (App(max_payload_bytes=))
         self.max_payload_bytes = max_payload_bytes
+        #: set by otel.trace_defers(app): wraps every defer through this manager (None: off)
+        self.defer_hook: DeferHook | None = None
 
     def wrap_error(self, exc: Exception) -> Exception:
         if (
@@ -476,13 +481,18 @@ class JobManager(FlowOperations, HasConnector):  # FlowOperations: flow control 
         priority: int | None = None,
         queue: str | None = None,
         lock: str | None = None,
+        statuses: Iterable[Status | str] | None = None,
     ) -> Op[bool]:
         """Put a finished job back in the queue; False if it is waiting or running.
 
-        Raises AlreadyEnqueued if its queueing lock is held by another waiting job.
+        `statuses`: retry it only if it is in one of these (checked in the same
+        statement, so a job that changes meanwhile is never retried by mistake); the
+        shell and the admin pass jobs.RETRYABLE_STATUSES. Raises AlreadyEnqueued if
+        its queueing lock is held by another waiting job.
         """
         params = {
             "job_id": job_id,
+            "statuses": None if statuses is None else [Status(s).value for s in statuses],
             "retry_at": retry_at,
             "priority": None if priority is None else validation.check_priority(priority),
             "queue_name": None if queue is None else validation.check_name("queue", queue),

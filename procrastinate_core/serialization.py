@@ -148,7 +148,7 @@ def dumps_result(value: Any, json_dumps: JsonDumps) -> str | None:
 
 def _job_fields(job: Job) -> dict[str, Any]:
     """A job's row for job_defer_many, without its arguments."""
-    return {
+    fields: dict[str, Any] = {
         "queue_name": job.queue,
         "task_name": job.task_name,
         "priority": job.priority,
@@ -157,6 +157,9 @@ def _job_fields(job: Job) -> dict[str, Any]:
         "scheduled_at": job.scheduled_at.isoformat() if job.scheduled_at else None,
         "schedule_in_seconds": job.schedule_in_seconds,
     }
+    if job.trace_context is not None:  # only when defers are traced (otel.py): no bytes otherwise
+        fields["trace_context"] = job.trace_context
+    return fields
 
 
 def defer_payload(
@@ -185,6 +188,7 @@ def defer_payload(
             job.queueing_lock,
             job.scheduled_at,
             job.schedule_in_seconds,
+            id(job.trace_context),  # a batch's jobs share their template's dict
         )
         text = fields_text.get(key)
         if text is None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import inspect
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypedDict, TypeVar
 
 from procrastinate_core import exceptions, flow, middleware, serialization, validation
 from procrastinate_core import retry as retry_module
@@ -24,6 +25,23 @@ Args = ParamSpec("Args")
 #: NOTIFY channels are identifiers (63 bytes); ours are "pcq_q_" + queue name.
 MAX_QUEUE_NAME_BYTES = validation.LIMITS["queue"].max_bytes
 DEFAULT_QUEUE = "default"
+_T = TypeVar("_T")
+
+
+class DeferTrace(Protocol):
+    """One traced defer (otel.py): the template to insert, and where its ids are reported."""
+
+    #: the deferrer's template with its trace_context set
+    job: Job
+
+    def deferred(self, ids: _T) -> _T:
+        """Note the inserted job id(s) on the trace; returns them unchanged."""
+        ...
+
+
+#: What JobManager.defer_hook holds when defers are traced: called with the template
+#: and the number of jobs, around the insert. None (the default) costs one attribute read.
+DeferHook = Callable[[Job, int], contextlib.AbstractContextManager[DeferTrace]]
 
 
 class ConfigureTaskOptions(TypedDict, total=False):
@@ -121,50 +139,84 @@ class JobDeferrer:
 
     def defer(self, **task_kwargs: Any) -> int:
         """Insert one job; its id. Runs in the caller's transaction when there is one."""
-        if self.flow is not None:
-            return self._flow_defer([self._merged(task_kwargs)])[0]
-        [job_id] = self.job_manager.defer_from_template(
-            self.job, [self._encoded(self._merged(task_kwargs))], connection=self.connection
-        )
-        return job_id
+        hook = self.job_manager.defer_hook
+        if hook is None:
+            return self._defer(self.job, task_kwargs)
+        with hook(self.job, 1) as trace:
+            return trace.deferred(self._defer(trace.job, task_kwargs))
 
     async def defer_async(self, **task_kwargs: Any) -> int:
-        if self.flow is not None:
-            return (await self._flow_defer_async([self._merged(task_kwargs)]))[0]
-        [job_id] = await self.job_manager.defer_from_template_async(
-            self.job, [self._encoded(self._merged(task_kwargs))], connection=self.connection
-        )
-        return job_id
+        hook = self.job_manager.defer_hook
+        if hook is None:
+            return await self._defer_async(self.job, task_kwargs)
+        with hook(self.job, 1) as trace:
+            return trace.deferred(await self._defer_async(trace.job, task_kwargs))
 
     def batch_defer(self, *task_kwargs: dict[str, Any]) -> list[int]:
         """Insert one job per kwargs dict, all or none (a huge batch in several statements of one transaction); their ids."""
-        if self.flow is not None:
-            return self._flow_defer([self._merged(kwargs) for kwargs in task_kwargs])
-        texts = [self._encoded(self._merged(kwargs)) for kwargs in task_kwargs]
-        return self.job_manager.defer_from_template(self.job, texts, connection=self.connection)
+        hook = self.job_manager.defer_hook
+        if hook is None:
+            return self._batch_defer(self.job, task_kwargs)
+        with hook(self.job, len(task_kwargs)) as trace:
+            return trace.deferred(self._batch_defer(trace.job, task_kwargs))
 
     async def batch_defer_async(self, *task_kwargs: dict[str, Any]) -> list[int]:
+        hook = self.job_manager.defer_hook
+        if hook is None:
+            return await self._batch_defer_async(self.job, task_kwargs)
+        with hook(self.job, len(task_kwargs)) as trace:
+            return trace.deferred(await self._batch_defer_async(trace.job, task_kwargs))
+
+    # `template` is self.job, or self.job with its trace context (a traced defer).
+    def _defer(self, template: Job, task_kwargs: dict[str, Any]) -> int:
         if self.flow is not None:
-            return await self._flow_defer_async([self._merged(kwargs) for kwargs in task_kwargs])
+            return self._flow_defer(template, [self._merged(task_kwargs)])[0]
+        [job_id] = self.job_manager.defer_from_template(
+            template, [self._encoded(self._merged(task_kwargs))], connection=self.connection
+        )
+        return job_id
+
+    async def _defer_async(self, template: Job, task_kwargs: dict[str, Any]) -> int:
+        if self.flow is not None:
+            return (await self._flow_defer_async(template, [self._merged(task_kwargs)]))[0]
+        [job_id] = await self.job_manager.defer_from_template_async(
+            template, [self._encoded(self._merged(task_kwargs))], connection=self.connection
+        )
+        return job_id
+
+    def _batch_defer(self, template: Job, task_kwargs: tuple[dict[str, Any], ...]) -> list[int]:
+        if self.flow is not None:
+            return self._flow_defer(template, [self._merged(kwargs) for kwargs in task_kwargs])
+        texts = [self._encoded(self._merged(kwargs)) for kwargs in task_kwargs]
+        return self.job_manager.defer_from_template(template, texts, connection=self.connection)
+
+    async def _batch_defer_async(
+        self, template: Job, task_kwargs: tuple[dict[str, Any], ...]
+    ) -> list[int]:
+        if self.flow is not None:
+            kwargs_list = [self._merged(kwargs) for kwargs in task_kwargs]
+            return await self._flow_defer_async(template, kwargs_list)
         texts = [self._encoded(self._merged(kwargs)) for kwargs in task_kwargs]
         return await self.job_manager.defer_from_template_async(
-            self.job, texts, connection=self.connection
+            template, texts, connection=self.connection
         )
 
     # -- flow control (#13): each item decided on its own, see flow.py ------------
-    def _flow_defer(self, kwargs_list: list[dict[str, Any]]) -> list[int]:
+    def _flow_defer(self, template: Job, kwargs_list: list[dict[str, Any]]) -> list[int]:
         assert self.flow is not None
         texts = [self._encoded(kwargs) for kwargs in kwargs_list]
         results = self.job_manager.defer_flow(
-            self.job, self.flow, kwargs_list, texts, connection=self.connection
+            template, self.flow, kwargs_list, texts, connection=self.connection
         )
         return flow.ids_or_raise(self.job.task_name, results)
 
-    async def _flow_defer_async(self, kwargs_list: list[dict[str, Any]]) -> list[int]:
+    async def _flow_defer_async(
+        self, template: Job, kwargs_list: list[dict[str, Any]]
+    ) -> list[int]:
         assert self.flow is not None
         texts = [self._encoded(kwargs) for kwargs in kwargs_list]
         results = await self.job_manager.defer_flow_async(
-            self.job, self.flow, kwargs_list, texts, connection=self.connection
+            template, self.flow, kwargs_list, texts, connection=self.connection
         )
         return flow.ids_or_raise(self.job.task_name, results)
 

@@ -16,6 +16,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from procrastinate_core import exceptions
+from procrastinate_core.jobs import RETRY_RULE, RETRYABLE_STATUSES
 from procrastinate_core.manager import JobManager
 
 
@@ -38,8 +39,11 @@ def _apply(
     verb: str,
     statuses: Iterable[str],
     change: Callable[[JobManager, int], bool],
+    rule: str | None = None,
 ) -> None:
-    """Run `change` on each selected job in `statuses`; one message with the counts."""
+    """Run `change` on each selected job in `statuses`; one message with the counts.
+
+    `rule`: why the others are left alone (default: only jobs in `statuses`)."""
     statuses = tuple(statuses)
     manager = job_manager()
     done, skipped, refused = 0, 0, []
@@ -58,26 +62,28 @@ def _apply(
             modeladmin.log_change(request, job, f"{verb} (was {job.status}) by an admin action")
         else:
             skipped += 1  # its status changed meanwhile
-    wanted = " or ".join(statuses)
+    rule = rule or f"only {' or '.join(statuses)} jobs can be {verb.lower()}"
     text = f"{verb} {_plural(done)}."
     if skipped:
-        text += f" {_plural(skipped)} left unchanged: only {wanted} jobs can be {verb.lower()}."
+        text += f" {_plural(skipped)} left unchanged: {rule}."
     level = messages.SUCCESS if done and not skipped and not refused else messages.WARNING
     modeladmin.message_user(request, text, level)
     for reason in refused:
         modeladmin.message_user(request, reason, messages.ERROR)
 
 
-@admin.action(description="Retry selected failed jobs", permissions=["retry"])
+@admin.action(description="Retry selected failed, aborted or cancelled jobs", permissions=["retry"])
 def retry_jobs(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Any]) -> None:
-    """Failed jobs go back to the queue; waiting or running ones are refused (never run twice)."""
+    """The shell's rule (jobs.RETRYABLE_STATUSES): waiting, running and succeeded jobs are
+    refused, so nothing runs twice by mistake."""
     _apply(
         modeladmin,
         request,
         queryset,
         verb="Retried",
-        statuses=["failed"],
-        change=lambda manager, job_id: manager.retry_job_by_id(job_id),
+        statuses=[status.value for status in RETRYABLE_STATUSES],
+        change=lambda manager, job_id: manager.retry_job_by_id(job_id, statuses=RETRYABLE_STATUSES),
+        rule=RETRY_RULE,
     )
 
 

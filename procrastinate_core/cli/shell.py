@@ -14,12 +14,13 @@ import argparse
 import cmd
 import json
 import shlex
+import textwrap
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from procrastinate_core import exceptions
 from procrastinate_core.cli import flow_commands
-from procrastinate_core.jobs import Job, Status
+from procrastinate_core.jobs import RETRY_RULE, RETRYABLE_STATUSES, Job, Status
 from procrastinate_core.options import WorkerOptions
 
 STATUSES = [status.value for status in Status]
@@ -90,7 +91,8 @@ def _build_command_parsers() -> dict[str, CommandParser]:
     _job_id(new("abort", "Ask a running job to stop (a waiting one is cancelled)."))
     _job_id(
         new(
-            "retry", "Put a finished (failed, cancelled, aborted, succeeded) job back in the queue."
+            "retry",
+            "Put a failed, aborted or cancelled job back in the queue (not a succeeded one).",
         )
     )
     p = new("recover_stalled", "Requeue the jobs of workers whose heartbeat is too old.")
@@ -145,6 +147,23 @@ def _describe(job: Job, details: bool) -> str:
         }
         line += " (" + ", ".join(f"{k}={v}" for k, v in extras.items() if v is not None) + ")"
     return line
+
+
+def _error_text(entry: dict[str, Any]) -> str:
+    """One attempt's error as a person reads it: a heading, then the traceback as printed
+    by Python (its own lines, indented), never one JSON line of \\n escapes."""
+    where = [f"attempt {entry['attempt']}"] if entry.get("attempt") is not None else []
+    if entry.get("worker_id") is not None:
+        where.append(f"worker {entry['worker_id']}")
+    at = entry.get("at")
+    if at is not None:
+        where.append(f"at {at.isoformat() if hasattr(at, 'isoformat') else at}")
+    heading = "  error" + (f" ({', '.join(where)})" if where else "") + ": "
+    heading += ": ".join(str(entry[k]) for k in ("type", "message") if entry.get(k) is not None)
+    traceback = entry.get("traceback")
+    if not isinstance(traceback, str) or not traceback.strip():
+        return heading
+    return heading + "\n" + textwrap.indent(traceback.rstrip("\n"), "    ")
 
 
 class ShellCommands(flow_commands.FlowShellCommands):
@@ -216,12 +235,15 @@ class ShellCommands(flow_commands.FlowShellCommands):
             self.say(f"Error: no job with id {args.job_id}")
             return 1
         self.say(_describe(jobs[0], details=True))
-        if jobs[0].error:
-            self.say(f"  error: {json.dumps(jobs[0].error, default=str)}")
         for event in self.manager.list_job_events(args.job_id):
             rest = {k: v for k, v in event.items() if k not in ("type", "at", "job_id", "id")}
             detail = " ".join(f"{k}={v}" for k, v in rest.items() if v is not None)
             self.say(f"  {event['at'].isoformat()} {event['type']} {detail}".rstrip())
+        errors = self.manager.list_job_errors(args.job_id)
+        if not errors and jobs[0].error:
+            errors = [jobs[0].error]  # an error written without its history
+        for entry in errors:
+            self.say(_error_text(entry))
         return 0
 
     def _refused(self, job_id: int, verb: str, why: str) -> int:
@@ -248,10 +270,10 @@ class ShellCommands(flow_commands.FlowShellCommands):
         return self._refused(args.job_id, "aborted", "it has already finished")
 
     def cmd_retry(self, args: argparse.Namespace) -> int:
-        if self.manager.retry_job_by_id(args.job_id):
+        if self.manager.retry_job_by_id(args.job_id, statuses=RETRYABLE_STATUSES):
             self.say(f"Job {args.job_id} is waiting again (todo).")
             return 0
-        return self._refused(args.job_id, "retried", "only finished jobs can be retried")
+        return self._refused(args.job_id, "retried", RETRY_RULE)
 
     def cmd_recover_stalled(self, args: argparse.Namespace) -> int:
         seconds = args.seconds

@@ -270,6 +270,8 @@ class InMemoryStore(FlowTables):  # flow control (#13): in_memory_flow.py
         job = self.jobs.get(p["job_id"])
         if job is None or job["status"] not in FINAL_STATUSES:
             return []
+        if p.get("statuses") is not None and job["status"] not in p["statuses"]:
+            return []
         self._update(
             job,
             status="todo",

@@ -23,7 +23,7 @@ FINAL_STATUSES = ("succeeded", "failed", "cancelled", "aborted")
 ERROR_HISTORY = 50
 _JOB_COLUMNS = (
     "id queue_name task_name priority lock queueing_lock args status scheduled_at attempts "
-    "worker_id abort_requested created_at started_at finished_at result error"
+    "worker_id abort_requested created_at started_at finished_at result error trace_context"
 ).split()
 
 Clock = Callable[[], datetime.datetime]
@@ -279,6 +279,7 @@ class InMemoryTables:
             "error": None,
             "waiting_for": None,
             "errors": [],
+            "trace_context": record.get("trace_context"),  # 0010
         }
 
     @staticmethod
@@ -288,6 +289,7 @@ class InMemoryTables:
         row["args"] = json.dumps(job["args"])
         row["result"] = _as_text(job["result"])
         row["error"] = _as_text(job["error"])
+        row["trace_context"] = _as_text(job["trace_context"])
         return row
 
 

@@ -5,7 +5,7 @@
 
 -- name: job_defer_many
 -- Inserts the jobs of a JSON array in one statement (pcq_defer_jobs, migration
--- 0010); returns their ids (ids grow in array order), conflict NULL. A job's
+-- 0011); returns their ids (ids grow in array order), conflict NULL. A job's
 -- schedule_in_seconds is added to the database's now(): one clock, whatever the
 -- client's says. A queueing lock already held inserts nothing and returns one
 -- row (id NULL, conflict: the server's detail): a refusal never raises, so it
@@ -40,7 +40,8 @@ WHERE j.id = candidate.id
 RETURNING j.id, j.queue_name, j.task_name, j.priority, j.lock, j.queueing_lock,
           j.args::text AS args, j.status, j.scheduled_at, j.attempts, j.worker_id,
           j.abort_requested, j.created_at, j.started_at, j.finished_at,
-          j.result::text AS result, j.error::text AS error;
+          j.result::text AS result, j.error::text AS error,
+          j.trace_context::text AS trace_context;
 
 -- name: job_finish_many
 -- Records the outcomes of a JSON array of finished attempts, each fenced on
@@ -213,7 +214,8 @@ WHERE id = %(job_id)s AND status IN ('succeeded', 'failed', 'cancelled', 'aborte
 RETURNING id;
 
 -- name: job_retry
--- Puts a finished job back in the queue; returns its id if it was finished.
+-- Puts a finished job back in the queue; returns its id if it was finished (and,
+-- when %(statuses)s is not null, in one of those statuses).
 UPDATE pcq_jobs
 SET status = 'todo',
     scheduled_at = %(retry_at)s,
@@ -226,6 +228,7 @@ SET status = 'todo',
     finished_at = NULL
 WHERE id = %(job_id)s
   AND status IN ('failed', 'aborted', 'cancelled', 'succeeded')
+  AND (%(statuses)s::text[] IS NULL OR status = ANY (%(statuses)s::text[]))
 RETURNING id;
 
 -- name: job_get_status
@@ -237,7 +240,7 @@ SELECT status FROM pcq_jobs WHERE id = %(job_id)s;
 SELECT id, queue_name, task_name, priority, lock, queueing_lock,
        args::text AS args, status, scheduled_at, attempts, worker_id,
        abort_requested, created_at, started_at, finished_at,
-       result::text AS result, error::text AS error
+       result::text AS result, error::text AS error, trace_context::text AS trace_context
 FROM pcq_jobs
 WHERE (%(id)s::bigint IS NULL OR id = %(id)s::bigint)
   AND (%(queue)s::text IS NULL OR queue_name = %(queue)s::text)
@@ -416,7 +419,7 @@ ORDER BY 1;
 SELECT j.id, j.queue_name, j.task_name, j.priority, j.lock, j.queueing_lock,
        j.args::text AS args, j.status, j.scheduled_at, j.attempts, j.worker_id,
        j.abort_requested, j.created_at, j.started_at, j.finished_at,
-       j.result::text AS result, j.error::text AS error
+       j.result::text AS result, j.error::text AS error, j.trace_context::text AS trace_context
 FROM pcq_jobs AS j
 WHERE j.status = 'doing'
   AND (%(queue)s::text IS NULL OR j.queue_name = %(queue)s::text)
@@ -470,7 +473,7 @@ SELECT extract(epoch FROM clock_timestamp())::float8 AS now;
 -- pcq_jobs_limit_holders_idx (count of holders). 1.2 ms for one limited,
 -- unique job beside 1,000,000 limited, 1,000,000 paused and 1,000,000 finished rows.
 -- A held queueing lock: every item with outcome 'queueing_lock', nothing
--- inserted (pcq_defer_flow_guarded, migration 0010).
+-- inserted (pcq_defer_flow_guarded, migration 0011).
 SELECT ord, id, outcome, conflict_id, conflict
 FROM pcq_defer_flow_guarded(%(jobs)s::jsonb, %(all_or_nothing)s::boolean);
 

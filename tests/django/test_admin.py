@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from typing import Any
@@ -11,6 +12,7 @@ from django.contrib.auth.models import Permission, User
 from django.db import connection
 from django.test import Client
 
+from procrastinate_core.jobs import RETRY_RULE
 from tests.django.testapp.tasks import fail, record
 
 pytestmark = pytest.mark.django_db
@@ -182,11 +184,30 @@ def test_arguments_and_errors_are_html_escaped(operator: Client, jobs: dict[str,
 def test_retry_retries_failed_jobs_and_refuses_running_ones(
     operator: Client, jobs: dict[str, int]
 ) -> None:
-    response = _act(operator, "retry_jobs", jobs["failed"], jobs["failed2"], jobs["doing"])
+    response = _act(
+        operator, "retry_jobs", jobs["failed"], jobs["failed2"], jobs["doing"], jobs["succeeded"]
+    )
     text = response.content.decode()
-    assert "Retried 2 jobs. 1 job left unchanged: only failed jobs can be retried." in text
+    assert f"Retried 2 jobs. 2 jobs left unchanged: {RETRY_RULE}." in text
     assert _status(jobs["failed"]) == "todo" and _status(jobs["failed2"]) == "todo"
-    assert _status(jobs["doing"]) == "doing"
+    assert _status(jobs["doing"]) == "doing" and _status(jobs["succeeded"]) == "succeeded"
+
+
+@pytest.mark.parametrize("status", ["todo", "doing", "succeeded", "failed", "aborted", "cancelled"])
+def test_the_shell_and_the_admin_retry_the_same_jobs(operator: Client, status: str) -> None:
+    """One rule (jobs.RETRYABLE_STATUSES) for the admin action and the CLI shell's `retry`."""
+    from procrastinate_core.cli.shell import ShellCommands
+    from procrastinate_django.procrastinate_app import app
+
+    by_admin, by_shell = record.defer(value="admin"), record.defer(value="shell")
+    for job_id in (by_admin, by_shell):
+        _set(job_id, status=status)
+    _act(operator, "retry_jobs", by_admin)
+    code = ShellCommands(app, io.StringIO()).run("retry", [str(by_shell)])
+    retryable = status in ("failed", "aborted", "cancelled")
+    assert _status(by_admin) == ("todo" if retryable else status)
+    assert _status(by_shell) == _status(by_admin)
+    assert code == (0 if retryable else 1)
 
 
 def test_cancel_abort_delete(operator: Client, jobs: dict[str, int]) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 
 import procrastinate_core as pc
 from procrastinate_core.cli import main
+from procrastinate_core.jobs import RETRY_RULE
 from tests.acceptance import cli_app
 
 ADD = "tests.acceptance.cli_app.add"
@@ -123,12 +125,30 @@ def test_retry(app, shell, db_conn):
     job_id = defer(app)
     code, out, _ = shell("retry", str(job_id))
     assert code == 1
-    assert (
-        out
-        == f"Error: job {job_id} was not retried: it is todo; only finished jobs can be retried\n"
-    )
+    assert out == f"Error: job {job_id} was not retried: it is todo; {RETRY_RULE}\n"
     set_status(db_conn, job_id, "failed")
     assert shell("retry", str(job_id)) == (0, f"Job {job_id} is waiting again (todo).\n", "")
+    assert status_of(db_conn, job_id) == "todo"
+
+
+@pytest.mark.parametrize("status", ["succeeded", "doing"])
+def test_retry_refuses_a_succeeded_or_running_job(app, shell, db_conn, status):
+    """The admin's rule (jobs.RETRYABLE_STATUSES): a succeeded job is never run again."""
+    job_id = defer(app)
+    set_status(db_conn, job_id, status)
+    assert shell("retry", str(job_id)) == (
+        1,
+        f"Error: job {job_id} was not retried: it is {status}; {RETRY_RULE}\n",
+        "",
+    )
+    assert status_of(db_conn, job_id) == status
+
+
+@pytest.mark.parametrize("status", ["aborted", "cancelled"])
+def test_retry_puts_aborted_and_cancelled_jobs_back(app, shell, db_conn, status):
+    job_id = defer(app)
+    set_status(db_conn, job_id, status)
+    assert shell("retry", str(job_id))[0] == 0
     assert status_of(db_conn, job_id) == "todo"
 
 
@@ -140,6 +160,39 @@ def test_show_job_with_history(app, shell, db_conn):
     assert code == 0 and lines[0].startswith(f"#{job_id} {ADD} on maths - [cancelled] (")
     assert len(lines) >= 2 and all(line.startswith("  ") for line in lines[1:])
     assert shell("show", "424242") == (1, "Error: no job with id 424242\n", "")
+
+
+def test_show_prints_each_attempts_traceback_readably(app, shell, db_conn):
+    job_id = defer(app)
+    traceback = (
+        "Traceback (most recent call last):\n"
+        '  File "tasks.py", line 3, in add\n'
+        "    return a / 0\n"
+        "ZeroDivisionError: division by zero\n"
+    )
+    for attempt, message in ((1, "first"), (2, "division by zero")):
+        error = {"type": "ZeroDivisionError", "message": message, "traceback": traceback}
+        db_conn.execute(
+            "UPDATE pcq_jobs SET status = 'failed', attempts = %s, worker_id = 7,"
+            " error = %s::jsonb WHERE id = %s",
+            (attempt, json.dumps(error), job_id),
+        )
+    code, out, _ = shell("show", str(job_id))
+    assert code == 0 and "\\n" not in out
+    lines = out.splitlines()
+    headings = [line for line in lines if line.startswith("  error (")]
+    assert [h.split(": ", 1)[1] for h in headings] == [
+        "ZeroDivisionError: first",
+        "ZeroDivisionError: division by zero",
+    ]
+    assert headings[0].startswith("  error (attempt 1, worker 7, at ")
+    start = lines.index(headings[1])
+    assert lines[start + 1 : start + 5] == [
+        "    Traceback (most recent call last):",
+        '      File "tasks.py", line 3, in add',
+        "        return a / 0",
+        "    ZeroDivisionError: division by zero",
+    ]
 
 
 def test_workers_and_recover_stalled(app, shell, db_conn):

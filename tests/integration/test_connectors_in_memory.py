@@ -16,6 +16,7 @@ import pytest
 
 import procrastinate_core as pc
 from procrastinate_core import exceptions
+from procrastinate_core.jobs import RETRYABLE_STATUSES
 from procrastinate_core.manager import JobOutcome
 from procrastinate_core.testing import InMemoryConnector
 
@@ -74,7 +75,14 @@ async def _scenario(app: pc.App, seed: int) -> list[Any]:
             job_id = rng.randint(1, 40)
             try:
                 answers.append(
-                    ("retry", await m.retry_job_by_id_async(job_id, priority=rng.choice([None, 3])))
+                    (
+                        "retry",
+                        await m.retry_job_by_id_async(
+                            job_id,
+                            priority=rng.choice([None, 3]),
+                            statuses=rng.choice([None, RETRYABLE_STATUSES]),
+                        ),
+                    )
                 )
             except exceptions.AlreadyEnqueued:
                 answers.append(("retry", "AlreadyEnqueued"))

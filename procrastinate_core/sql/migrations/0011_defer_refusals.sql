@@ -1,4 +1,4 @@
--- 0010: a defer refused by the database (a queueing lock already held by a
+-- 0011: a defer refused by the database (a queueing lock already held by a
 -- waiting job) no longer raises inside the caller's transaction. Written so
 -- that running it again is harmless.
 --
@@ -16,16 +16,19 @@
 CREATE OR REPLACE FUNCTION pcq_insert_jobs(jobs jsonb) RETURNS SETOF bigint
 LANGUAGE sql AS $$
     -- A job's schedule_in_seconds is added to the database's now(): one clock.
-    INSERT INTO pcq_jobs (queue_name, task_name, priority, lock, queueing_lock, args, scheduled_at)
+    -- trace_context (0010): the deferring code's W3C trace context, or null.
+    INSERT INTO pcq_jobs (queue_name, task_name, priority, lock, queueing_lock, args, scheduled_at,
+                          trace_context)
     SELECT j.queue_name, j.task_name, j.priority, j.lock, j.queueing_lock, j.args,
-           coalesce(j.scheduled_at, now() + make_interval(secs => j.schedule_in_seconds))
+           coalesce(j.scheduled_at, now() + make_interval(secs => j.schedule_in_seconds)),
+           j.trace_context
     FROM ROWS FROM (
         jsonb_to_recordset(jobs) AS (
             queue_name text, task_name text, priority integer, lock text, queueing_lock text,
-            args jsonb, scheduled_at timestamptz, schedule_in_seconds float8
+            args jsonb, scheduled_at timestamptz, schedule_in_seconds float8, trace_context jsonb
         )
     ) WITH ORDINALITY AS j(queue_name, task_name, priority, lock, queueing_lock, args,
-                           scheduled_at, schedule_in_seconds, ord)
+                           scheduled_at, schedule_in_seconds, trace_context, ord)
     ORDER BY j.ord
     RETURNING id;
 $$;
@@ -92,5 +95,5 @@ BEGIN
 END;
 $$;
 
-INSERT INTO pcq_migrations (version, name) VALUES (10, 'defer_refusals')
+INSERT INTO pcq_migrations (version, name) VALUES (11, 'defer_refusals')
 ON CONFLICT DO NOTHING;
