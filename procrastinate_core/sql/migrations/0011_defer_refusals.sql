@@ -95,5 +95,4 @@ BEGIN
 END;
 $$;
 
-INSERT INTO pcq_migrations (version, name) VALUES (11, 'defer_refusals')
-ON CONFLICT DO NOTHING;
+INSERT INTO pcq_migrations (version, name) VALUES (11, 'defer_refusals');
