@@ -188,7 +188,8 @@ class Worker:
                 self.worker_id,
                 getattr(self.app.connector, "wake_up_mode", "LISTEN")
                 if self.options.listen_notify
-                else f"polling every {self.options.fetch_job_polling_interval:g} s (listen_notify=False)",
+                else f"polling every {self.options.fetch_job_polling_interval:g} s "
+                "(listen_notify=False)",
                 extra={"action": "worker_wake_up_mode", "worker_id": self.worker_id},
             )
             try:

@@ -73,7 +73,8 @@ def _add_defer(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     when.add_argument(
         "--at",
         metavar="ISO_DATETIME",
-        help="run no earlier than this ISO 8601 time with a time zone, e.g. 2030-01-01T09:00:00+01:00",
+        help="run no earlier than this ISO 8601 time with a time zone, e.g. "
+        "2030-01-01T09:00:00+01:00",
     )
     when.add_argument(
         "--in", dest="in_seconds", metavar="SECONDS", type=float, help="run in SECONDS"

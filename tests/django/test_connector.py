@@ -139,7 +139,8 @@ def test_run_deferred_jobs_inside_a_transaction_says_why_it_cannot() -> None:
 
 def test_pooler_and_listen_dsn_settings_reach_the_worker_connector() -> None:
     """PROCRASTINATE_POOLER / PROCRASTINATE_LISTEN_DSN (docs/pgbouncer.md): the worker's connector
-    prepares nothing and listens on the direct address, whose dbname stays Django's (the test one)."""
+    prepares nothing and listens on the direct address, whose dbname stays
+    Django's (the test one)."""
     from django.test import override_settings
 
     with override_settings(

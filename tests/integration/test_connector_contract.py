@@ -137,10 +137,10 @@ def url_of(params: dict[str, str]) -> str:
     auth = quote(params.get("user", ""), safe="")
     if params.get("password"):
         auth += ":" + quote(params["password"], safe="")
-    host = params.get("host", "")
+    host, port, dbname = params.get("host", ""), params.get("port", "5432"), params["dbname"]
     if host.startswith("/"):  # a socket directory (embedded server)
-        return f"postgresql://{auth}@/{params['dbname']}?host={quote(host, safe='')}&port={params.get('port', '5432')}"
-    return f"postgresql://{auth + '@' if auth else ''}{host}:{params.get('port', '5432')}/{params['dbname']}"
+        return f"postgresql://{auth}@/{dbname}?host={quote(host, safe='')}&port={port}"
+    return f"postgresql://{auth + '@' if auth else ''}{host}:{port}/{dbname}"
 
 
 class Harness:

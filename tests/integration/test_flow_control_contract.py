@@ -370,7 +370,8 @@ def test_concurrent_claims_never_exceed_a_limit(app, db_dsn):
             while not stop.is_set():
                 violations.extend(
                     conn.execute(
-                        "SELECT concurrency_key, count(*) FROM pcq_jobs WHERE concurrency_key IS NOT NULL AND "
+                        "SELECT concurrency_key, count(*) FROM pcq_jobs WHERE "
+                        "concurrency_key IS NOT NULL AND "
                         "(status = 'doing' OR (status = 'todo' AND waiting_for IS NULL)) "
                         "GROUP BY concurrency_key HAVING count(*) > 3"
                     ).fetchall()
@@ -454,7 +455,8 @@ def test_a_pause_racing_defers_leaves_no_ready_job(app, db_dsn):
     assert errors == []
     with psycopg.connect(db_dsn, autocommit=True) as conn:
         ready = conn.execute(
-            "SELECT count(*) FROM pcq_jobs WHERE queue_name = 'q' AND waiting_for IS NULL AND status = 'todo'"
+            "SELECT count(*) FROM pcq_jobs WHERE queue_name = 'q' AND waiting_for IS NULL "
+            "AND status = 'todo'"
         ).fetchone()[0]
     assert ready == 0
     assert m.fetch_jobs(m.register_worker(), ["q"], 10) == []
@@ -499,7 +501,8 @@ async def test_pause_and_resume_go_in_bounded_batches(every_connector, monkeypat
 
 
 def test_resume_notifies_listening_workers_and_pause_survives_a_new_app(app, db_dsn):
-    """Resume NOTIFYs the queue's channel at commit; the paused state is a table another app reads."""
+    """Resume NOTIFYs the queue's channel at commit; the paused state is a table another app
+    reads."""
     m = app.job_manager
     app.configure_task("x", queue="mail").defer()
     assert m.pause_queue("mail") == 1

@@ -1,4 +1,5 @@
-"""The worker against real PostgreSQL: claiming, batching, threads, concurrency, wake-up, results."""
+"""The worker against real PostgreSQL: claiming, batching, threads, concurrency, wake-up,
+results."""
 
 from __future__ import annotations
 

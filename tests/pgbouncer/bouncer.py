@@ -1,4 +1,5 @@
-"""A private PgBouncer for the tests: its own config and auth files, a free port, stopped at the end.
+"""A private PgBouncer for the tests: its own config and auth files, a free port, stopped at the
+end.
 
 Never touches a system PgBouncer service. PgBouncer refuses to run as root, so
 as root it is started with `-u nobody` (it drops privileges itself; `-u` the

@@ -1,4 +1,5 @@
-"""The connector contract suite (tests/integration/test_connector_contract.py), every real connector through PgBouncer.
+"""The connector contract suite (tests/integration/test_connector_contract.py), every real
+connector through PgBouncer.
 
 Its tests are imported as they are; what changes is the connectors: each
 Case is rebuilt to connect through the bouncer of this run (see conftest.py's

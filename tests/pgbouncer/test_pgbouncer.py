@@ -1,4 +1,5 @@
-"""Behind a real PgBouncer (transaction and session mode): prepared statements, wake-ups, a worker drain.
+"""Behind a real PgBouncer (transaction and session mode): prepared statements, wake-ups, a worker
+drain.
 
 Every test runs in both modes (conftest.py); a test about one mode only skips
 in the other, saying why.
@@ -186,7 +187,8 @@ async def test_listen_dsn_listens_on_the_server_itself_and_the_worker_says_so(
             names = {
                 r[0]
                 for r in db_conn.execute(
-                    "SELECT application_name FROM pg_stat_activity WHERE datname = current_database()"
+                    "SELECT application_name FROM pg_stat_activity WHERE datname = "
+                    "current_database()"
                 )
             }
             assert "procrastinate_core-listener" in names

@@ -1,4 +1,8 @@
-"""The linters the field expects, run as tests so CI enforces them (ruff; mypy on the packages)."""
+"""The linters the field expects, run as tests so CI enforces them.
+
+ruff (lint, line length included) and `ruff format --check` over the repository;
+mypy on the packages.
+"""
 
 import shutil
 import subprocess
@@ -17,6 +21,15 @@ def _tool(name: str) -> str:
 def test_ruff_is_clean():
     result = subprocess.run([_tool("ruff"), "check", "."], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_format_leaves_every_file_as_it_is():
+    result = subprocess.run(
+        [_tool("ruff"), "format", "--check", "."], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, (
+        result.stdout + result.stderr + "\nrun `.venv/bin/ruff format .` to format these files"
+    )
 
 
 def test_mypy_is_clean_on_the_packages():
