@@ -59,7 +59,8 @@ class FlowOptions:
 
 def _check_key(option: str, value: Any) -> Key | None:
     if value is None or callable(value):
-        return value
+        key: Key | None = value  # a function's results are checked when it is called (_resolve)
+        return key
     if not isinstance(value, str) or not value:
         raise exceptions.ConfigurationError(
             f"{option}={value!r}: expected a non-empty string, or a function of the job's "

@@ -330,7 +330,7 @@ class Task(Generic[P, R, Args]):
         )
         # As procrastinate: name, doc, module, __wrapped__... but not the function's
         # __dict__, whose attributes (a `pass_context` flag, say) would shadow the Task's.
-        functools.update_wrapper(self, func, updated=())  # type: ignore[arg-type]
+        functools.update_wrapper(self, func, updated=())
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.func(*args, **kwargs)

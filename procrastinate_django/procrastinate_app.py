@@ -157,4 +157,4 @@ def build_app() -> DjangoApp:
 
 
 #: The App to decorate tasks with: `@app.task`. Built on first use.
-app: DjangoApp = SimpleLazyObject(build_app)  # type: ignore[assignment]
+app: DjangoApp = SimpleLazyObject(build_app)

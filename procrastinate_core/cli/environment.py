@@ -67,7 +67,7 @@ def _converted(action: argparse.Action, value: str) -> Any:
         if count < 0:
             raise ValueError("expected a count of 0 or more")
         return count
-    convert: Callable[[str], Any] = action.type if callable(action.type) else str  # type: ignore[assignment]
+    convert: Callable[[str], Any] = action.type if callable(action.type) else str
     if isinstance(action, argparse._AppendAction):  # several values, comma-separated
         return [convert(part.strip()) for part in value.split(",") if part.strip()]
     converted = convert(value)
