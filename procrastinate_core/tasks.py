@@ -14,6 +14,7 @@ from procrastinate_core import retry as retry_module
 from procrastinate_core.jobs import Job
 
 if TYPE_CHECKING:
+    from procrastinate_core.app import App
     from procrastinate_core.blueprints import Blueprint
     from procrastinate_core.manager import JobManager
 
@@ -339,15 +340,14 @@ class Task(Generic[P, R, Args]):
         return f"<Task {self.name}>"
 
     @property
-    def app(self) -> Any:
-        from procrastinate_core.app import App
-
-        if not isinstance(self.blueprint, App):
+    def app(self) -> App:
+        app = self.blueprint._bound_app()
+        if app is None:
             raise exceptions.UnboundTaskError(
                 f"task {self.name!r} belongs to a Blueprint that was not added to an App "
                 "yet: call app.add_tasks_from(blueprint, namespace=...) first."
             )
-        return self.blueprint
+        return app
 
     def configure(
         self,
