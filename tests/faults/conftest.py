@@ -416,12 +416,12 @@ class PrivateServer:
                 "dbname": "postgres",
             }
         else:  # pragma: no cover - used where Debian's wrappers are missing
-            import pgserver
+            from pgserver.postgres_server import get_server  # what pgserver.get_server is
 
             from procrastinate_core.connectors.params import parse_dsn
 
             self.folder = tempfile.mkdtemp(prefix="pcq-fault-pg-")
-            self.embedded = pgserver.get_server(self.folder, cleanup_mode="stop")
+            self.embedded = get_server(self.folder, cleanup_mode="stop")
             self.params = parse_dsn(self.embedded.get_uri())
         wait_until(self.reachable, timeout=30, interval=0.2, what="private server up")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from typing import Any
 
 import psycopg
 import pytest
@@ -83,7 +84,7 @@ def test_f06_server_restart_crash_and_outage(
     """
     harness = private_harness
     # Workers must outlive the outage: stalled_worker_timeout longer than the fault.
-    options = {
+    options: dict[str, Any] = {
         "concurrency": 5,
         "fetch_job_polling_interval": 30,
         "update_heartbeat_interval": 1,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import signal
 import time
 
@@ -46,7 +47,9 @@ def test_f10_many_workers_racing_with_churn(harness: Harness) -> None:
     harness.check(expect_success=jobs)
 
 
-def _intervals(harness: Harness, job_ids: list[int]) -> list[tuple[int, object, object]]:
+def _intervals(
+    harness: Harness, job_ids: list[int]
+) -> list[tuple[int, datetime.datetime, datetime.datetime]]:
     return harness.all(
         "SELECT job_id, started_at, finished_at FROM fault_ledger WHERE job_id = ANY(%s) AND "
         "outcome = 'success' "

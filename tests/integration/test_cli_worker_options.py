@@ -18,7 +18,8 @@ def parse(*argv):
 
 def test_every_worker_option_has_a_flag_with_its_default_in_the_help():
     parser = build_parser()
-    worker = parser._subparsers._group_actions[0].choices["worker"]
+    # argparse keeps its subparsers private: typeshed types the action as an iterable
+    worker = parser._subparsers._group_actions[0].choices["worker"]  # type: ignore[index]
     dests = {action.dest for action in worker._actions}
     help_text = " ".join(worker.format_help().split())
     for field in dataclasses.fields(WorkerOptions):

@@ -18,6 +18,7 @@ import pytest
 
 import procrastinate_core as pc
 from procrastinate_core import exceptions
+from procrastinate_core.jobs import Status
 from procrastinate_core.manager import JobManager, JobOutcome
 from procrastinate_core.testing import InMemoryConnector
 from tests.django import contract as django_contract
@@ -47,7 +48,7 @@ async def claim(
 async def finish(m: JobManager, worker: int, job_id: int, status: str, **fields: Any) -> None:
     [job] = await m.list_jobs_async(id=job_id)
     assert await m.finish_jobs_async(
-        [JobOutcome(job_id, worker, job.claims, status, **fields)]
+        [JobOutcome(job_id, worker, job.claims, Status(status), **fields)]
     ) == {job_id}
 
 
@@ -326,7 +327,7 @@ async def test_batch_defer_decides_each_item(every_connector):
 def test_unique_options_are_checked_before_any_sql():
     app = pc.App(connector=InMemoryConnector())
     task = app.task(name="t")(lambda: None)
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"unique_key": "k", "on_conflict": "update"}, "on_conflict='update'"),
         ({"unique_key": "k", "unique_states": ("todo", "waiting")}, "unique_states="),
         ({"unique_key": "k", "unique_for": 60}, "has no finished state"),

@@ -105,7 +105,7 @@ class Bouncer:
             os.chmod(path, 0o644)
 
     @property
-    def params(self) -> dict[str, str]:
+    def params(self) -> dict[str, Any]:
         """libpq keywords that reach the test server through this bouncer (dbname: the server's)."""
         found = {"host": "127.0.0.1", "port": str(self.port), "user": self.user}
         if self.server_params.get("password"):

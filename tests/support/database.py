@@ -248,7 +248,7 @@ class WorkerDatabase:
         return True
 
 
-def _reachable(params: dict[str, str]) -> bool:
+def _reachable(params: dict[str, Any]) -> bool:
     try:
         psycopg.connect(connect_timeout=3, **params).close()
     except psycopg.Error:
@@ -256,7 +256,7 @@ def _reachable(params: dict[str, str]) -> bool:
     return True
 
 
-def _with_port(params: dict[str, str]) -> dict[str, str]:
+def _with_port(params: dict[str, Any]) -> dict[str, Any]:
     """The parameters plus the server's port, which a socket-only server's URI leaves out.
 
     A Unix socket has a port too (its file is .s.PGSQL.<port>): knowing it lets
@@ -270,10 +270,10 @@ def _with_port(params: dict[str, str]) -> dict[str, str]:
 
 
 def _start_embedded() -> TestServer:
-    import pgserver
+    from pgserver.postgres_server import get_server  # what pgserver.get_server is
 
     folder = tempfile.mkdtemp(prefix="pcq-pgserver-")
-    server = pgserver.get_server(folder, cleanup_mode="stop")
+    server = get_server(folder, cleanup_mode="stop")
     owner = os.getpid()
 
     def cleanup() -> None:

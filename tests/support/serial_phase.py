@@ -200,6 +200,9 @@ def _serial_last_scheduling() -> type:
 
         def __init__(self, config: pytest.Config, log: Any = None) -> None:
             super().__init__(config, log)
+            # xdist's own attributes (set by it; declared here for mypy: xdist is untyped)
+            self.collection: list[str] | None
+            self.maxschedchunk: int | None
             self.serial: list[int] = []
             self.serial_node: Any = None
             self.started = time.monotonic()

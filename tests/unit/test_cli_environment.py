@@ -91,7 +91,8 @@ def test_global_and_other_commands_options():
 def test_every_option_names_its_variable_in_the_help():
     parser = build_parser()
     environment.apply(parser, {})
-    worker = parser._subparsers._group_actions[0].choices["worker"]
+    # argparse keeps its subparsers private: typeshed types the action as an iterable
+    worker = parser._subparsers._group_actions[0].choices["worker"]  # type: ignore[index]
     text = " ".join(worker.format_help().split())
     assert "[env: PROCRASTINATE_WORKER_CONCURRENCY]" in text
     assert "[env: PROCRASTINATE_WORKER_STALLED_WORKER_TIMEOUT]" in text
