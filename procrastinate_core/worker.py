@@ -35,11 +35,8 @@ from procrastinate_core.outcome_recorder import OutcomeRecorder
 from procrastinate_core.service import SERVICE_STOP_TIMEOUT, Service, Supervisor
 from procrastinate_core.stager import Stager
 from procrastinate_core.worker_services import WorkerCallbacks, WorkerSignals, build_services
-from procrastinate_core.worker_stop import (  # noqa: F401 - re-exported
-    FORCED_EXIT_CODE_BASE,
-    FORCED_STOP_TIMEOUT,
+from procrastinate_core.worker_stop import (
     SHUTDOWN_DB_TIMEOUT,
-    STOP_BOUND,
     SignalHandlers,
     bounded,
     drain_running_jobs,
