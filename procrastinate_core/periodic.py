@@ -157,8 +157,8 @@ class DatabaseClock:
 
 
 async def read_clock(clock: Callable[[], float]) -> float:
-    """Now, on `clock`, refreshing it first if it can be (a DatabaseClock); tests pass plain
-    callables."""
+    """Now, on `clock`, refreshing it first if it can be (a DatabaseClock);
+    tests pass plain callables."""
     refresh = getattr(clock, "refresh_async", None)
     if refresh is not None:
         await refresh()

@@ -398,8 +398,8 @@ class Task(Generic[P, R, Args]):
         return self._signature
 
     def _default_deferrer(self) -> JobDeferrer:
-        """configure() with no overrides, its validated template built once: defer() is a hot
-        path."""
+        """configure() with no overrides, its validated template built once: defer()
+        is a hot path."""
         key = (self.name, self.queue, self.priority, self.lock, self.queueing_lock)
         cached = self._default_job
         if cached is None or cached[0] != key:
@@ -425,8 +425,8 @@ class Task(Generic[P, R, Args]):
         return await self._default_deferrer().defer_async(**task_kwargs)
 
     def batch_defer(self, *task_kwargs: dict[str, Any]) -> list[int]:
-        """Queue one job per kwargs dict, all or none; their ids (one statement unless very
-        large)."""
+        """Queue one job per kwargs dict, all or none;
+        their ids (one statement unless very large)."""
         return self._default_deferrer().batch_defer(*task_kwargs)
 
     async def batch_defer_async(self, *task_kwargs: dict[str, Any]) -> list[int]:

@@ -191,8 +191,8 @@ def test_manage_py_procrastinate_commands(live_db: None, capsys: Any) -> None:
 def test_manage_py_procrastinate_reads_option_variables(
     live_db: None, monkeypatch: Any, capsys: Any
 ) -> None:
-    """PROCRASTINATE_WORKER_WAIT=false makes the worker one-shot: without it this would not
-    return."""
+    """PROCRASTINATE_WORKER_WAIT=false makes the worker one-shot:
+    without it this would not return."""
     from tests.django.testapp.tasks import record
 
     record.defer(value="from env")

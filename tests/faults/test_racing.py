@@ -59,8 +59,8 @@ def _intervals(
 
 
 def test_f11_lock_ordering_and_no_overlap(harness: Harness) -> None:
-    """5 jobs with lock L (one with a higher priority), 30 unlocked jobs (RELIABILITY: 50), 3
-    workers."""
+    """5 jobs with lock L (one with a higher priority), 30 unlocked jobs (RELIABILITY: 50),
+    3 workers."""
     locked = harness.defer("sleep_async", 2, lock="L", kwargs={"seconds": 0.2})
     locked += harness.defer("sleep_async", 1, lock="L", priority=5, kwargs={"seconds": 0.2})
     locked += harness.defer("sleep_async", 2, lock="L", kwargs={"seconds": 0.2})

@@ -1,5 +1,5 @@
-"""AiopgConnector quirks: parameters, pool arguments, sync selection, transactions, listening, a
-worker."""
+"""AiopgConnector quirks: parameters, pool arguments, sync selection, transactions, listening,
+a worker."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Psycopg2Connector quirks: parameters, the threaded pool under load, broken connections, your
-pool."""
+"""Psycopg2Connector quirks: parameters, the threaded pool under load, broken connections,
+your pool."""
 
 from __future__ import annotations
 

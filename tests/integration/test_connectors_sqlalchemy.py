@@ -1,5 +1,5 @@
-"""SQLAlchemyPsycopg2Connector quirks: its own engine, the application's engine, engine
-arguments."""
+"""SQLAlchemyPsycopg2Connector quirks: its own engine, the application's engine,
+engine arguments."""
 
 from __future__ import annotations
 

@@ -502,8 +502,8 @@ async def test_pause_and_resume_go_in_bounded_batches(every_connector, monkeypat
 
 
 def test_resume_notifies_listening_workers_and_pause_survives_a_new_app(app, db_dsn):
-    """Resume NOTIFYs the queue's channel at commit; the paused state is a table another app
-    reads."""
+    """Resume NOTIFYs the queue's channel at commit;
+    the paused state is a table another app reads."""
     m = app.job_manager
     app.configure_task("x", queue="mail").defer()
     assert m.pause_queue("mail") == 1

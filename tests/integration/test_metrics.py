@@ -1,5 +1,5 @@
-"""Prometheus metrics against real PostgreSQL and a real worker: job metrics, queue gauges, the
-exporter."""
+"""Prometheus metrics against real PostgreSQL and a real worker: job metrics, queue gauges,
+the exporter."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Outcomes counted per minute (migration 0009) on every connector; writers never wait on each
-other."""
+"""Outcomes counted per minute (migration 0009) on every connector;
+writers never wait on each other."""
 
 from __future__ import annotations
 

@@ -207,8 +207,8 @@ def test_pool_factory_builds_the_pool_as_procrastinate_documents(db_dsn, db_conn
 
 
 def test_sync_to_async_thread_of_another_loop_gets_the_documented_error(db_dsn):
-    """The bridge runs on the loop the connector was opened on, never on whichever loop asgiref
-    knows."""
+    """The bridge runs on the loop the connector was opened on,
+    never on whichever loop asgiref knows."""
     app = pc.App(connector=pc.PsycopgConnector(conninfo=db_dsn, min_size=1))
     caught: list[str] = []
 

@@ -1,5 +1,5 @@
-"""How a job's failure is recorded: aborted-then-raised jobs, BaseExceptions, the error log
-record."""
+"""How a job's failure is recorded: aborted-then-raised jobs, BaseExceptions,
+the error log record."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The outcome recorder against real PostgreSQL: a write that keeps failing holds back no other
-outcome."""
+"""The outcome recorder against real PostgreSQL:
+a write that keeps failing holds back no other outcome."""
 
 from __future__ import annotations
 

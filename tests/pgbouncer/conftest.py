@@ -61,8 +61,8 @@ def pooled_dsn(pooled_params: dict[str, str]) -> str:
 
 @pytest.fixture
 def direct_listen_dsn(pg_server: PooledServer) -> str:
-    """Where a listener reaches the server itself: host and port only, the rest is the main
-    DSN's."""
+    """Where a listener reaches the server itself: host and port only,
+    the rest is the main DSN's."""
     direct = pg_server.direct.params
     return psycopg.conninfo.make_conninfo(
         host=direct.get("host", ""), port=direct.get("port", "5432")

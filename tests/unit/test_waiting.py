@@ -1,5 +1,5 @@
-"""tests/support/waiting.py: one helper, sync and async predicates, a deadline that names its
-wait."""
+"""tests/support/waiting.py: one helper, sync and async predicates,
+a deadline that names its wait."""
 
 from __future__ import annotations
 
