@@ -48,13 +48,16 @@ ROUNDS = 5
 _SETUP = {
     "future": [
         "INSERT INTO pcq_jobs (queue_name, task_name, priority, scheduled_at, waiting_for) "
-        "SELECT 'default', 'backlog_future', 10, now() + interval '1 day' + g * interval '1 ms', 'schedule' "
+        "SELECT 'default', 'backlog_future', 10, now() + interval '1 day' + g * interval '1 ms', "
+        "'schedule' "
         "FROM generate_series(1, %(n)s) AS g",
     ],
     "locked": [
         # A worker that never looks stalled holds the heads for the whole run.
-        "INSERT INTO pcq_workers (name, last_heartbeat) VALUES ('backlog-heads', now() + interval '1 day')",
-        "INSERT INTO pcq_jobs (queue_name, task_name, priority, lock, status, worker_id, attempts, started_at) "
+        "INSERT INTO pcq_workers (name, last_heartbeat) VALUES ('backlog-heads', now() + "
+        "interval '1 day')",
+        "INSERT INTO pcq_jobs (queue_name, task_name, priority, lock, status, worker_id, "
+        "attempts, started_at) "
         "SELECT 'default', 'backlog_head', 10, 'L' || g, 'doing', "
         "(SELECT max(id) FROM pcq_workers), 1, now() FROM generate_series(1, %(heads)s) AS g",
         "INSERT INTO pcq_jobs (queue_name, task_name, priority, lock, waiting_for) "
@@ -62,7 +65,8 @@ _SETUP = {
         "FROM generate_series(1, %(n)s) AS g",
     ],
     "finished": [
-        "INSERT INTO pcq_jobs (queue_name, task_name, status, attempts, created_at, started_at, finished_at) "
+        "INSERT INTO pcq_jobs (queue_name, task_name, status, attempts, created_at, "
+        "started_at, finished_at) "
         "SELECT 'default', 'backlog_done', 'succeeded', 1, now() - interval '1 day', "
         "now() - interval '1 day', now() - interval '1 day' + g * interval '1 ms' "
         "FROM generate_series(1, %(n)s) AS g",

@@ -1,4 +1,5 @@
-"""Defer and drain through PgBouncer beside direct: `python -m bench.pgbouncer` (figures in docs/pgbouncer.md).
+"""Defer and drain through PgBouncer beside direct: `python -m bench.pgbouncer` (figures in
+docs/pgbouncer.md).
 
 Same shape as the `defer_sync` and `drain_c10` scenarios of `python -m bench`
 (no-op async jobs, a pool of concurrency + 2 connections), for this project

@@ -1,4 +1,5 @@
-"""F25 soak (../shared/RELIABILITY.md): minutes of mixed load with faults, then leak and duplicate figures.
+"""F25 soak (../shared/RELIABILITY.md): minutes of mixed load with faults, then leak and duplicate
+figures.
 
 Not a test (it runs for minutes): `python -m bench.soak --minutes 5`. It reuses the
 fault harness (tests/faults): real worker processes, the ledger, the invariants.
@@ -144,7 +145,8 @@ def main() -> None:
                 connections.append(
                     dict(
                         harness.all(
-                            "SELECT application_name, count(*) FROM pg_stat_activity WHERE datname = %s "
+                            "SELECT application_name, count(*) FROM pg_stat_activity WHERE "
+                            "datname = %s "
                             "GROUP BY 1",
                             (harness.dbname,),
                         )
@@ -214,7 +216,8 @@ def build_report(
         }
     duplicates = harness.all(
         # a job body that completed successfully in more than one attempt
-        "SELECT job_id FROM fault_ledger WHERE outcome = 'success' GROUP BY job_id HAVING count(DISTINCT attempt) > 1"
+        "SELECT job_id FROM fault_ledger WHERE outcome = 'success' GROUP BY job_id HAVING "
+        "count(DISTINCT attempt) > 1"
     )
     dup_ids = [row[0] for row in duplicates]
     return {
@@ -234,7 +237,8 @@ def build_report(
         "jobs_succeeded_twice": len(dup_ids),
         "of_which_in_flight_on_killed_worker": len(set(dup_ids) & set(killed_in_flight)),
         "recorded_successes_twice": harness.one(
-            "SELECT count(*) FROM (SELECT job_id FROM pcq_events WHERE type = 'succeeded' GROUP BY job_id HAVING count(*) > 1) s"
+            "SELECT count(*) FROM (SELECT job_id FROM pcq_events WHERE type = 'succeeded' "
+            "GROUP BY job_id HAVING count(*) > 1) s"
         ),
         "max_connections_per_application_name": {
             name: max(sample.get(name, 0) for sample in connections)

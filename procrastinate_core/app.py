@@ -55,6 +55,9 @@ class App(Blueprint):
         self.derived_from: App | None = None
         builtin_tasks.register(self)
 
+    def _bound_app(self) -> App:
+        return self
+
     @classmethod
     def from_path(cls, dotted_path: str) -> App:
         """The App at `module.path.attribute` (or `module.path:attribute`)."""

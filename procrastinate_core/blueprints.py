@@ -18,6 +18,8 @@ from procrastinate_core.tasks import DEFAULT_QUEUE, ConfigureTaskOptions, Task
 if TYPE_CHECKING:
     from typing import Unpack
 
+    from procrastinate_core.app import App
+
 logger = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -30,6 +32,13 @@ class Blueprint:
         self.tasks: dict[str, Task[Any, Any, Any]] = {}
         self.periodic_tasks: list[periodic_module.PeriodicTask] = []
         self._blueprints: list[tuple[Blueprint, str]] = []
+
+    def _bound_app(self) -> App | None:
+        """The App this registry's tasks defer through; None until it is one (App overrides).
+
+        Lets a Task find its App without importing app.py, which sits above tasks.py.
+        """
+        return None
 
     # -- tasks -------------------------------------------------------------
     def _register_task(self, task: Task[Any, Any, Any]) -> None:

@@ -116,7 +116,8 @@ class JobAborted(ProcrastinateException):
 
 
 class TaskArgumentsError(ProcrastinateException, TypeError):
-    """defer() got keyword arguments the task does not take, or lacks required ones; nothing was written."""
+    """defer() got keyword arguments the task does not take, or lacks required ones;
+    nothing was written."""
 
 
 class SchemaNotInstalled(SchemaError):

@@ -59,11 +59,13 @@ class FlowOptions:
 
 def _check_key(option: str, value: Any) -> Key | None:
     if value is None or callable(value):
-        return value
+        key: Key | None = value  # a function's results are checked when it is called (_resolve)
+        return key
     if not isinstance(value, str) or not value:
         raise exceptions.ConfigurationError(
             f"{option}={value!r}: expected a non-empty string, or a function of the job's "
-            "keyword arguments returning one (e.g. lambda customer_id, **_: f'customer:{customer_id}')"
+            "keyword arguments returning one (e.g. lambda customer_id, **_: "
+            "f'customer:{customer_id}')"
         )
     return value
 
@@ -114,7 +116,8 @@ def _build(
         )
     if key is not None and concurrency_limit is None:
         raise exceptions.ConfigurationError(
-            f"concurrency_key={key!r} needs concurrency_limit=N (how many of its jobs may run at once)"
+            f"concurrency_key={key!r} needs concurrency_limit=N (how many of its jobs may "
+            "run at once)"
         )
     ukey = _check_key("unique_key", unique_key)
     states = tuple(unique_states) if not isinstance(unique_states, str) else (unique_states,)
@@ -174,7 +177,8 @@ def _resolve(option: str, key: Key | None, kwargs: dict[str, Any], task_name: st
     value = key(**kwargs)
     if not isinstance(value, str) or not value:
         raise exceptions.ConfigurationError(
-            f"task {task_name!r}: {option} function returned {value!r}; it must return a non-empty string"
+            f"task {task_name!r}: {option} function returned {value!r}; it must return a "
+            "non-empty string"
         )
     return value
 

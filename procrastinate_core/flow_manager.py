@@ -56,7 +56,7 @@ class FlowOperations(HasConnector):
         params = {"kind": kind, "name": name, "paused": paused, "batch": PAUSE_BATCH_SIZE}
         total = 0
         while True:
-            changed = yield Op("paused_set", params, "one", _first("changed"))
+            changed: int = yield Op("paused_set", params, "one", _first("changed"))
             total += changed
             if changed < PAUSE_BATCH_SIZE:
                 return total

@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable
 
 from procrastinate_core.manager import JobManager
 from procrastinate_core.service import Backoff, Service
-from procrastinate_core.stalled_sweeper import MAX_SWEEP_INTERVAL, StalledJobSweeper, sweep_interval  # noqa: F401
 
 logger = logging.getLogger(__name__)
 

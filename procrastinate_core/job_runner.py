@@ -37,10 +37,6 @@ logger = logging.getLogger(__name__)
 MAX_RESULT_BYTES = 64 * 1024 * 1024
 
 
-#: Kept importable from here; the class lives with every public exception.
-JobTimeout = exceptions.JobTimeout
-
-
 @dataclasses.dataclass
 class RunningJob:
     """A job held by this worker: the claim it was run under, and whether it must stop."""
@@ -314,7 +310,7 @@ class JobRunner:
         reason = running.abort_reason
         task = self.app.tasks.get(running.job.task_name)
         if reason is AbortReason.TIMEOUT:
-            timeout = JobTimeout(
+            timeout = exceptions.JobTimeout(
                 f"job {running.job.call_string} exceeded the {task.timeout if task else '?'} s "
                 "timeout of its task"
             )

@@ -57,7 +57,8 @@ class WorkerOptions:
     stalled_worker_timeout: float = 30.0
     #: Functions wrapping each job's execution (see docs/worker.md#middleware).
     worker_middleware: tuple[Any, ...] = ()
-    #: Task middleware for every task this worker runs, each wrapping the tasks of its own colour (def: sync tasks, async def: async tasks), outside the task's own.
+    #: Task middleware for every task this worker runs, each wrapping the tasks of its own colour
+    #: (def: sync tasks, async def: async tasks), outside the task's own.
     task_middleware: tuple[Any, ...] = ()
     #: Jobs still running past shutdown_graceful_timeout: requeue them, or abort them.
     shutdown_timeout_action: ShutdownTimeoutAction = ShutdownTimeoutAction.REQUEUE
@@ -85,7 +86,8 @@ class WorkerOptions:
                 raise exceptions.ConfigurationError(f"{option}={value!r}: expected a number > 0")
         if self.shutdown_graceful_timeout is not None and not self.shutdown_graceful_timeout >= 0:
             raise exceptions.ConfigurationError(
-                f"shutdown_graceful_timeout={self.shutdown_graceful_timeout!r}: expected >= 0 or None"
+                f"shutdown_graceful_timeout={self.shutdown_graceful_timeout!r}: expected "
+                ">= 0 or None"
             )
         if self.stalled_worker_timeout <= self.update_heartbeat_interval:
             raise exceptions.ConfigurationError(

@@ -1,4 +1,5 @@
-"""OpenTelemetry traces: a span for each defer and for each run, tied by a trace context kept on the job.
+"""OpenTelemetry traces: a span for each defer and for each run, tied by a trace context
+kept on the job.
 
 Optional (the `otel` extra: opentelemetry-api) and off until asked for, so an
 app that does not trace pays one attribute read per defer and nothing per run:

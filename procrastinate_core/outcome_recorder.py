@@ -14,8 +14,8 @@ refused alone, it is replaced once by a `failed` outcome whose error
 (OutcomeRefused) says why. A write that fails for any other reason (the
 connection, a timeout, a deadlock) is retried with capped backoff and never
 dropped: whole, except that a batch failing SPLIT_AFTER times in a row for a
-reason other than the connection is split too. An outcome refused by the fence (the job was recovered from
-this worker) is logged as "lost ownership".
+reason other than the connection is split too. An outcome refused by the
+fence (the job was recovered from this worker) is logged as "lost ownership".
 """
 
 from __future__ import annotations

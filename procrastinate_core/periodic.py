@@ -18,6 +18,7 @@ from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 from procrastinate_core import exceptions, validation
 
 if TYPE_CHECKING:
+    from procrastinate_core.manager import JobManager
     from procrastinate_core.tasks import Task
 
 
@@ -136,7 +137,9 @@ class DatabaseClock:
     matters. Before the first refresh, the offset is 0.
     """
 
-    def __init__(self, job_manager: Any, host_clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, job_manager: JobManager, host_clock: Callable[[], float] = time.time
+    ) -> None:
         self.job_manager = job_manager
         self.host_clock = host_clock
         self.offset = 0.0
@@ -154,7 +157,8 @@ class DatabaseClock:
 
 
 async def read_clock(clock: Callable[[], float]) -> float:
-    """Now, on `clock`, refreshing it first if it can be (a DatabaseClock); tests pass plain callables."""
+    """Now, on `clock`, refreshing it first if it can be (a DatabaseClock);
+    tests pass plain callables."""
     refresh = getattr(clock, "refresh_async", None)
     if refresh is not None:
         await refresh()

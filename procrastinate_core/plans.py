@@ -18,7 +18,7 @@ from procrastinate_core.connectors.base import BaseConnector
 
 P = ParamSpec("P")
 T = TypeVar("T")
-S = TypeVar("S")
+S = TypeVar("S", bound="HasConnector")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,8 +104,7 @@ def paired(
     Sync forms run on `connector.get_sync_connector()`, async ones on the connector.
     """
 
-    @functools.wraps(build)
-    def sync(self: Any, *args: P.args, **kwargs: P.kwargs) -> T:
+    def sync(self: S, /, *args: P.args, **kwargs: P.kwargs) -> T:
         try:
             built = build(self, *args, **kwargs)
             connector = self.connector.get_sync_connector()
@@ -119,8 +118,7 @@ def paired(
                 raise
             raise wrapped from exc
 
-    @functools.wraps(build)
-    async def async_(self: Any, *args: P.args, **kwargs: P.kwargs) -> T:
+    async def async_(self: S, /, *args: P.args, **kwargs: P.kwargs) -> T:
         try:
             built = build(self, *args, **kwargs)
             if isinstance(built, Op):
@@ -134,9 +132,10 @@ def paired(
 
     base = build.__name__.lstrip("_")
     for function, name in ((sync, base), (async_, base + "_async")):
+        functools.update_wrapper(function, build)
         function.__name__ = name
         function.__qualname__ = f"{build.__qualname__.rsplit('.', 1)[0]}.{name}"
-    return sync, async_  # type: ignore[return-value]
+    return sync, async_
 
 
 def either_colour(
@@ -148,12 +147,12 @@ def either_colour(
     (plain sync code, a sync job's thread) it runs the sync form and returns its result.
     """
 
-    @functools.wraps(sync)
-    def method(self: Any, *args: P.args, **kwargs: P.kwargs) -> Any:
+    def method(self: S, /, *args: P.args, **kwargs: P.kwargs) -> Any:
         try:
             asyncio.get_running_loop()
         except RuntimeError:
             return sync(self, *args, **kwargs)
         return async_(self, *args, **kwargs)
 
+    functools.update_wrapper(method, sync)
     return method

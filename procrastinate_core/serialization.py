@@ -218,5 +218,6 @@ def template_payload(template: Job, args_json: Sequence[str]) -> str:
 
 
 def _fields_text(job: Job) -> str:
-    """A job's fields as the tail of a JSON object (`"queue_name": ..., ...}`), to follow its args."""
+    """A job's fields as the tail of a JSON object (`"queue_name": ..., ...}`), to follow its
+    args."""
     return json.dumps(_job_fields(job))[1:]

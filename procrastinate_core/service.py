@@ -66,7 +66,7 @@ class Backoff:
     cap: float = 5.0
 
     def delay(self, failures: int) -> float:
-        return min(self.cap, self.initial * 2 ** max(0, failures - 1))
+        return min(self.cap, self.initial * 2.0 ** max(0, failures - 1))
 
 
 class Service:

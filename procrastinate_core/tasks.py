@@ -15,6 +15,7 @@ from procrastinate_core import retry as retry_module
 from procrastinate_core.jobs import Job
 
 if TYPE_CHECKING:
+    from procrastinate_core.app import App
     from procrastinate_core.blueprints import Blueprint
     from procrastinate_core.manager import JobManager
 
@@ -153,7 +154,8 @@ class JobDeferrer:
             return trace.deferred(await self._defer_async(trace.job, task_kwargs))
 
     def batch_defer(self, *task_kwargs: dict[str, Any]) -> list[int]:
-        """Insert one job per kwargs dict, all or none (a huge batch in several statements of one transaction); their ids."""
+        """Insert one job per kwargs dict, all or none (a huge batch in several statements of one
+        transaction); their ids."""
         hook = self.job_manager.defer_hook
         if hook is None:
             return self._batch_defer(self.job, task_kwargs)
@@ -381,7 +383,7 @@ class Task(Generic[P, R, Args]):
         )
         # As procrastinate: name, doc, module, __wrapped__... but not the function's
         # __dict__, whose attributes (a `pass_context` flag, say) would shadow the Task's.
-        functools.update_wrapper(self, func, updated=())  # type: ignore[arg-type]
+        functools.update_wrapper(self, func, updated=())
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.func(*args, **kwargs)
@@ -390,15 +392,14 @@ class Task(Generic[P, R, Args]):
         return f"<Task {self.name}>"
 
     @property
-    def app(self) -> Any:
-        from procrastinate_core.app import App
-
-        if not isinstance(self.blueprint, App):
+    def app(self) -> App:
+        app = self.blueprint._bound_app()
+        if app is None:
             raise exceptions.UnboundTaskError(
                 f"task {self.name!r} belongs to a Blueprint that was not added to an App "
                 "yet: call app.add_tasks_from(blueprint, namespace=...) first."
             )
-        return self.blueprint
+        return app
 
     def configure(
         self,
@@ -449,7 +450,8 @@ class Task(Generic[P, R, Args]):
         return self._signature
 
     def _default_deferrer(self) -> JobDeferrer:
-        """configure() with no overrides, its validated template built once: defer() is a hot path."""
+        """configure() with no overrides, its validated template built once: defer()
+        is a hot path."""
         key = (self.name, self.queue, self.priority, self.lock, self.queueing_lock)
         cached = self._default_job
         if cached is None or cached[0] != key:
@@ -475,7 +477,8 @@ class Task(Generic[P, R, Args]):
         return await self._default_deferrer().defer_async(**task_kwargs)
 
     def batch_defer(self, *task_kwargs: dict[str, Any]) -> list[int]:
-        """Queue one job per kwargs dict, all or none; their ids (one statement unless very large)."""
+        """Queue one job per kwargs dict, all or none;
+        their ids (one statement unless very large)."""
         return self._default_deferrer().batch_defer(*task_kwargs)
 
     async def batch_defer_async(self, *task_kwargs: dict[str, Any]) -> list[int]:

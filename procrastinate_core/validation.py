@@ -96,12 +96,18 @@ def _problem(value: str, limit: NameLimit) -> str | None:
     try:
         size = len(value.encode("utf-8"))
     except UnicodeEncodeError as exc:
-        return f"it contains a lone surrogate ({value[exc.start]!r} at index {exc.start}), which UTF-8 cannot encode"
+        return (
+            f"it contains a lone surrogate ({value[exc.start]!r} at index {exc.start}), which "
+            "UTF-8 cannot encode"
+        )
     bad = next((char for char in value if char in _FORBIDDEN), None)
     if bad is not None:
         return f"it contains the control character {bad!r} at index {value.index(bad)}"
     if size > limit.max_bytes:
-        return f"it is {size} bytes long; {limit.field} names are limited to {limit.max_bytes} bytes of UTF-8"
+        return (
+            f"it is {size} bytes long; {limit.field} names are limited to {limit.max_bytes} "
+            "bytes of UTF-8"
+        )
     if size < limit.min_bytes:
         return "it is empty"
     return None
@@ -118,7 +124,8 @@ def check_name(field: str, value: Any, *, where: str = "") -> str:
     problem = _problem(value, limit)
     if problem is not None:
         raise exceptions.ConfigurationError(
-            f"{prefix}{field}={shorten(value)} is refused: {problem}. Allowed: {_rule(limit)}; {limit.fix}."
+            f"{prefix}{field}={shorten(value)} is refused: {problem}. Allowed: "
+            f"{_rule(limit)}; {limit.fix}."
         )
     return value
 

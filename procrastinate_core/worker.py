@@ -35,11 +35,8 @@ from procrastinate_core.outcome_recorder import OutcomeRecorder
 from procrastinate_core.service import SERVICE_STOP_TIMEOUT, Service, Supervisor
 from procrastinate_core.stager import Stager
 from procrastinate_core.worker_services import WorkerCallbacks, WorkerSignals, build_services
-from procrastinate_core.worker_stop import (  # noqa: F401 - re-exported
-    FORCED_EXIT_CODE_BASE,
-    FORCED_STOP_TIMEOUT,
+from procrastinate_core.worker_stop import (
     SHUTDOWN_DB_TIMEOUT,
-    STOP_BOUND,
     SignalHandlers,
     bounded,
     drain_running_jobs,
@@ -188,7 +185,8 @@ class Worker:
                 self.worker_id,
                 getattr(self.app.connector, "wake_up_mode", "LISTEN")
                 if self.options.listen_notify
-                else f"polling every {self.options.fetch_job_polling_interval:g} s (listen_notify=False)",
+                else f"polling every {self.options.fetch_job_polling_interval:g} s "
+                "(listen_notify=False)",
                 extra={"action": "worker_wake_up_mode", "worker_id": self.worker_id},
             )
             try:

@@ -116,7 +116,8 @@ async def drain_running_jobs(
 async def force_exit(
     signum: int, worker_id: int | None, release: Callable[[], Awaitable[None]]
 ) -> None:
-    """Second signal: `release` (give jobs back, unregister) within FORCED_STOP_TIMEOUT, then exit."""
+    """Second signal: `release` (give jobs back, unregister) within FORCED_STOP_TIMEOUT,
+    then exit."""
     try:
         async with asyncio.timeout(FORCED_STOP_TIMEOUT):
             await release()

@@ -1,4 +1,5 @@
-"""procrastinate_django: the task queue as a Django app (the counterpart of procrastinate.contrib.django).
+"""procrastinate_django: the task queue as a Django app (the counterpart of
+procrastinate.contrib.django).
 
     INSTALLED_APPS = [..., "procrastinate_django"]
 

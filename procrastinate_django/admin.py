@@ -67,7 +67,8 @@ def _attempt_error(entry: dict[str, Any] | None) -> str:
     if entry is None:
         return ""
     return format_html(
-        '<details class="pcq-attempt-error"><summary><b>{}</b>: {}</summary><pre>{}</pre></details>',
+        '<details class="pcq-attempt-error"><summary><b>{}</b>: '
+        "{}</summary><pre>{}</pre></details>",
         entry.get("type", "error"),
         entry.get("message", ""),
         entry.get("traceback", ""),
@@ -250,7 +251,8 @@ class ProcrastinateJobAdmin(admin.ModelAdmin):
 
     @admin.display(description="history")
     def history(self, job: ProcrastinateJob) -> str:
-        """Every event, and on each attempt's end the error it raised (all attempts, not the last)."""
+        """Every event, and on each attempt's end the error it raised (all attempts, not the
+        last)."""
         events = job.events.order_by("id").values_list("type", "attempt", "at", "worker_id")
         errors = {
             entry.get("attempt"): entry

@@ -30,7 +30,8 @@ def _database_alias(alias: Any) -> list[checks.CheckMessage]:
         return [
             _error(
                 "DATABASE_ALIAS",
-                f"{alias!r} is not an alias of DATABASES (aliases: {sorted(django_settings.DATABASES)}).",
+                f"{alias!r} is not an alias of DATABASES (aliases: "
+                f"{sorted(django_settings.DATABASES)}).",
                 1,
                 "Set PROCRASTINATE_DATABASE_ALIAS to the alias of a PostgreSQL database.",
             )
@@ -40,7 +41,8 @@ def _database_alias(alias: Any) -> list[checks.CheckMessage]:
         return [
             _error(
                 "DATABASE_ALIAS",
-                f"DATABASES[{alias!r}] uses ENGINE {engine!r}; procrastinate_django needs PostgreSQL.",
+                f"DATABASES[{alias!r}] uses ENGINE {engine!r}; procrastinate_django needs "
+                "PostgreSQL.",
                 2,
                 "Use 'django.db.backends.postgresql', or point PROCRASTINATE_DATABASE_ALIAS "
                 "at a PostgreSQL database.",
@@ -82,7 +84,10 @@ def _optional_dict(value: Any) -> str | None:
 
 def _module_name(value: Any) -> str | None:
     if value is not None and (not isinstance(value, str) or not value.isidentifier()):
-        return f"expected a module name such as 'tasks' (or None to turn autodiscovery off), got {value!r}."
+        return (
+            "expected a module name such as 'tasks' (or None to turn autodiscovery off), got "
+            f"{value!r}."
+        )
     return None
 
 
@@ -177,7 +182,8 @@ def check_schema_applied(app_configs: Any = None, **kwargs: Any) -> list[checks.
         return []
     return [
         checks.Warning(
-            f"The task queue's schema on DATABASES[{alias!r}] is not up to date: {status.describe()}.",
+            f"The task queue's schema on DATABASES[{alias!r}] is not up to date: "
+            f"{status.describe()}.",
             hint="Run `python manage.py migrate` (it applies procrastinate_django's migrations).",
             id="procrastinate_django.W002",
         )

@@ -228,7 +228,8 @@ class DjangoConnector(BaseSyncConnector):
                 return _fetch(cursor, fetch)
 
     def transaction(self) -> contextlib.AbstractContextManager[Any]:
-        """`transaction.atomic()` on this alias (a savepoint inside the caller's); yields the connection."""
+        """`transaction.atomic()` on this alias (a savepoint inside the caller's);
+        yields the connection."""
         if _loop_running():  # queries go to a helper thread: no shared transaction there
             return contextlib.nullcontext(None)
         return self._atomic()

@@ -71,7 +71,8 @@ def bar_chart(
     )
     svg = format_html(
         '<svg class="pcq-chart" data-outcome="{}" data-total="{}" viewBox="0 0 {} {}" '
-        'width="100%" height="{}" preserveAspectRatio="none" role="img" aria-label="{} per minute over the last hour">'
+        'width="100%" height="{}" preserveAspectRatio="none" role="img" aria-label="{} per '
+        'minute over the last hour">'
         '<rect width="{}" height="{}" fill="none" stroke="#ddd"></rect>{}</svg>',
         outcome,
         sum(counts),

@@ -157,7 +157,7 @@ def build_app() -> DjangoApp:
 
 
 #: The App to decorate tasks with: `@app.task`. Built on first use.
-app: DjangoApp = SimpleLazyObject(build_app)  # type: ignore[assignment]
+app: DjangoApp = SimpleLazyObject(build_app)
 
 #: The same App under procrastinate.contrib.django's name (its testing guide patches it).
 current_app = app

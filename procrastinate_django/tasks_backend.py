@@ -85,7 +85,8 @@ class ProcrastinateBackend(BaseTaskBackend):
             raise InvalidTask(f"task {task.module_path!r}: {exc}") from None
 
     def enqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:
-        """Defer the task's job in the caller's transaction; a READY TaskResult whose id is the job id."""
+        """Defer the task's job in the caller's transaction;
+        a READY TaskResult whose id is the job id."""
         self.validate_task(task)
         payload = django_task_results.job_payload(task, args, kwargs, app.connector.json_dumps)
         deferrer = app.configure_task(

@@ -14,9 +14,10 @@ the `[env: ...]` help suffix and the table in docs/cli.md all come from that
 list, never from argparse's internals.
 
 An empty variable counts as unset (as in procrastinate: `PROCRASTINATE_WORKER_QUEUES=`
-leaves the queues to `worker_defaults`, else all queues). A variable is checked like its flag. A bad value is a usage error naming the
-variable, raised only when its command runs: a typo in the worker's variables
-does not break `defer` in the same environment.
+leaves the queues to `worker_defaults`, else all queues). A variable is checked like
+its flag. A bad value is a usage error naming the variable, raised only when its
+command runs: a typo in the worker's variables does not break `defer` in the same
+environment.
 """
 
 from __future__ import annotations
@@ -105,7 +106,10 @@ class Commands(Protocol):
 
 
 def add_command(root: Parser, subparsers: Commands, name: str, **kwargs: Any) -> Parser:
-    """A command's parser, sharing `root`'s declared options (its variables: PROCRASTINATE_<NAME>_*)."""
+    """A command's parser, sharing `root`'s declared options.
+
+    Its variables are PROCRASTINATE_<NAME>_*.
+    """
     parser = subparsers.add_parser(name, command=name, options=root.options, **kwargs)
     if not isinstance(parser, Parser):
         raise TypeError("create the commands with root.add_subparsers(parser_class=Parser)")
@@ -138,7 +142,7 @@ def _reader(kind: Any, action: argparse.Action, env: str) -> Callable[[str], Any
         return _boolean
     if kind == "count":
         return _count
-    convert: Callable[[str], Any] = action.type if callable(action.type) else str  # type: ignore[assignment]
+    convert: Callable[[str], Any] = action.type if callable(action.type) else str
     if kind is AppendOverDefault:  # several values, comma-separated
         return lambda value: [convert(part.strip()) for part in value.split(",") if part.strip()]
     if kind not in (None, "store"):

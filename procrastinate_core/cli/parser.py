@@ -109,7 +109,8 @@ def _add_defer(root: Parser, subparsers: Commands) -> None:
         env="PROCRASTINATE_DEFER_AT",
         group=when,
         metavar="ISO_DATETIME",
-        help="run no earlier than this ISO 8601 time with a time zone, e.g. 2030-01-01T09:00:00+01:00",
+        help="run no earlier than this ISO 8601 time with a time zone, e.g. "
+        "2030-01-01T09:00:00+01:00",
     )
     add_option(
         parser,

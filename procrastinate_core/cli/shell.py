@@ -99,7 +99,8 @@ def _build_command_parsers() -> dict[str, CommandParser]:
     p.add_argument(
         "--seconds",
         type=float,
-        help="heartbeat age that makes a worker stalled (default: the app's stalled_worker_timeout)",
+        help="heartbeat age that makes a worker stalled (default: the app's "
+        "stalled_worker_timeout)",
     )
     new("list_workers", "List registered workers and the age of their last heartbeat.")
     flow_commands.add_parsers(new)  # pause_queue, resume_queue, ... (#13)

@@ -264,7 +264,8 @@ class PooledConnector:
     def pool(self) -> Any:
         if self._pool is None:
             hint = (
-                "`async with app.open_async():` (or `await app.open_async()`) before running queries"
+                "`async with app.open_async():` (or `await app.open_async()`) before running "
+                "queries"
                 if self.is_async
                 else "`with app.open():` (or `app.open()`) before deferring or running queries"
             )

@@ -91,7 +91,8 @@ def translate(
         found = _OUR_TABLE.search(str(exc))
         table = found.group(1) if found else "pcq_jobs"
         return exceptions.SchemaNotInstalled(
-            f"the table {table} does not exist in this database{' (' + target + ')' if target else ''}: "
+            f"the table {table} does not exist in this "
+            f"database{' (' + target + ')' if target else ''}: "
             f"the queue's schema was never applied to it. {SCHEMA_FIX}"
         )
     if is_connection_error(exc):

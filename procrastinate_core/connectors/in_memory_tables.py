@@ -34,7 +34,7 @@ def utc_now() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
 
 
-def timestamp(value: Any) -> datetime.datetime | None:
+def timestamp(value: datetime.datetime | str | None) -> datetime.datetime | None:
     """A timestamptz parameter: a datetime or an ISO string; naive means UTC."""
     if value is None:
         return None

@@ -64,7 +64,8 @@ async def _bounded(awaitable: Awaitable[Any], timeout: float) -> Any:
 
 
 async def _abandon(task: asyncio.Future[Any]) -> None:
-    """Cancel a call, give the driver ABANDON_GRACE seconds to cancel it server-side, retrieve its end.
+    """Cancel a call, give the driver ABANDON_GRACE seconds to cancel it server-side, retrieve its
+    end.
 
     The connection is closed next. Closing it while psycopg is still cancelling
     the query makes psycopg warn "query cancellation interrupted", so a healthy
@@ -93,9 +94,10 @@ async def listen_forever(
 ) -> None:
     """Listen until cancelled. Never returns on a lost connection: reconnects with capped backoff.
 
-    Every `keepalive` seconds a ping must answer within `keepalive` seconds, or the connection is taken as dead (half-open socket, frozen
-    server) and replaced. `on_listening` runs after every (re)connection so the
-    caller can look for what it missed while deaf.
+    Every `keepalive` seconds a ping must answer within `keepalive` seconds, or
+    the connection is taken as dead (half-open socket, frozen server) and
+    replaced. `on_listening` runs after every (re)connection so the caller can
+    look for what it missed while deaf.
     """
     channels = list(channels)
     backoff = 0.1

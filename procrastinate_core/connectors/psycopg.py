@@ -99,13 +99,13 @@ class _PsycopgSettings(ConnectionSettings):
         return kwargs
 
 
-def _check_pool_factory(connector: str, pool_factory: Any) -> Callable[..., Any] | None:
-    if pool_factory is not None and not callable(pool_factory):
-        raise TypeError(
-            f"{connector}(pool_factory=...) must be a callable returning a psycopg_pool pool "
-            f"(such as psycopg_pool.AsyncNullConnectionPool), not {type(pool_factory).__name__}"
-        )
-    return pool_factory
+def _check_pool_factory(connector: str, pool_factory: object) -> Callable[..., Any] | None:
+    if pool_factory is None or callable(pool_factory):
+        return pool_factory
+    raise TypeError(
+        f"{connector}(pool_factory=...) must be a callable returning a psycopg_pool pool "
+        f"(such as psycopg_pool.AsyncNullConnectionPool), not {type(pool_factory).__name__}"
+    )
 
 
 def _sync_pool_factory(pool_factory: Callable[..., Any] | None) -> Callable[..., Any] | None:

@@ -33,7 +33,8 @@ def _import_sqlalchemy() -> Any:
 
 
 def _engine_url(dsn: str) -> tuple[str, dict[str, str]]:
-    """The engine URL for `dsn`, and the libpq keywords of a conninfo string (`host=... dbname=...`)."""
+    """The engine URL for `dsn`, and the libpq keywords of a conninfo string
+    (`host=... dbname=...`)."""
     for prefix in ("postgresql://", "postgres://"):
         if dsn.startswith(prefix):
             return "postgresql+psycopg2://" + dsn[len(prefix) :], {}

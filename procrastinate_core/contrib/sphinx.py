@@ -37,7 +37,7 @@ __all__ = ["TaskDocumenter", "setup"]
 _BEFORE_AUTODOC = 400
 
 
-class TaskDocumenter(FunctionDocumenter):  # type: ignore[misc]
+class TaskDocumenter(FunctionDocumenter):
     """Documents a Task like the function it wraps (`.. autoprocrastinate_task::` too)."""
 
     objtype = "procrastinate_task"

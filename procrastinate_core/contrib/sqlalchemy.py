@@ -1,4 +1,5 @@
-"""`procrastinate_core.contrib.sqlalchemy`: the SQLAlchemy connector (needs the `sqlalchemy` extra)."""
+"""`procrastinate_core.contrib.sqlalchemy`:
+the SQLAlchemy connector (needs the `sqlalchemy` extra)."""
 
 from __future__ import annotations
 

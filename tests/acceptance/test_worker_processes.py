@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,7 +40,7 @@ def ledger(db_conn):
 
 @pytest.fixture
 def start_worker(db_dsn, tmp_path):
-    processes = []
+    processes: list[Any] = []
     logs = []
 
     def start(**options):
@@ -112,7 +113,7 @@ def test_jobs_sharing_a_lock_run_one_after_another_in_defer_order(
         what="all jobs succeeded",
     )
     assert [stop(w) for w in workers] == [0, 0]
-    times = {}
+    times: dict[Any, Any] = {}
     for job_id, event, _, _, at in ledger():
         times.setdefault(job_id, {})[event] = at
     chain = [times[job_id] for job_id in locked]

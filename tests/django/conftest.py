@@ -28,7 +28,8 @@ def pytest_configure(config: pytest.Config) -> None:
 #: migrations add (pcq_paused, pcq_outcome_stats...) are emptied too.
 QUEUE_TABLES_SQL = (
     "SELECT string_agg(quote_ident(tablename), ', ') FROM pg_tables "
-    "WHERE schemaname = current_schema() AND tablename LIKE 'pcq\\_%' AND tablename <> 'pcq_migrations'"
+    "WHERE schemaname = current_schema() AND tablename LIKE 'pcq\\_%' AND tablename <> "
+    "'pcq_migrations'"
 )
 
 

@@ -85,7 +85,8 @@ PROCRASTINATE_WORKER_DEFAULTS = {
     "install_signal_handlers": False,
 }
 
-# django.tasks on our queue (tests/django/test_tasks_backend*.py; tasks in tests/django/django_tasks_app).
+# django.tasks on our queue (tests/django/test_tasks_backend*.py; tasks in
+# tests/django/django_tasks_app).
 TASKS = {
     "default": {
         "BACKEND": "procrastinate_django.tasks_backend.ProcrastinateBackend",

@@ -1,4 +1,5 @@
-"""End to end in a real headless Chromium: log in, filter failed jobs, retry one, watch the worker run it.
+"""End to end in a real headless Chromium: log in, filter failed jobs, retry one, watch the worker
+run it.
 
 Uses Debian's chromium + chromedriver (installed by .ci/run). Without them the
 test is skipped locally, but fails under CI (CI=true): CI must run it.
@@ -74,7 +75,8 @@ def _failed_job() -> int:
     error = json.dumps({"type": "RuntimeError", "message": "first run failed", "traceback": ""})
     with connection.cursor() as cursor:
         cursor.execute(
-            "UPDATE pcq_jobs SET status = 'failed', attempts = 1, finished_at = now(), error = %s WHERE id = %s",
+            "UPDATE pcq_jobs SET status = 'failed', attempts = 1, finished_at = now(), error "
+            "= %s WHERE id = %s",
             [error, job_id],
         )
     return job_id
@@ -153,7 +155,8 @@ def test_the_job_list_fits_a_1280_px_window(browser: Any, live_server: Any) -> N
     browser.find_element(By.ID, "result_list")
     overflow = browser.execute_script(
         "const r = document.querySelector('#changelist .results');"
-        "return [r.scrollWidth, r.clientWidth, document.documentElement.scrollWidth, window.innerWidth];"
+        "return [r.scrollWidth, r.clientWidth, document.documentElement.scrollWidth, "
+        "window.innerWidth];"
     )
     results_scroll, results_width, page_scroll, page_width = overflow
     if os.environ.get("PCQ_SCREENSHOT"):

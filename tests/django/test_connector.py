@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from django.db import connection, transaction
 
-from procrastinate_core import exceptions
+from procrastinate_core import PsycopgConnector, exceptions
+from procrastinate_core.contrib.psycopg2 import Psycopg2Connector
 from procrastinate_django import DjangoConnector, connector_params
 from procrastinate_django.connector import build_connector
 from procrastinate_django.testing import deferred_jobs, run_deferred_jobs
@@ -154,20 +155,25 @@ def test_run_deferred_jobs_inside_a_transaction_says_why_it_cannot() -> None:
 
 def test_pooler_and_listen_dsn_settings_reach_the_worker_connector() -> None:
     """PROCRASTINATE_POOLER / PROCRASTINATE_LISTEN_DSN (docs/pgbouncer.md): the worker's connector
-    prepares nothing and listens on the direct address, whose dbname stays Django's (the test one)."""
+    prepares nothing and listens on the direct address, whose dbname stays
+    Django's (the test one)."""
     from django.test import override_settings
 
     with override_settings(
         PROCRASTINATE_POOLER="transaction", PROCRASTINATE_LISTEN_DSN="host=db-direct port=5433"
     ):
         worker_connector = DjangoConnector().get_worker_connector()
+        assert isinstance(worker_connector, PsycopgConnector)  # PROCRASTINATE_CONNECTOR's default
         settings = worker_connector._settings
         assert settings.connection_kwargs()["prepare_threshold"] is None
         assert settings.listener_kwargs()["host"] == "db-direct"
         assert f"dbname={connection.settings_dict['NAME']}" in worker_connector.wake_up_mode
         assert "host=db-direct port=5433" in worker_connector.wake_up_mode
         sync = build_connector("default", "psycopg2")  # sync: no listener, the pooler only
+        assert isinstance(sync, Psycopg2Connector)
         assert sync._settings.pooler == "transaction" and sync._settings.listen_dsn is None
     with override_settings(PROCRASTINATE_POOLER="transaction"):
-        assert "polling every 1 s" in DjangoConnector().get_worker_connector().wake_up_mode
-    assert DjangoConnector().get_worker_connector().wake_up_mode == "LISTEN"
+        polling = DjangoConnector().get_worker_connector()
+        assert isinstance(polling, PsycopgConnector) and "polling every 1 s" in polling.wake_up_mode
+    listening = DjangoConnector().get_worker_connector()
+    assert isinstance(listening, PsycopgConnector) and listening.wake_up_mode == "LISTEN"

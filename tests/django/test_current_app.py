@@ -22,14 +22,16 @@ def app() -> Iterator[Any]:
 
 @pytest.mark.django_db(transaction=True)
 def test_the_guides_in_memory_fixture_reroutes_the_projects_tasks(app: Any) -> None:
+    in_memory: Any = app.connector
     record.defer(value="in memory")
-    jobs = app.connector.jobs
-    assert len(jobs) == 1
-    assert project_app.connector is app.connector  # the App `from procrastinate_django import app`
+    assert len(in_memory.jobs) == 1
+    assert id(project_app.connector) == id(
+        in_memory
+    )  # the same object: the App `from procrastinate_django import app`
     app.run_worker(wait=False, install_signal_handlers=False)
-    assert [job["status"] for job in app.connector.jobs.values()] == ["succeeded"]
-    app.connector.reset()
-    assert app.connector.jobs == {}
+    assert [job["status"] for job in in_memory.jobs.values()] == ["succeeded"]
+    in_memory.reset()
+    assert in_memory.jobs == {}
 
 
 def test_the_connector_is_back_after_the_block() -> None:

@@ -1,4 +1,5 @@
-"""Acceptance: `manage.py runexample` serves the example site with a worker; a form post becomes a job it runs."""
+"""Acceptance: `manage.py runexample` serves the example site with a worker;
+a form post becomes a job it runs."""
 
 from __future__ import annotations
 

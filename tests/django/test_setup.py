@@ -39,7 +39,8 @@ def test_default_settings_pass() -> None:
         (
             "DATABASE_ALIAS",
             "other",
-            "PROCRASTINATE_DATABASE_ALIAS: DATABASES['other'] uses ENGINE 'django.db.backends.sqlite3'",
+            "PROCRASTINATE_DATABASE_ALIAS: DATABASES['other'] uses ENGINE "
+            "'django.db.backends.sqlite3'",
         ),
         ("CONNECTOR", "mysql", "PROCRASTINATE_CONNECTOR: 'mysql' is not a connector backend"),
         ("CONNECTOR_OPTIONS", ["max_size"], "PROCRASTINATE_CONNECTOR_OPTIONS: expected a dict"),
@@ -190,7 +191,8 @@ def test_manage_py_procrastinate_commands(live_db: None, capsys: Any) -> None:
 def test_manage_py_procrastinate_reads_option_variables(
     live_db: None, monkeypatch: Any, capsys: Any
 ) -> None:
-    """PROCRASTINATE_WORKER_WAIT=false makes the worker one-shot: without it this would not return."""
+    """PROCRASTINATE_WORKER_WAIT=false makes the worker one-shot:
+    without it this would not return."""
     from tests.django.testapp.tasks import record
 
     record.defer(value="from env")
@@ -226,7 +228,8 @@ def test_manage_py_subprocess_stops_on_bad_settings(tmp_path: Path) -> None:
     """Through the real manage.py: system checks run before the command, naming the setting."""
     settings_module = tmp_path / "bad_settings.py"
     settings_module.write_text(
-        "from tests.django.settings import *\nPROCRASTINATE_WORKER_DEFAULTS = {'concurrency': 'ten'}\n"
+        "from tests.django.settings import *\nPROCRASTINATE_WORKER_DEFAULTS = "
+        "{'concurrency': 'ten'}\n"
     )
     env = {
         **os.environ,
@@ -310,4 +313,4 @@ def test_on_app_ready_receives_the_app(settings: Any) -> None:
 
     settings.PROCRASTINATE_ON_APP_READY = "tests.django.testapp.json_hooks.on_ready"
     apps.get_app_config("procrastinate_django").ready()
-    assert json_hooks.READY_CALLS == [app._wrapped]  # the DjangoApp behind the lazy object
+    assert json_hooks.READY_CALLS == [app._wrapped]  # type: ignore[attr-defined]  # behind the lazy object

@@ -1,4 +1,5 @@
-"""django.tasks through Django's public API, on ProcrastinateBackend, real PostgreSQL and a real worker.
+"""django.tasks through Django's public API, on ProcrastinateBackend, real PostgreSQL and a
+real worker.
 
 The worker is our own (procrastinate_django.app.run_worker(wait=False)): it runs
 every job it can, then stops. Nothing here touches the backend's internals.
@@ -40,7 +41,8 @@ needs_db = pytest.mark.usefixtures("live_db")
 
 
 def run_worker(**options: Any) -> None:
-    """Run our worker until no job is left (what `manage.py procrastinate worker --one-shot` does)."""
+    """Run our worker until no job is left (what `manage.py procrastinate worker --one-shot`
+    does)."""
     app.run_worker(wait=False, concurrency=1, **options)
 
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from django.db import connection, connections
 
-from procrastinate_django import app, db_connections
+from procrastinate_django import DjangoConnector, app, db_connections
 from procrastinate_django.testing import deferred_jobs, run_deferred_jobs
 from tests.django.support import background_worker, ledger, wait_for_status
 from tests.django.testapp.tasks import connection_state, fail, record, record_async
@@ -100,6 +100,7 @@ async def test_run_deferred_jobs_async_from_an_async_test() -> None:
 def test_procrastinates_test_pattern_worker_connector_in_place_of_djangos() -> None:
     """procrastinate's documented Django test recipe works as written."""
     job_id = record.defer(value="replaced")
+    assert isinstance(app.connector, DjangoConnector)
     with app.replace_connector(app.connector.get_worker_connector()):
         app.run_worker(wait=False, install_signal_handlers=False, listen_notify=False)
     assert type(app.connector).__name__ == "DjangoConnector"

@@ -208,7 +208,8 @@ class Harness:
     def successes(self) -> dict[int, int]:
         return dict(
             self.all(
-                "SELECT job_id, count(*) FROM fault_ledger WHERE outcome = 'success' GROUP BY job_id"
+                "SELECT job_id, count(*) FROM fault_ledger WHERE outcome = 'success' GROUP "
+                "BY job_id"
             )
         )
 
@@ -275,7 +276,8 @@ class Harness:
         assert not doing, f"I3: jobs left doing: {doing}"
         # I1
         bad = self.all(
-            "SELECT id, status FROM pcq_jobs WHERE status NOT IN ('succeeded', 'failed', 'cancelled', 'aborted') "
+            "SELECT id, status FROM pcq_jobs WHERE status NOT IN ('succeeded', 'failed', "
+            "'cancelled', 'aborted') "
             "AND NOT (status = 'todo' AND id = ANY(%s))",
             (list(allowed_todo),),
         )
@@ -283,11 +285,13 @@ class Harness:
         # I2: the queue records at most one success per job, and the ledger agrees
         # (a frozen worker's late run may also complete its body: `zombies`).
         doubles = self.all(
-            "SELECT job_id, count(*) FROM pcq_events WHERE type = 'succeeded' GROUP BY job_id HAVING count(*) > 1"
+            "SELECT job_id, count(*) FROM pcq_events WHERE type = 'succeeded' GROUP BY "
+            "job_id HAVING count(*) > 1"
         )
         assert not doubles, f"I2: jobs recorded succeeded more than once: {doubles[:20]}"
         doubles = self.all(
-            "SELECT job_id, count(*) FROM fault_ledger WHERE outcome = 'success' AND NOT job_id = ANY(%s) "
+            "SELECT job_id, count(*) FROM fault_ledger WHERE outcome = 'success' AND NOT "
+            "job_id = ANY(%s) "
             "GROUP BY job_id HAVING count(*) > 1",
             (list(zombies),),
         )
@@ -314,7 +318,8 @@ class Harness:
             lambda: (
                 not self.all(
                     "SELECT application_name FROM pg_stat_activity WHERE datname = %s "
-                    "AND application_name LIKE 'fault-%%' AND application_name NOT IN ('fault-test', 'fault-ledger')",
+                    "AND application_name LIKE 'fault-%%' AND application_name NOT IN "
+                    "('fault-test', 'fault-ledger')",
                     (self.dbname,),
                 )
             ),
@@ -411,12 +416,12 @@ class PrivateServer:
                 "dbname": "postgres",
             }
         else:  # pragma: no cover - used where Debian's wrappers are missing
-            import pgserver
+            from pgserver.postgres_server import get_server  # what pgserver.get_server is
 
             from procrastinate_core.connectors.params import parse_dsn
 
             self.folder = tempfile.mkdtemp(prefix="pcq-fault-pg-")
-            self.embedded = pgserver.get_server(self.folder, cleanup_mode="stop")
+            self.embedded = get_server(self.folder, cleanup_mode="stop")
             self.params = parse_dsn(self.embedded.get_uri())
         wait_until(self.reachable, timeout=30, interval=0.2, what="private server up")
 

@@ -62,6 +62,7 @@ def start(job_id: int, attempt: int) -> int:
 
 def finish(row_id: int, outcome: str) -> None:
     _execute(
-        "UPDATE fault_ledger SET finished_at = clock_timestamp(), outcome = %s WHERE id = %s RETURNING id",
+        "UPDATE fault_ledger SET finished_at = clock_timestamp(), outcome = %s WHERE id = %s "
+        "RETURNING id",
         (outcome, row_id),
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from typing import Any
 
 import psycopg
 import pytest
@@ -83,7 +84,7 @@ def test_f06_server_restart_crash_and_outage(
     """
     harness = private_harness
     # Workers must outlive the outage: stalled_worker_timeout longer than the fault.
-    options = {
+    options: dict[str, Any] = {
         "concurrency": 5,
         "fetch_job_polling_interval": 30,
         "update_heartbeat_interval": 1,
@@ -107,7 +108,8 @@ def test_f06_server_restart_crash_and_outage(
     assert latency < 1.0, f"job started {latency:.2f}s after defer"
     duplicates = harness.one(
         # distinct attempts: a ledger write retried across the fault may land twice
-        "SELECT coalesce(sum(n - 1), 0) FROM (SELECT count(DISTINCT attempt) AS n FROM fault_ledger GROUP BY job_id) s"
+        "SELECT coalesce(sum(n - 1), 0) FROM (SELECT count(DISTINCT attempt) AS n FROM "
+        "fault_ledger GROUP BY job_id) s"
     )
     assert duplicates <= 10, f"{duplicates} extra starts, more than the total concurrency"
     harness.stop_all()
@@ -180,7 +182,8 @@ def test_f07c_listener_blackholed(private_server: PrivateServer, private_harness
         # this scenario is about a quiet, established listener).
         wait_until(
             lambda: harness.one(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND application_name = 'fault-A-listener' "
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND "
+                "application_name = 'fault-A-listener' "
                 "AND state = 'idle' AND query ILIKE 'LISTEN%%pcq_abort%%'",
                 (harness.dbname,),
             ),

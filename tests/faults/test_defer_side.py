@@ -178,7 +178,8 @@ def test_f14_non_json_arguments_rejected_at_defer(
 def test_f14_bad_argument_leaves_callers_transaction_usable(
     case: Case, db_params: dict[str, str], db_conn: psycopg.Connection[Any]
 ) -> None:
-    """Inside the caller's own transaction: the rejected defer aborts nothing; the commit keeps the good job."""
+    """Inside the caller's own transaction: the rejected defer aborts nothing;
+    the commit keeps the good job."""
     if case.transaction is None:
         pytest.skip(f"{case.name} cannot join a caller's transaction")
     url = url_of(db_params)

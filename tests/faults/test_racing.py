@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import signal
 import time
 
@@ -29,7 +30,8 @@ def test_f10_many_workers_racing_with_churn(harness: Harness) -> None:
     harness.wait_status(jobs, "succeeded", timeout=30)
     elapsed = time.monotonic() - start
     print(
-        f"F10: {len(jobs)} jobs in {elapsed:.1f}s ({len(jobs) / elapsed:.0f} jobs/s) with {churned} churned workers"
+        f"F10: {len(jobs)} jobs in {elapsed:.1f}s ({len(jobs) / elapsed:.0f} jobs/s) with "
+        f"{churned} churned workers"
     )
     harness.stop_all()
     for worker in harness.workers[2:]:
@@ -45,16 +47,20 @@ def test_f10_many_workers_racing_with_churn(harness: Harness) -> None:
     harness.check(expect_success=jobs)
 
 
-def _intervals(harness: Harness, job_ids: list[int]) -> list[tuple[int, object, object]]:
+def _intervals(
+    harness: Harness, job_ids: list[int]
+) -> list[tuple[int, datetime.datetime, datetime.datetime]]:
     return harness.all(
-        "SELECT job_id, started_at, finished_at FROM fault_ledger WHERE job_id = ANY(%s) AND outcome = 'success' "
+        "SELECT job_id, started_at, finished_at FROM fault_ledger WHERE job_id = ANY(%s) AND "
+        "outcome = 'success' "
         "ORDER BY started_at",
         (job_ids,),
     )
 
 
 def test_f11_lock_ordering_and_no_overlap(harness: Harness) -> None:
-    """5 jobs with lock L (one with a higher priority), 30 unlocked jobs (RELIABILITY: 50), 3 workers."""
+    """5 jobs with lock L (one with a higher priority), 30 unlocked jobs (RELIABILITY: 50),
+    3 workers."""
     locked = harness.defer("sleep_async", 2, lock="L", kwargs={"seconds": 0.2})
     locked += harness.defer("sleep_async", 1, lock="L", priority=5, kwargs={"seconds": 0.2})
     locked += harness.defer("sleep_async", 2, lock="L", kwargs={"seconds": 0.2})

@@ -75,7 +75,8 @@ def test_lock_chains_retries_and_schedules_with_a_worker_killed(harness: Harness
         order = [
             row[0]
             for row in harness.all(
-                "SELECT job_id FROM fault_ledger WHERE job_id = ANY(%s) AND outcome = 'success' ORDER BY started_at",
+                "SELECT job_id FROM fault_ledger WHERE job_id = ANY(%s) AND outcome = "
+                "'success' ORDER BY started_at",
                 (chains[lock],),
             )
         ]

@@ -125,7 +125,7 @@ def test_f08_table_lock_during_work_and_shutdown(harness: Harness) -> None:
 def test_f28_sigterm_at_start_up_and_at_once_after_each_phase(psycopg_harness: Harness) -> None:
     """SIGTERM as soon as the worker row exists (listener coming up), then on a worker that
     listens and runs a job: each exits 0 within STOP_BOUND, nothing left doing."""
-    from procrastinate_core.worker import STOP_BOUND
+    from procrastinate_core.worker_stop import STOP_BOUND
 
     harness = psycopg_harness
     for _ in range(3):
@@ -148,7 +148,7 @@ def test_f28_sigterm_with_the_database_unreachable(
     reconnects and nothing can be written (heartbeat, unregistration): exit 0 within
     the bound. (A job running then would add its own time: the fault tasks' ledger
     waits for the server, blocking.)"""
-    from procrastinate_core.worker import STOP_BOUND
+    from procrastinate_core.worker_stop import STOP_BOUND
 
     harness = private_harness
     [job] = harness.defer("sleep_async")

@@ -114,7 +114,8 @@ def test_f19_seconds_cron_worker_keeps_running(harness: Harness) -> None:
     wait_until(
         lambda: (
             harness.one(
-                "SELECT count(*) FROM pcq_jobs WHERE task_name = 'every_second' AND status = 'succeeded'"
+                "SELECT count(*) FROM pcq_jobs WHERE task_name = 'every_second' AND status = "
+                "'succeeded'"
             )
             >= 2
         ),
@@ -220,7 +221,8 @@ def _sample_heartbeat_age(harness: Harness, seconds: float) -> float:
 
 
 def test_f23_heartbeat_continues_during_long_jobs(harness: Harness) -> None:
-    """Scaled: 3 s jobs (RELIABILITY: 30 s), interval 0.5 s: the age stays under 2 intervals + 0.5 s."""
+    """Scaled: 3 s jobs (RELIABILITY: 30 s), interval 0.5 s:
+    the age stays under 2 intervals + 0.5 s."""
     harness.start_worker("A", concurrency=2)
     [async_job] = harness.defer("sleep_async", kwargs={"seconds": 3})
     [sync_job] = harness.defer("sleep_sync", kwargs={"seconds": 3})

@@ -32,7 +32,8 @@ def test_f01_sigkill_mid_run_jobs_recovered_and_run_once(harness: Harness) -> No
     a_jobs = [
         r[0]
         for r in harness.all(
-            "SELECT j.id FROM pcq_jobs j JOIN pcq_workers w ON w.id = j.worker_id WHERE j.status = 'doing' AND w.pid = %s",
+            "SELECT j.id FROM pcq_jobs j JOIN pcq_workers w ON w.id = j.worker_id WHERE "
+            "j.status = 'doing' AND w.pid = %s",
             (a.pid,),
         )
     ]

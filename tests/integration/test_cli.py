@@ -45,7 +45,8 @@ def app_module_env(monkeypatch, db_dsn):
 
 def jobs(db_conn):
     return db_conn.execute(
-        "SELECT id, task_name, queue_name, priority, lock, queueing_lock, args, scheduled_at, status "
+        "SELECT id, task_name, queue_name, priority, lock, queueing_lock, args, "
+        "scheduled_at, status "
         "FROM pcq_jobs ORDER BY id"
     ).fetchall()
 
@@ -96,8 +97,8 @@ def test_app_path_to_something_else(capsys, app_module_env):
     assert main(["--app", "tests.acceptance.cli_app.add", "schema", "--check"]) == 1
     err = capsys.readouterr().err
     assert (
-        "'tests.acceptance.cli_app.add': module 'tests.acceptance.cli_app' has no App named 'add' (found Task)"
-        in err
+        "'tests.acceptance.cli_app.add': module 'tests.acceptance.cli_app' has no App named "
+        "'add' (found Task)" in err
     )
 
 
@@ -351,8 +352,8 @@ def test_verbose_installs_a_structured_handler_and_removes_it(capsys, monkeypatc
     assert main(["-v", "schema", "--apply"], app=empty_app) == 0
     err = capsys.readouterr().err
     assert (
-        " INFO procrastinate_core.schema Applied migration 0001_initial action=apply_migration version=1"
-        in err
+        " INFO procrastinate_core.schema Applied migration 0001_initial "
+        "action=apply_migration version=1" in err
     )
     assert logging.root.handlers == []
     assert (logging.root.level, ours.level) == (root_level, our_level)

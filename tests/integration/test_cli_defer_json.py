@@ -1,4 +1,5 @@
-"""`defer` decodes JSON_KWARGS with the app's connector `json_loads`, as procrastinate's CLI does."""
+"""`defer` decodes JSON_KWARGS with the app's connector `json_loads`, as procrastinate's
+CLI does."""
 
 from __future__ import annotations
 

@@ -77,17 +77,21 @@ def run(capsys, db_dsn):
     [
         (
             ["-q", "a,,b"],
-            "argument -q/--queues: 'a,,b': expected comma-separated queue names, e.g. 'emails,reports'",
+            "argument -q/--queues: 'a,,b': expected comma-separated queue names, e.g. "
+            "'emails,reports'",
         ),
         (["-c", "many"], "argument -c/--concurrency: invalid int value: 'many'"),
         (["--delete-jobs", "sometimes"], "argument --delete-jobs: invalid choice: 'sometimes'"),
         (
             ["--additional-context", "[1]"],
-            "argument --additional-context: '[1]': expected a JSON object such as '{\"key\": \"value\"}'",
+            "argument --additional-context: '[1]': expected a JSON object "
+            'such as \'{"key": "value"}\'',
         ),
         (
             ["--worker-middleware", "nowhere.at_all"],
-            "argument --worker-middleware: cannot import 'nowhere.at_all' (ModuleNotFoundError: No module named 'nowhere'); expected 'package.module.callable'",
+            "argument --worker-middleware: cannot import 'nowhere.at_all' "
+            "(ModuleNotFoundError: No module named 'nowhere'); expected "
+            "'package.module.callable'",
         ),
     ],
 )

@@ -38,6 +38,7 @@ import pytest
 import procrastinate_core as pc
 from procrastinate_core import exceptions, sql
 from procrastinate_core.connectors.base import BaseConnector
+from procrastinate_core.jobs import Status
 from procrastinate_core.manager import JobOutcome
 from procrastinate_core.testing import InMemoryConnector
 from tests.django import contract as django_contract
@@ -137,10 +138,10 @@ def url_of(params: dict[str, str]) -> str:
     auth = quote(params.get("user", ""), safe="")
     if params.get("password"):
         auth += ":" + quote(params["password"], safe="")
-    host = params.get("host", "")
+    host, port, dbname = params.get("host", ""), params.get("port", "5432"), params["dbname"]
     if host.startswith("/"):  # a socket directory (embedded server)
-        return f"postgresql://{auth}@/{params['dbname']}?host={quote(host, safe='')}&port={params.get('port', '5432')}"
-    return f"postgresql://{auth + '@' if auth else ''}{host}:{params.get('port', '5432')}/{params['dbname']}"
+        return f"postgresql://{auth}@/{dbname}?host={quote(host, safe='')}&port={port}"
+    return f"postgresql://{auth + '@' if auth else ''}{host}:{port}/{dbname}"
 
 
 class Harness:
@@ -411,9 +412,12 @@ async def test_an_outcome_for_the_wrong_attempt_or_worker_is_refused(harness):
         b = await app.configure_task("b").defer_async()
         w = await m.register_worker_async("w1", "host", 42)
         assert await _claim(m, w) == [b]
-        assert await m.finish_jobs_async([JobOutcome(b, w, attempt=2, status="succeeded")]) == set()
         assert (
-            await m.finish_jobs_async([JobOutcome(b, w + 1, attempt=1, status="succeeded")])
+            await m.finish_jobs_async([JobOutcome(b, w, attempt=2, status=Status.SUCCEEDED)])
+            == set()
+        )
+        assert (
+            await m.finish_jobs_async([JobOutcome(b, w + 1, attempt=1, status=Status.SUCCEEDED)])
             == set()
         )
         assert await m.get_job_status_async(b) == pc.Status.DOING
@@ -430,8 +434,8 @@ async def test_finishing_records_each_outcome_and_frees_the_lock(harness):
         assert await _claim(m, w) == [c]
         done = await m.finish_jobs_async(
             [
-                JobOutcome(b, w, 1, "succeeded", result={"ok": 1}),
-                JobOutcome(c, w, 1, "failed", error={"type": "E"}),
+                JobOutcome(b, w, 1, Status.SUCCEEDED, result={"ok": 1}),
+                JobOutcome(c, w, 1, Status.FAILED, error={"type": "E"}),
             ]
         )
         assert done == {b, c}
@@ -449,7 +453,9 @@ async def test_a_job_retried_for_later_is_not_ready(harness):
         w = await m.register_worker_async("w1", "host", 42)
         assert await _claim(m, w) == [a]
         retry_at = datetime.datetime.now(datetime.timezone.utc) + HOUR
-        assert await m.finish_jobs_async([JobOutcome(a, w, 1, "todo", retry_at=retry_at)]) == {a}
+        assert await m.finish_jobs_async([JobOutcome(a, w, 1, Status.TODO, retry_at=retry_at)]) == {
+            a
+        }
         assert await m.get_job_status_async(a) == pc.Status.TODO
         assert await _claim(m, w) == []
 
@@ -478,7 +484,9 @@ async def _failed_job(app: pc.App, queue: str = "q2") -> tuple[int, int]:
     c = await app.configure_task("c", queue=queue).defer_async()
     w = await m.register_worker_async("w1", "host", 42)
     assert await _claim(m, w) == [c]
-    assert await m.finish_jobs_async([JobOutcome(c, w, 1, "failed", error={"type": "E"})]) == {c}
+    assert await m.finish_jobs_async([JobOutcome(c, w, 1, Status.FAILED, error={"type": "E"})]) == {
+        c
+    }
     return c, w
 
 
@@ -542,7 +550,7 @@ async def test_queues_are_counted_by_status_and_old_jobs_deleted(harness):
         b = await app.configure_task("b", queue="q1").defer_async()
         w = await m.register_worker_async("w2", "host", 43)
         assert await _claim(m, w) == [b]
-        assert await m.finish_jobs_async([JobOutcome(b, w, 1, "succeeded")]) == {b}
+        assert await m.finish_jobs_async([JobOutcome(b, w, 1, Status.SUCCEEDED)]) == {b}
         later = await app.configure_task("later", schedule_in={"hours": 1}).defer_async()
         assert await m.cancel_job_by_id_async(later) is True
         queues = {row["name"]: row for row in await m.list_queues_async()}

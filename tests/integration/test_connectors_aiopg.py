@@ -1,4 +1,5 @@
-"""AiopgConnector quirks: parameters, pool arguments, sync selection, transactions, listening, a worker."""
+"""AiopgConnector quirks: parameters, pool arguments, sync selection, transactions, listening,
+a worker."""
 
 from __future__ import annotations
 
@@ -24,7 +25,10 @@ ENVIRONMENT = {
 
 
 def _names(db_conn) -> list[str]:
-    query = "SELECT application_name FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    query = (
+        "SELECT application_name FROM pg_stat_activity WHERE datname = current_database() AND "
+        "pid <> pg_backend_pid()"
+    )
     return sorted(row[0] for row in db_conn.execute(query))
 
 
@@ -136,7 +140,8 @@ async def test_listener_reconnects_after_losing_its_connection(db_dsn, db_conn):
             assert "procrastinate_core-listener" in _names(db_conn)
             db_conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND application_name = 'procrastinate_core-listener'"
+                "WHERE datname = current_database() AND application_name = "
+                "'procrastinate_core-listener'"
             )
             # The keepalive notices the dead socket; the listener reconnects and says so.
             await wait_until_async(
@@ -193,7 +198,8 @@ async def test_worker_wakes_on_notify(db_dsn, db_conn):
         worker = asyncio.create_task(app.run_worker_async(wait=True, fetch_job_polling_interval=60))
         try:
             listening = (
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'procrastinate_core-listener' "
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                "'procrastinate_core-listener' "
                 "AND datname = current_database() AND state = 'idle' AND query LIKE 'LISTEN %'"
             )
             await wait_until_async(

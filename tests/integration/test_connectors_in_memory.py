@@ -16,7 +16,7 @@ import pytest
 
 import procrastinate_core as pc
 from procrastinate_core import exceptions
-from procrastinate_core.jobs import RETRYABLE_STATUSES
+from procrastinate_core.jobs import RETRYABLE_STATUSES, Status
 from procrastinate_core.manager import JobOutcome
 from procrastinate_core.testing import InMemoryConnector
 
@@ -33,7 +33,7 @@ async def _scenario(app: pc.App, seed: int) -> list[Any]:
             ["defer", "defer", "batch", "fetch", "fetch", "finish", "finish", "cancel", "retry"]
         )
         if op in ("defer", "batch"):
-            options = {
+            options: dict[str, Any] = {
                 "queue": rng.choice(["a", "b"]),
                 "priority": rng.choice([0, 1, 2]),
                 "lock": rng.choice([None, None, "L1", "L2"]),
@@ -63,7 +63,12 @@ async def _scenario(app: pc.App, seed: int) -> list[Any]:
             later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
             retry_at = later if status == "todo" and rng.random() < 0.3 else None
             outcome = JobOutcome(
-                job_id, worker, attempt, status, delete_job=rng.random() < 0.1, retry_at=retry_at
+                job_id,
+                worker,
+                attempt,
+                Status(status),
+                delete_job=rng.random() < 0.1,
+                retry_at=retry_at,
             )
             answers.append(("finish", sorted(await m.finish_jobs_async([outcome]))))
         elif op == "cancel":
@@ -145,6 +150,7 @@ def test_a_worker_with_wait_false_runs_everything_then_returns():
     parent.defer(x=1)
     app.run_worker(wait=False)
     assert ran == [("parent", 1), ("child", 2), ("child", 2)]
+    assert isinstance(app.connector, InMemoryConnector)
     jobs = app.connector.jobs
     assert [(job["task_name"], job["status"], job["attempts"]) for job in jobs.values()] == [
         ("parent", "succeeded", 1),
@@ -171,6 +177,7 @@ def test_locks_queueing_locks_and_cancel_behave_like_postgresql():
     assert app.job_manager.cancel_job_by_id(cancelled) is True
     app.run_worker(wait=False, queues=["default"], concurrency=4)
     assert order == [2, 1]  # priority first; never two jobs of lock L at once
+    assert isinstance(app.connector, InMemoryConnector)
     statuses = {job["args"].get("n"): job["status"] for job in app.connector.jobs.values()}
     assert statuses == {1: "succeeded", 2: "succeeded", 3: "cancelled", None: "failed"}
 

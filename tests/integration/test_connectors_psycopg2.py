@@ -1,4 +1,5 @@
-"""Psycopg2Connector quirks: parameters, the threaded pool under load, broken connections, your pool."""
+"""Psycopg2Connector quirks: parameters, the threaded pool under load, broken connections,
+your pool."""
 
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ ENVIRONMENT = {
     "user": "PGUSER",
     "password": "PGPASSWORD",
 }
-OURS = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = %s"
+OURS = (
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND "
+    "application_name = %s"
+)
 
 
 def test_parameters_three_ways(db_dsn, db_params, monkeypatch):

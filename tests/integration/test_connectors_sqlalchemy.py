@@ -1,4 +1,5 @@
-"""SQLAlchemyPsycopg2Connector quirks: its own engine, the application's engine, engine arguments."""
+"""SQLAlchemyPsycopg2Connector quirks: its own engine, the application's engine,
+engine arguments."""
 
 from __future__ import annotations
 
@@ -19,7 +20,10 @@ ENVIRONMENT = {
     "user": "PGUSER",
     "password": "PGPASSWORD",
 }
-OTHERS = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+OTHERS = (
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> "
+    "pg_backend_pid()"
+)
 
 
 def test_parameters_three_ways(db_dsn, db_params, monkeypatch):

@@ -11,7 +11,8 @@ from procrastinate_core import exceptions
 
 def rows(
     db_conn,
-    query="SELECT task_name, queue_name, args, priority, lock, queueing_lock, status FROM pcq_jobs ORDER BY id",
+    query="SELECT task_name, queue_name, args, priority, lock, queueing_lock, status FROM pcq_jobs "
+    "ORDER BY id",
 ):
     return db_conn.execute(query).fetchall()
 
@@ -236,7 +237,8 @@ def test_batch_defer_encodes_each_jobs_arguments_once_and_stores_them_exactly(db
         job_id = t.defer(n=4)
         assert len(encoded) == 4
     got = db_conn.execute(
-        "SELECT id, args, queue_name, lock, priority, scheduled_at, status FROM pcq_jobs ORDER BY id"
+        "SELECT id, args, queue_name, lock, priority, scheduled_at, status FROM pcq_jobs "
+        "ORDER BY id"
     ).fetchall()
     assert [row[0] for row in got] == [*ids, job_id]
     assert got[0][1:] == (
@@ -296,7 +298,8 @@ async def test_batch_from_a_configured_template_merges_arguments_and_returns_ids
     )
     ids = await deferrer.batch_defer_async(*[{"i": i} for i in range(5)])
     rows = db_conn.execute(
-        "SELECT id, task_name, queue_name, priority, lock, scheduled_at, args FROM pcq_jobs ORDER BY id"
+        "SELECT id, task_name, queue_name, priority, lock, scheduled_at, args FROM pcq_jobs "
+        "ORDER BY id"
     ).fetchall()
     assert ids == [row[0] for row in rows]
     assert [row[1:] for row in rows] == [("t", "b", 4, "L", at, {"k": 1, "i": i}) for i in range(5)]

@@ -17,7 +17,8 @@ from procrastinate_core.testing import InMemoryConnector
 def _old_jobs(app: pc.App, db_conn: psycopg.Connection[Any], count: int) -> list[int]:
     ids = [app.configure_task("t").defer() for _ in range(count)]
     db_conn.execute(
-        "UPDATE pcq_jobs SET status = 'succeeded', finished_at = now() - interval '3 hours' WHERE id = ANY(%s)",
+        "UPDATE pcq_jobs SET status = 'succeeded', finished_at = now() - interval '3 hours' "
+        "WHERE id = ANY(%s)",
         [ids],
     )
     return ids

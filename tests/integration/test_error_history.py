@@ -115,7 +115,8 @@ def test_the_migration_keeps_the_error_of_jobs_that_failed_before_it(pg_server, 
             if migration.version < ours.version:
                 conn.execute(migration.sql)
         failed = conn.execute(
-            "INSERT INTO pcq_jobs (queue_name, task_name, status, attempts, worker_id, finished_at, error) "
+            "INSERT INTO pcq_jobs (queue_name, task_name, status, attempts, worker_id, "
+            "finished_at, error) "
             "VALUES ('q', 't', 'failed', 2, 7, now(), %s) RETURNING id",
             [json.dumps(_error(2))],
         ).fetchone()[0]

@@ -18,6 +18,7 @@ import pytest
 
 import procrastinate_core as pc
 from procrastinate_core import exceptions
+from procrastinate_core.jobs import Status
 from procrastinate_core.manager import JobManager, JobOutcome
 from procrastinate_core.testing import InMemoryConnector
 from tests.django import contract as django_contract
@@ -47,7 +48,7 @@ async def claim(
 async def finish(m: JobManager, worker: int, job_id: int, status: str, **fields: Any) -> None:
     [job] = await m.list_jobs_async(id=job_id)
     assert await m.finish_jobs_async(
-        [JobOutcome(job_id, worker, job.claims, status, **fields)]
+        [JobOutcome(job_id, worker, job.claims, Status(status), **fields)]
     ) == {job_id}
 
 
@@ -326,7 +327,7 @@ async def test_batch_defer_decides_each_item(every_connector):
 def test_unique_options_are_checked_before_any_sql():
     app = pc.App(connector=InMemoryConnector())
     task = app.task(name="t")(lambda: None)
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"unique_key": "k", "on_conflict": "update"}, "on_conflict='update'"),
         ({"unique_key": "k", "unique_states": ("todo", "waiting")}, "unique_states="),
         ({"unique_key": "k", "unique_for": 60}, "has no finished state"),
@@ -370,7 +371,8 @@ def test_concurrent_claims_never_exceed_a_limit(app, db_dsn):
             while not stop.is_set():
                 violations.extend(
                     conn.execute(
-                        "SELECT concurrency_key, count(*) FROM pcq_jobs WHERE concurrency_key IS NOT NULL AND "
+                        "SELECT concurrency_key, count(*) FROM pcq_jobs WHERE "
+                        "concurrency_key IS NOT NULL AND "
                         "(status = 'doing' OR (status = 'todo' AND waiting_for IS NULL)) "
                         "GROUP BY concurrency_key HAVING count(*) > 3"
                     ).fetchall()
@@ -454,7 +456,8 @@ def test_a_pause_racing_defers_leaves_no_ready_job(app, db_dsn):
     assert errors == []
     with psycopg.connect(db_dsn, autocommit=True) as conn:
         ready = conn.execute(
-            "SELECT count(*) FROM pcq_jobs WHERE queue_name = 'q' AND waiting_for IS NULL AND status = 'todo'"
+            "SELECT count(*) FROM pcq_jobs WHERE queue_name = 'q' AND waiting_for IS NULL "
+            "AND status = 'todo'"
         ).fetchone()[0]
     assert ready == 0
     assert m.fetch_jobs(m.register_worker(), ["q"], 10) == []
@@ -499,7 +502,8 @@ async def test_pause_and_resume_go_in_bounded_batches(every_connector, monkeypat
 
 
 def test_resume_notifies_listening_workers_and_pause_survives_a_new_app(app, db_dsn):
-    """Resume NOTIFYs the queue's channel at commit; the paused state is a table another app reads."""
+    """Resume NOTIFYs the queue's channel at commit;
+    the paused state is a table another app reads."""
     m = app.job_manager
     app.configure_task("x", queue="mail").defer()
     assert m.pause_queue("mail") == 1

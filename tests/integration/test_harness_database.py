@@ -34,7 +34,8 @@ def test_rows_are_emptied_and_ids_start_again(database):
         assert conn.execute("SELECT count(*) FROM pcq_events").fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM pcq_workers").fetchone() == (0,)
         [job_id] = conn.execute(
-            "INSERT INTO pcq_jobs (queue_name, task_name, args) VALUES ('q', 't', '{}') RETURNING id"
+            "INSERT INTO pcq_jobs (queue_name, task_name, args) VALUES ('q', 't', '{}') "
+            "RETURNING id"
         ).fetchone()
         assert job_id == 1
         # The schema's record of its migrations survives.

@@ -53,7 +53,8 @@ BAD_NAMES = [
 def _configure(app: pc.App, field: str, value: str) -> Any:
     if field == "task":
         return app.configure_task(value)
-    return app.configure_task("t", **{field: value})
+    options: dict[str, Any] = {field: value}
+    return app.configure_task("t", **options)
 
 
 def _assert_names_field_and_limit(error: BaseException, field: str) -> None:

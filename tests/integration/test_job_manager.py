@@ -223,7 +223,8 @@ def test_delete_old_jobs(defer, manager, db_conn):
     recent = defer(queue="q")
     for status, job_id in ids.items():
         db_conn.execute(
-            "UPDATE pcq_jobs SET status = %s, finished_at = now() - interval '3 hours' WHERE id = %s",
+            "UPDATE pcq_jobs SET status = %s, finished_at = now() - interval '3 hours' WHERE "
+            "id = %s",
             [status, job_id],
         )
     db_conn.execute(
@@ -301,7 +302,8 @@ async def test_deleting_jobs_deletes_their_events_and_only_theirs(async_app, db_
     assert events() == {ids[1]: 3, ids[2]: 1, ids[3]: 1, ids[4]: 1}
     assert await manager.delete_finished_job_by_id_async(ids[1]) is True
     db_conn.execute(
-        "UPDATE pcq_jobs SET status = 'failed', finished_at = now() - interval '3 hours' WHERE id = %s",
+        "UPDATE pcq_jobs SET status = 'failed', finished_at = now() - interval '3 hours' "
+        "WHERE id = %s",
         [ids[2]],
     )
     assert await manager.delete_old_jobs_async(2, include_failed=True) == 1
@@ -309,7 +311,8 @@ async def test_deleting_jobs_deletes_their_events_and_only_theirs(async_app, db_
     assert events() == {ids[4]: 1}
     assert [e["type"] for e in await manager.list_job_events_async(ids[4])] == ["deferred"]
     fks = db_conn.execute(
-        "SELECT count(*) FROM pg_constraint WHERE conrelid = 'pcq_events'::regclass AND contype = 'f'"
+        "SELECT count(*) FROM pg_constraint WHERE conrelid = 'pcq_events'::regclass AND "
+        "contype = 'f'"
     ).fetchone()[0]
     assert fks == 0
 

@@ -1,4 +1,5 @@
-"""Prometheus metrics against real PostgreSQL and a real worker: job metrics, queue gauges, the exporter."""
+"""Prometheus metrics against real PostgreSQL and a real worker: job metrics, queue gauges,
+the exporter."""
 
 from __future__ import annotations
 
@@ -135,7 +136,8 @@ async def test_queue_gauges_read_waiting_and_running_jobs_and_workers(async_app,
         "UPDATE pcq_jobs SET created_at = now() - interval '90 seconds' WHERE id = %s", [ready[0]]
     )
     db_conn.execute(
-        "UPDATE pcq_jobs SET status = 'doing', attempts = 1, started_at = now() - interval '7 seconds' "
+        "UPDATE pcq_jobs SET status = 'doing', attempts = 1, started_at = now() - interval "
+        "'7 seconds' "
         "WHERE id = %s",
         [running],
     )
@@ -222,8 +224,8 @@ async def test_the_worker_exporter_serves_job_metrics_and_queue_gauges(async_app
 
         text = await wait_until_async(scraped_gauge, what="the refreshed queue gauge")
     assert (
-        f'procrastinate_job_outcomes_total{{outcome="succeeded",queue="exported",task="{fine.name}"}} 1.0'
-        in text
+        'procrastinate_job_outcomes_total{outcome="succeeded",queue="exported",'
+        f'task="{fine.name}"}} 1.0' in text
     )
     with pytest.raises(OSError):
         _scrape(exporter.port)  # the server stopped with the exporter

@@ -7,6 +7,7 @@ test's own (never the process-wide one); the jobs run on a real PostgreSQL.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 from opentelemetry import baggage, trace
@@ -34,7 +35,7 @@ def provider(exporter: InMemorySpanExporter) -> TracerProvider:
     return provider
 
 
-def spans(exporter: InMemorySpanExporter, kind: SpanKind) -> list:
+def spans(exporter: InMemorySpanExporter, kind: SpanKind) -> list[Any]:
     return [s for s in exporter.get_finished_spans() if s.kind is kind]
 
 
@@ -312,6 +313,7 @@ async def test_in_memory_connector_keeps_the_trace_context_too(provider, exporte
 
     job_id = noop.defer()
     [producer] = spans(exporter, SpanKind.PRODUCER)
+    assert isinstance(app.connector, InMemoryConnector)
     assert app.connector.jobs[job_id]["trace_context"] == {"traceparent": traceparent_of(producer)}
     flow_id = app.configure_task("x", unique_key="u").defer()
     assert app.connector.jobs[flow_id]["trace_context"]["traceparent"].startswith("00-")

@@ -1,4 +1,5 @@
-"""Outcomes counted per minute (migration 0009) on every connector; writers never wait on each other."""
+"""Outcomes counted per minute (migration 0009) on every connector;
+writers never wait on each other."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import psycopg
 import pytest
 
 from procrastinate_core import sql
+from procrastinate_core.jobs import Status
 from procrastinate_core.manager import JobManager, JobOutcome
 from tests.django import contract as django_contract
 from tests.integration import test_connector_contract as contract
@@ -55,7 +57,7 @@ async def test_recorded_outcomes_are_counted_per_minute_queue_and_outcome(every_
         await _run(m, worker, status="todo", error={"type": "E", "message": "again"})
         await _run(m, worker, "qb", status="failed", error={"type": "E", "message": "no"})
         # Fenced-out outcomes are not counted.
-        assert await m.finish_jobs_async([JobOutcome(999999, worker, 1, "succeeded")]) == set()
+        assert await m.finish_jobs_async([JobOutcome(999999, worker, 1, Status.SUCCEEDED)]) == set()
         rows = await m.get_outcome_stats_async(minutes=60)
         assert _totals(rows) == {("qa", "succeeded"): 2, ("qa", "retried"): 1, ("qb", "failed"): 1}
         assert all(row["minute"].second == 0 and row["minute"].tzinfo is not None for row in rows)
@@ -81,7 +83,7 @@ def test_concurrent_writers_never_wait_on_each_others_counters(pg_server, db_nam
         ]
 
     def outcome(job_id: int) -> dict[str, Any]:
-        record = JobOutcome(job_id, worker, 1, "succeeded").as_record()
+        record = JobOutcome(job_id, worker, 1, Status.SUCCEEDED).as_record()
         return {"outcomes": json.dumps([record])}
 
     with psycopg.connect(dsn) as first, psycopg.connect(dsn) as second:

@@ -190,11 +190,14 @@ def test_pool_factory_builds_the_pool_as_procrastinate_documents(db_dsn, db_conn
         pass
 
     with app.open():  # the sync twin: psycopg_pool's sync null pool
-        assert isinstance(app.connector.get_sync_connector().pool, NullConnectionPool)
+        sync = app.connector.get_sync_connector()
+        assert isinstance(sync, pc.SyncPsycopgConnector)
+        assert isinstance(sync.pool, NullConnectionPool)
         t.defer()
 
     async def check() -> None:
         async with app.open_async():
+            assert isinstance(app.connector, pc.PsycopgConnector)
             assert isinstance(app.connector.pool, AsyncNullConnectionPool)
             assert app.connector.pool.max_size == 3
             await app.run_worker_async(wait=False, install_signal_handlers=False)
@@ -204,7 +207,8 @@ def test_pool_factory_builds_the_pool_as_procrastinate_documents(db_dsn, db_conn
 
 
 def test_sync_to_async_thread_of_another_loop_gets_the_documented_error(db_dsn):
-    """The bridge runs on the loop the connector was opened on, never on whichever loop asgiref knows."""
+    """The bridge runs on the loop the connector was opened on,
+    never on whichever loop asgiref knows."""
     app = pc.App(connector=pc.PsycopgConnector(conninfo=db_dsn, min_size=1))
     caught: list[str] = []
 

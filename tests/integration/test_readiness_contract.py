@@ -18,6 +18,7 @@ import pytest
 
 import procrastinate_core as pc
 from procrastinate_core import sql
+from procrastinate_core.jobs import Status
 from procrastinate_core.manager import JobManager, JobOutcome
 from procrastinate_core.testing import InMemoryConnector
 from tests.django import contract as django_contract
@@ -54,7 +55,7 @@ async def claim(
 async def finish(m: JobManager, worker: int, job_id: int, status: str, **fields: Any) -> None:
     [job] = await m.list_jobs_async(id=job_id)
     assert await m.finish_jobs_async(
-        [JobOutcome(job_id, worker, job.claims, status, **fields)]
+        [JobOutcome(job_id, worker, job.claims, Status(status), **fields)]
     ) == {job_id}
 
 

@@ -7,6 +7,7 @@ import datetime
 import threading
 
 from procrastinate_core import exceptions
+from procrastinate_core.jobs import Status
 from procrastinate_core.retry import BaseRetryStrategy, RetryDecision, RetryStrategy
 from tests.integration.worker_support import get_job, running_worker, wait_status
 from tests.support.waiting import wait_until_async
@@ -238,7 +239,7 @@ async def test_stalled_jobs_of_a_dead_worker_are_rerun_by_live_workers(async_app
     assert [w["id"] for w in await manager.list_workers_async()] == []
     from procrastinate_core.manager import JobOutcome
 
-    late = JobOutcome(job_id=job_id, worker_id=dead, attempt=1, status="failed")
+    late = JobOutcome(job_id=job_id, worker_id=dead, attempt=1, status=Status.FAILED)
     assert await manager.finish_jobs_async([late]) == set()
 
 

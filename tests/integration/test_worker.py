@@ -1,4 +1,5 @@
-"""The worker against real PostgreSQL: claiming, batching, threads, concurrency, wake-up, results."""
+"""The worker against real PostgreSQL: claiming, batching, threads, concurrency, wake-up,
+results."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 import sys
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -41,7 +43,7 @@ async def test_claims_as_many_jobs_as_free_slots_in_one_query(async_app):
         await gate.wait()
 
     await hold.batch_defer_async(*({"i": i} for i in range(8)))
-    calls = []
+    calls: list[Any] = []
     spy(async_app.job_manager, "fetch_jobs_async", calls)
     async with running_worker(async_app, concurrency=5):
         await wait_until_async(lambda: asyncio.sleep(0, len(started) == 5), what="5 started")
@@ -60,7 +62,7 @@ async def test_outcomes_are_recorded_in_batches(async_app):
         return i
 
     ids = await quick.batch_defer_async(*({"i": i} for i in range(60)))
-    calls = []
+    calls: list[Any] = []
     spy(async_app.job_manager, "finish_jobs_async", calls)
     await async_app.run_worker_async(concurrency=30, wait=False, install_signal_handlers=False)
     sizes = [len(args[0]) for args, _, _ in calls]
@@ -253,7 +255,7 @@ async def test_aliases_are_honoured_at_run_time(async_app):
 
 
 async def test_worker_and_task_middleware(async_app):
-    calls = []
+    calls: list[tuple[Any, ...]] = []
 
     async def worker_mw(call_next, context, worker):
         calls.append(("worker-before", context.job.task_name, worker.worker_id is not None))
@@ -286,7 +288,7 @@ def test_sync_worker_middleware_is_refused_with_the_fix(app):
 
 
 async def test_context_and_delete_jobs_successful(async_app):
-    seen = {}
+    seen: dict[str, Any] = {}
 
     @async_app.task(pass_context=True)
     async def ctx(context):
@@ -413,7 +415,7 @@ async def test_async_task_middleware_runs_on_the_loop(async_app):
 async def test_stop_does_not_hang_on_a_stuck_claim(async_app, db_dsn, db_conn):
     import psycopg
 
-    from procrastinate_core.worker import SHUTDOWN_DB_TIMEOUT
+    from procrastinate_core.worker_stop import SHUTDOWN_DB_TIMEOUT
 
     worker = Worker(async_app, WorkerOptions.build(FAST, {"fetch_job_polling_interval": 0.1}))
     task = asyncio.create_task(worker.run())
@@ -444,7 +446,7 @@ async def test_jobs_of_a_claim_whose_reply_was_lost_are_released(async_app, db_c
     job_id = await once.defer_async()
     manager = async_app.job_manager
     real_fetch = manager.fetch_jobs_async
-    lost = []
+    lost: list[Any] = []
 
     async def fetch_then_lose_reply(*args, **kwargs):
         jobs = await real_fetch(*args, **kwargs)

@@ -10,7 +10,8 @@ import pytest
 import procrastinate_core as pc
 from procrastinate_core.job_runner import MAX_RESULT_BYTES
 from procrastinate_core.options import WorkerOptions
-from procrastinate_core.worker import STOP_BOUND, Worker
+from procrastinate_core.worker import Worker
+from procrastinate_core.worker_stop import STOP_BOUND
 from tests.integration.worker_support import FAST, wait_status
 
 

@@ -1,4 +1,5 @@
-"""How a job's failure is recorded: aborted-then-raised jobs, BaseExceptions, the error log record."""
+"""How a job's failure is recorded: aborted-then-raised jobs, BaseExceptions,
+the error log record."""
 
 from __future__ import annotations
 
@@ -94,7 +95,7 @@ def test_shutdown_timeout_action_is_checked_and_has_a_flag():
     from procrastinate_core.options import ShutdownTimeoutAction, WorkerOptions
 
     with pytest.raises(exceptions.ConfigurationError, match="shutdown_timeout_action='kill'"):
-        WorkerOptions(shutdown_timeout_action="kill")
+        WorkerOptions(shutdown_timeout_action="kill")  # type: ignore[arg-type]  # the wrong type is the point
     with pytest.raises(exceptions.ConfigurationError, match="max_stalled_recoveries=0"):
         WorkerOptions(max_stalled_recoveries=0)
     argv = ["worker", "--shutdown-timeout-action", "abort", "--max-stalled-recoveries", "5"]

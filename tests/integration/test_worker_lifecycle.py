@@ -19,7 +19,8 @@ import pytest
 
 import procrastinate_core as pc
 from procrastinate_core.options import WorkerOptions
-from procrastinate_core.worker import STOP_BOUND, Worker
+from procrastinate_core.worker import Worker
+from procrastinate_core.worker_stop import STOP_BOUND
 from tests.integration.worker_support import FAST
 from tests.support.waiting import wait_until, wait_until_async
 
@@ -160,7 +161,8 @@ async def test_stop_while_the_listener_reconnects(async_app: pc.App, db_dsn: str
     with psycopg.connect(db_dsn, autocommit=True) as admin:
         admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND query LIKE 'LISTEN%%' AND pid <> pg_backend_pid()"
+            "WHERE datname = current_database() AND query LIKE 'LISTEN%%' AND pid <> "
+            "pg_backend_pid()"
         )
     worker.stop()  # lands while the listener handles the loss / reconnects
     await _returns_within_bound(task, "stop")
@@ -173,7 +175,8 @@ async def test_stop_while_the_listener_reconnects(async_app: pc.App, db_dsn: str
 def _lock_waiters(dsn: str) -> int:
     with psycopg.connect(dsn, autocommit=True) as observer:
         row = observer.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND "
+            "wait_event_type = 'Lock'"
         ).fetchone()
     return int(row[0]) if row else 0
 

@@ -1,9 +1,11 @@
-"""The outcome recorder against real PostgreSQL: a write that keeps failing holds back no other outcome."""
+"""The outcome recorder against real PostgreSQL:
+a write that keeps failing holds back no other outcome."""
 
 from __future__ import annotations
 
 import asyncio
 
+from procrastinate_core.jobs import Status
 from procrastinate_core.manager import JobOutcome
 from procrastinate_core.outcome_recorder import OutcomeRecorder
 
@@ -23,10 +25,14 @@ async def test_a_poison_outcome_does_not_block_the_others(async_app, caplog):
     recorder = OutcomeRecorder(manager, on_recorded=recorded.set)
     # A queue name over 50 bytes breaks a CHECK constraint: the database refuses it.
     recorder.add(
-        JobOutcome(job_id=bad_id, worker_id=worker_id, attempt=1, status="todo", queue="q" * 80)
+        JobOutcome(
+            job_id=bad_id, worker_id=worker_id, attempt=1, status=Status.TODO, queue="q" * 80
+        )
     )
     for job_id in good_ids:
-        recorder.add(JobOutcome(job_id=job_id, worker_id=worker_id, attempt=1, status="succeeded"))
+        recorder.add(
+            JobOutcome(job_id=job_id, worker_id=worker_id, attempt=1, status=Status.SUCCEEDED)
+        )
     task = asyncio.create_task(recorder.run())
     try:
 
@@ -74,7 +80,7 @@ async def test_pending_counts_the_outcomes_of_a_write_in_progress(async_app, db_
         blocker.execute("SELECT 1 FROM pcq_jobs WHERE id = ANY(%s) FOR UPDATE", (job_ids,))
         for job_id in job_ids:
             recorder.add(
-                JobOutcome(job_id=job_id, worker_id=worker_id, attempt=1, status="succeeded")
+                JobOutcome(job_id=job_id, worker_id=worker_id, attempt=1, status=Status.SUCCEEDED)
             )
         task = asyncio.create_task(recorder.run())
         try:

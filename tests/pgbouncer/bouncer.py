@@ -1,4 +1,5 @@
-"""A private PgBouncer for the tests: its own config and auth files, a free port, stopped at the end.
+"""A private PgBouncer for the tests: its own config and auth files, a free port, stopped at the
+end.
 
 Never touches a system PgBouncer service. PgBouncer refuses to run as root, so
 as root it is started with `-u nobody` (it drops privileges itself; `-u` the
@@ -104,7 +105,7 @@ class Bouncer:
             os.chmod(path, 0o644)
 
     @property
-    def params(self) -> dict[str, str]:
+    def params(self) -> dict[str, Any]:
         """libpq keywords that reach the test server through this bouncer (dbname: the server's)."""
         found = {"host": "127.0.0.1", "port": str(self.port), "user": self.user}
         if self.server_params.get("password"):

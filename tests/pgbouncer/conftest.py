@@ -1,4 +1,5 @@
-"""Everything in tests/pgbouncer runs through a private PgBouncer, once in transaction mode, once in session mode.
+"""Everything in tests/pgbouncer runs through a private PgBouncer, once in transaction mode, once
+in session mode.
 
 `pg_server` is overridden for this folder: its `params` (what the connectors
 under test connect with, via `db_params`) go through the bouncer, while test
@@ -22,7 +23,8 @@ from tests.pgbouncer.bouncer import MODES, Bouncer, PooledServer, pgbouncer_bina
 def _missing(reason: str) -> None:
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(
-            f"{reason} (CI=true: .ci/run installs Debian's pgbouncer; run it, or apt-get install pgbouncer)"
+            f"{reason} (CI=true: .ci/run installs Debian's pgbouncer; run it, or apt-get "
+            "install pgbouncer)"
         )
     pytest.skip(f"{reason}; install it (apt-get install pgbouncer) to run the PgBouncer tests")
 
@@ -59,7 +61,8 @@ def pooled_dsn(pooled_params: dict[str, str]) -> str:
 
 @pytest.fixture
 def direct_listen_dsn(pg_server: PooledServer) -> str:
-    """Where a listener reaches the server itself: host and port only, the rest is the main DSN's."""
+    """Where a listener reaches the server itself: host and port only,
+    the rest is the main DSN's."""
     direct = pg_server.direct.params
     return psycopg.conninfo.make_conninfo(
         host=direct.get("host", ""), port=direct.get("port", "5432")

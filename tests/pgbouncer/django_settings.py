@@ -1,4 +1,5 @@
-"""tests/django/settings.py with DATABASES pointing at a private PgBouncer (test_django_through_pgbouncer.py).
+"""tests/django/settings.py with DATABASES pointing at a private PgBouncer
+(test_django_through_pgbouncer.py).
 
 The bouncer's address and mode come from the environment the test sets:
 PCQ_PGBOUNCER_PORT, PCQ_PGBOUNCER_MODE, and PCQ_PGBOUNCER_LISTEN_DSN (the
@@ -16,7 +17,8 @@ DATABASES["default"] = {
     **DATABASES["default"],
     "HOST": "127.0.0.1",
     "PORT": os.environ["PCQ_PGBOUNCER_PORT"],
-    # Django's own advice behind a transaction pooler (its .iterator() would use server-side cursors).
+    # Django's own advice behind a transaction pooler (its .iterator() would use server-side
+    # cursors).
     "DISABLE_SERVER_SIDE_CURSORS": True,
 }
 PROCRASTINATE_POOLER = os.environ["PCQ_PGBOUNCER_MODE"]

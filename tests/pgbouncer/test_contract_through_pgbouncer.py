@@ -1,4 +1,5 @@
-"""The connector contract suite (tests/integration/test_connector_contract.py), every real connector through PgBouncer.
+"""The connector contract suite (tests/integration/test_connector_contract.py), every real
+connector through PgBouncer.
 
 Its tests are imported as they are; what changes is the connectors: each
 Case is rebuilt to connect through the bouncer of this run (see conftest.py's
@@ -61,7 +62,7 @@ def _rebind(test: Any) -> Any:
         test.__code__, test.__globals__, test.__name__, test.__defaults__, test.__closure__
     )
     clone.__dict__.update(test.__dict__)
-    clone.pytestmark = marks
+    clone.__dict__["pytestmark"] = marks
     return clone
 
 
@@ -92,26 +93,26 @@ def _names(cases: list[contract.Case]) -> list[str]:
     return [case.name for case in cases]
 
 
-@pytest.fixture(params=_ALL, ids=_names(_ALL))
+@pytest.fixture(params=_ALL, ids=_names(_ALL))  # type: ignore[no-redef]  # overrides the contract's
 def harness(request: pytest.FixtureRequest) -> contract.Harness:
     return _make(request)
 
 
-@pytest.fixture(params=_SYNC, ids=_names(_SYNC))
+@pytest.fixture(params=_SYNC, ids=_names(_SYNC))  # type: ignore[no-redef]  # overrides the contract's
 def sync_harness(request: pytest.FixtureRequest) -> contract.Harness:
     return _make(request)
 
 
-@pytest.fixture(params=_ASYNC, ids=_names(_ASYNC))
+@pytest.fixture(params=_ASYNC, ids=_names(_ASYNC))  # type: ignore[no-redef]  # overrides the contract's
 def async_harness(request: pytest.FixtureRequest) -> contract.Harness:
     return _make(request)
 
 
-@pytest.fixture(params=_TRANSACTIONAL, ids=_names(_TRANSACTIONAL))
+@pytest.fixture(params=_TRANSACTIONAL, ids=_names(_TRANSACTIONAL))  # type: ignore[no-redef]  # overrides the contract's
 def transactional_harness(request: pytest.FixtureRequest) -> contract.Harness:
     return _make(request)
 
 
-@pytest.fixture(params=_ALL, ids=_names(_ALL))
+@pytest.fixture(params=_ALL, ids=_names(_ALL))  # type: ignore[no-redef]  # overrides the contract's
 def real_case(request: pytest.FixtureRequest) -> contract.Case:
     return request.param  # type: ignore[no-any-return]

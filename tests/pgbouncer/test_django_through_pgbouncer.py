@@ -1,4 +1,5 @@
-"""The Django defer-from-view tests (tests/django/test_transactions.py), with DATABASES pointing at PgBouncer.
+"""The Django defer-from-view tests (tests/django/test_transactions.py), with DATABASES pointing at
+PgBouncer.
 
 Django is configured once per process, so they run in a pytest subprocess on
 tests/pgbouncer/django_settings.py: views defer through Django's connection to

@@ -1,4 +1,5 @@
-"""Behind a real PgBouncer (transaction and session mode): prepared statements, wake-ups, a worker drain.
+"""Behind a real PgBouncer (transaction and session mode): prepared statements, wake-ups, a worker
+drain.
 
 Every test runs in both modes (conftest.py); a test about one mode only skips
 in the other, saying why.
@@ -50,7 +51,7 @@ def _bouncer_clients(pgbouncer: Bouncer, db_name: str) -> list[str]:
 
 
 def test_psycopg_prepared_statements_break_transaction_pooling_unless_pooler_is_set(
-    pgbouncer: Bouncer, pooled_params: dict[str, str], db_conn: psycopg.Connection[Any]
+    pgbouncer: Bouncer, pooled_params: dict[str, Any], db_conn: psycopg.Connection[Any]
 ) -> None:
     """The reported failure, reproduced, and its fix: two clients alternate the same defer.
 
@@ -95,7 +96,7 @@ def test_an_explicit_prepare_threshold_is_kept_for_poolers_that_support_it() -> 
 
 
 def _async_connector(
-    kind: str, params: dict[str, str], **extra: Any
+    kind: str, params: dict[str, Any], **extra: Any
 ) -> pc.PsycopgConnector | AiopgConnector:
     if kind == "aiopg":
         return AiopgConnector(minsize=1, maxsize=6, **params, **extra)
@@ -110,7 +111,7 @@ def _async_connector(
 def test_worker_drains_a_queue_through_pgbouncer(
     kind: str,
     pgbouncer: Bouncer,
-    pooled_params: dict[str, str],
+    pooled_params: dict[str, Any],
     direct_listen_dsn: str,
     db_name: str,
     db_conn: psycopg.Connection[Any],
@@ -144,10 +145,11 @@ def test_worker_drains_a_queue_through_pgbouncer(
 
 @pytest.mark.parametrize("kind", ["psycopg", "aiopg"])
 async def test_without_listen_dsn_behind_a_transaction_pooler_the_worker_polls_and_says_so(
-    kind: str, pgbouncer: Bouncer, pooled_params: dict[str, str], caplog: pytest.LogCaptureFixture
+    kind: str, pgbouncer: Bouncer, pooled_params: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     _only(pgbouncer, "transaction")
     app = pc.App(connector=_async_connector(kind, pooled_params, pooler="transaction"))
+    assert isinstance(app.connector, pc.PsycopgConnector | AiopgConnector)
     assert "polling every 1 s" in app.connector.wake_up_mode
     caplog.set_level(logging.INFO, logger=WORKER_LOGGER)
     async with app.open_async():
@@ -165,7 +167,7 @@ async def test_without_listen_dsn_behind_a_transaction_pooler_the_worker_polls_a
 async def test_listen_dsn_listens_on_the_server_itself_and_the_worker_says_so(
     kind: str,
     pgbouncer: Bouncer,
-    pooled_params: dict[str, str],
+    pooled_params: dict[str, Any],
     direct_listen_dsn: str,
     db_name: str,
     db_conn: psycopg.Connection[Any],
@@ -186,7 +188,8 @@ async def test_listen_dsn_listens_on_the_server_itself_and_the_worker_says_so(
             names = {
                 r[0]
                 for r in db_conn.execute(
-                    "SELECT application_name FROM pg_stat_activity WHERE datname = current_database()"
+                    "SELECT application_name FROM pg_stat_activity WHERE datname = "
+                    "current_database()"
                 )
             }
             assert "procrastinate_core-listener" in names
@@ -199,7 +202,7 @@ async def test_listen_dsn_listens_on_the_server_itself_and_the_worker_says_so(
 
 async def test_session_pooling_listens_through_the_bouncer(
     pgbouncer: Bouncer,
-    pooled_params: dict[str, str],
+    pooled_params: dict[str, Any],
     db_name: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:

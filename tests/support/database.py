@@ -106,7 +106,8 @@ WITH rel AS (
 )
 SELECT owner, 'relation ' || nspname || '.' || relname || ' ' || relkind::text FROM rel
 UNION ALL
-SELECT rel.owner, 'column ' || rel.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+SELECT rel.owner, 'column ' || rel.relname || '.' || a.attname || ' '
+       || format_type(a.atttypid, a.atttypmod)
        || ' ' || a.attnotnull::text || ' ' || coalesce(pg_get_expr(d.adbin, d.adrelid), '')
 FROM rel JOIN pg_attribute AS a ON a.attrelid = rel.oid AND a.attnum > 0 AND NOT a.attisdropped
 LEFT JOIN pg_attrdef AS d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
@@ -143,7 +144,8 @@ UNION ALL
 SELECT NULL, 'setting ' || array_to_string(setconfig, ',') FROM pg_db_role_setting
 WHERE setdatabase = (SELECT oid FROM pg_database WHERE datname = current_database())
 UNION ALL
-SELECT NULL, 'prepared transaction ' || gid FROM pg_prepared_xacts WHERE database = current_database()
+SELECT NULL, 'prepared transaction ' || gid FROM pg_prepared_xacts
+WHERE database = current_database()
 UNION ALL
 SELECT NULL, 'publication ' || pubname FROM pg_publication
 """
@@ -230,7 +232,8 @@ class WorkerDatabase:
                 for (table,) in conn.execute(
                     "SELECT c.oid::regclass::text FROM pg_class AS c "
                     "JOIN pg_namespace AS n ON n.oid = c.relnamespace "
-                    "WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+                    "WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', "
+                    "'information_schema') "
                     "AND n.nspname NOT LIKE 'pg_temp%%' AND n.nspname NOT LIKE 'pg_toast%%' "
                     "AND format('%%s.%%s', n.nspname, c.relname) <> ALL(%s)",
                     [sorted(_KEPT_TABLES)],
@@ -245,7 +248,7 @@ class WorkerDatabase:
         return True
 
 
-def _reachable(params: dict[str, str]) -> bool:
+def _reachable(params: dict[str, Any]) -> bool:
     try:
         psycopg.connect(connect_timeout=3, **params).close()
     except psycopg.Error:
@@ -253,7 +256,7 @@ def _reachable(params: dict[str, str]) -> bool:
     return True
 
 
-def _with_port(params: dict[str, str]) -> dict[str, str]:
+def _with_port(params: dict[str, Any]) -> dict[str, Any]:
     """The parameters plus the server's port, which a socket-only server's URI leaves out.
 
     A Unix socket has a port too (its file is .s.PGSQL.<port>): knowing it lets
@@ -267,10 +270,10 @@ def _with_port(params: dict[str, str]) -> dict[str, str]:
 
 
 def _start_embedded() -> TestServer:
-    import pgserver
+    from pgserver.postgres_server import get_server  # what pgserver.get_server is
 
     folder = tempfile.mkdtemp(prefix="pcq-pgserver-")
-    server = pgserver.get_server(folder, cleanup_mode="stop")
+    server = get_server(folder, cleanup_mode="stop")
     owner = os.getpid()
 
     def cleanup() -> None:

@@ -9,9 +9,10 @@ addopts sets), a run has two phases in one session:
    exited the last one runs the serial tests, one after another.
 
 Each worker writes the ids of its `serial` tests to the run's folder before it
-reports its collection; the scheduler reads them there. A guard backs the scheduler up whatever `--dist` is chosen: a file lock that
-every test holds shared and a serial test holds exclusively, so a serial test
-waits for the tests running beside it to end.
+reports its collection; the scheduler reads them there. A guard backs the
+scheduler up whatever `--dist` is chosen: a file lock that every test holds
+shared and a serial test holds exclusively, so a serial test waits for the
+tests running beside it to end.
 
 Within phase 1 the tests slowest in the last run (durations kept in pytest's
 cache) go first, two at a time per worker, so no worker ends on a long test
@@ -199,6 +200,9 @@ def _serial_last_scheduling() -> type:
 
         def __init__(self, config: pytest.Config, log: Any = None) -> None:
             super().__init__(config, log)
+            # xdist's own attributes (set by it; declared here for mypy: xdist is untyped)
+            self.collection: list[str] | None
+            self.maxschedchunk: int | None
             self.serial: list[int] = []
             self.serial_node: Any = None
             self.started = time.monotonic()

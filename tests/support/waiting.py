@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-#: What a predicate may be: sync, or returning an awaitable (async def, a coroutine-returning lambda).
+#: What a predicate may be: sync, or returning an awaitable (async def, a coroutine-returning
+#: lambda).
 Predicate = Callable[[], T] | Callable[[], Awaitable[T]]
 
 

@@ -143,7 +143,8 @@ def test_variables_reach_the_worker_and_win_over_worker_defaults(monkeypatch, ca
     dead = pc.App(connector=pc.PsycopgConnector(conninfo=DEAD), worker_defaults={"concurrency": 4})
     assert main(["worker"], app=dead) == 1
     assert capsys.readouterr().err.startswith(
-        "Error: environment variable PROCRASTINATE_WORKER_CONCURRENCY='0': concurrency=0: expected an int >= 1"
+        "Error: environment variable PROCRASTINATE_WORKER_CONCURRENCY='0': concurrency=0: "
+        "expected an int >= 1"
     )
 
 

@@ -236,6 +236,7 @@ def test_listen_dsn_is_for_async_connectors_and_adds_to_the_main_parameters():
     }
     assert connector._settings.listener_target() == "host=db.internal port=5432 dbname=app user=u"
     counterpart = connector.get_sync_connector()  # the sync twin keeps the pooler, not the listener
+    assert isinstance(counterpart, pc.SyncPsycopgConnector)
     assert counterpart._settings.pooler == "transaction"
     assert counterpart._settings.connection_kwargs()["prepare_threshold"] is None
     for sync in (pc.SyncPsycopgConnector, Psycopg2Connector):
@@ -248,6 +249,8 @@ def test_pool_factory_builds_the_pool_and_its_sync_twin_is_the_null_pool():
 
     connector = pc.PsycopgConnector(pool_factory=psycopg_pool.AsyncNullConnectionPool, max_size=3)
     assert connector.pool_factory is psycopg_pool.AsyncNullConnectionPool
-    assert connector.get_sync_connector().pool_factory is psycopg_pool.NullConnectionPool
+    sync = connector.get_sync_connector()
+    assert isinstance(sync, pc.SyncPsycopgConnector)
+    assert sync.pool_factory is psycopg_pool.NullConnectionPool
     with pytest.raises(TypeError, match="pool_factory"):
-        pc.PsycopgConnector(pool_factory="psycopg_pool.AsyncNullConnectionPool")
+        pc.PsycopgConnector(pool_factory="psycopg_pool.AsyncNullConnectionPool")  # type: ignore[arg-type]  # the wrong type is the point

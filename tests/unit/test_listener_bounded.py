@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+from typing import Any
 
 from procrastinate_core.connectors.listener import _bounded
 
@@ -12,7 +13,7 @@ async def test_cancelled_bounded_call_is_cancelled_and_its_failure_retrieved():
     """Seen in a one-shot worker: stopping while LISTEN was in flight printed
     "Task exception was never retrieved" (the call failed once its connection closed)."""
     loop = asyncio.get_running_loop()
-    reported: list[dict] = []
+    reported: list[dict[str, Any]] = []
     loop.set_exception_handler(lambda _loop, context: reported.append(context))
     release = asyncio.Event()
     entered = asyncio.Event()
@@ -45,7 +46,7 @@ async def test_cancelled_bounded_call_is_cancelled_and_its_failure_retrieved():
 
 async def test_timed_out_bounded_call_raises_timeout_and_its_failure_is_retrieved():
     loop = asyncio.get_running_loop()
-    reported: list[dict] = []
+    reported: list[dict[str, Any]] = []
     loop.set_exception_handler(lambda _loop, context: reported.append(context))
 
     async def hung_then_failing() -> None:

@@ -160,7 +160,7 @@ def test_with_connector_shares_the_registry(app):
 
 def test_app_rejects_bad_construction():
     with pytest.raises(exceptions.ConfigurationError, match="expected a connector"):
-        pc.App(connector="postgresql://")
+        pc.App(connector="postgresql://")  # type: ignore[arg-type]  # the wrong type is the point
     with pytest.raises(exceptions.ConfigurationError, match="not a string"):
         pc.App(connector=pc.SyncPsycopgConnector(), import_paths="myapp.tasks")
     with pytest.raises(exceptions.ConfigurationError, match="unknown worker option 'concurrence'"):
@@ -261,6 +261,7 @@ def test_defer_template_follows_the_task_after_a_namespace_rename():
     with app.open():
         send.defer(to="b")
         send.batch_defer({"to": "c"})
+        assert isinstance(app.connector, InMemoryConnector)
         jobs = list(app.connector.jobs.values())
     assert [(job["task_name"], job["queue_name"], job["args"]) for job in jobs] == [
         ("mail:send", "mail_q", {"to": "b"}),

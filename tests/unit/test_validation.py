@@ -48,13 +48,13 @@ def test_long_values_are_shortened_in_messages() -> None:
 
 def test_worker_queues_are_checked_at_construction() -> None:
     with pytest.raises(exceptions.ConfigurationError, match="queues='a\\\\x00'"):
-        WorkerOptions(queues=["ok", "a\x00"])
+        WorkerOptions(queues=["ok", "a\x00"])  # type: ignore[arg-type]  # the wrong type is the point
     with pytest.raises(exceptions.ConfigurationError, match="queues=.*limited to 50 bytes"):
-        WorkerOptions(queues=["q" * 10_000])
+        WorkerOptions(queues=["q" * 10_000])  # type: ignore[arg-type]  # the wrong type is the point
     with pytest.raises(exceptions.ConfigurationError, match="list of queue names"):
-        WorkerOptions(queues="emails")
-    assert WorkerOptions(queues=["a", "b"]).queues == ("a", "b")
-    assert WorkerOptions(queues=[]).queues is None
+        WorkerOptions(queues="emails")  # type: ignore[arg-type]  # the wrong type is the point
+    assert WorkerOptions(queues=["a", "b"]).queues == ("a", "b")  # type: ignore[arg-type]  # lists are accepted
+    assert WorkerOptions(queues=[]).queues is None  # type: ignore[arg-type]  # lists are accepted
 
 
 async def test_worker_start_refuses_bad_queues_before_any_query() -> None:
@@ -92,7 +92,7 @@ def test_periodic_declarations_check_id_and_options() -> None:
     with pytest.raises(exceptions.ConfigurationError, match="queue="):
         app.periodic(cron="* * * * *", queue="a\x00")(app.task(name="b")(task))
     with pytest.raises(exceptions.ConfigurationError, match="priority="):
-        app.periodic(cron="* * * * *", priority=1.5)(app.task(name="c")(task))
+        app.periodic(cron="* * * * *", priority=1.5)(app.task(name="c")(task))  # type: ignore[arg-type]  # the wrong type is the point
     app.periodic(cron="* * * * *", periodic_id="")(app.task(name="d")(task))  # the default id
 
 

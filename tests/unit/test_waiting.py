@@ -1,4 +1,5 @@
-"""tests/support/waiting.py: one helper, sync and async predicates, a deadline that names its wait."""
+"""tests/support/waiting.py: one helper, sync and async predicates,
+a deadline that names its wait."""
 
 from __future__ import annotations
 
@@ -24,9 +25,9 @@ def test_an_async_predicate_in_sync_code_is_a_clear_error_not_a_truthy_coroutine
         return True
 
     with pytest.raises(TypeError, match="wait_until_async"):
-        wait_until(ready)
+        wait_until(ready)  # type: ignore[unused-coroutine]  # the misuse is the point
     with pytest.raises(TypeError, match="wait_until_async"):
-        wait_until(lambda: ready())
+        wait_until(lambda: ready())  # type: ignore[unused-coroutine]  # the misuse is the point
 
 
 async def test_async_wait_takes_sync_and_async_predicates():

@@ -1,4 +1,5 @@
-"""`manage.py procrastinate worker|defer|schema|healthchecks|shell ...`: the core CLI on the project's App.
+"""`manage.py procrastinate worker|defer|schema|healthchecks|shell ...`: the core CLI on the
+project's App.
 
 The arguments go untouched to procrastinate_core.cli.main (same commands and
 flags as `procrastinate-core`, minus --app): the App is procrastinate_django.app,

@@ -1,4 +1,5 @@
-"""Tasks of the Django tests; found by autodiscovery (this module is never imported by hand first)."""
+"""Tasks of the Django tests; found by autodiscovery (this module is never imported by hand
+first)."""
 
 from __future__ import annotations
 

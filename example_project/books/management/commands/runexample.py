@@ -1,4 +1,5 @@
-"""`manage.py runexample`: migrate, make a demo superuser if none, serve the site with a worker beside it.
+"""`manage.py runexample`: migrate, make a demo superuser if none, serve the site with a worker
+beside it.
 
 The worker is `manage.py procrastinate worker` in a child process, as it would
 run in production. Ctrl-C (or SIGTERM) stops the web server, then the worker
