@@ -19,6 +19,25 @@ FROM ROWS FROM (
 ORDER BY j.ord
 RETURNING id;
 
+-- name: job_defer_many_nondurable
+-- job_defer_many, committed without waiting for its WAL flush (configure(durable=False),
+-- docs/durability.md); returns the ids. set_config(..., true) is SET LOCAL: it ends with
+-- this statement's transaction, which the manager makes sure is the defer's own (never
+-- a caller's). The uncorrelated sub-select is an InitPlan: evaluated once per statement,
+-- not per row. Keep the INSERT the same as job_defer_many (tests/unit/test_sql.py).
+INSERT INTO pcq_jobs (queue_name, task_name, priority, lock, queueing_lock, args, scheduled_at)
+SELECT j.queue_name, j.task_name, j.priority, j.lock, j.queueing_lock, j.args,
+       coalesce(j.scheduled_at, now() + make_interval(secs => j.schedule_in_seconds))
+FROM ROWS FROM (
+    jsonb_to_recordset(%(jobs)s::jsonb) AS (
+        queue_name text, task_name text, priority integer, lock text, queueing_lock text,
+        args jsonb, scheduled_at timestamptz, schedule_in_seconds float8
+    )
+) WITH ORDINALITY AS j(queue_name, task_name, priority, lock, queueing_lock, args, scheduled_at, schedule_in_seconds, ord)
+WHERE (SELECT set_config('synchronous_commit', 'off', true)) = 'off'
+ORDER BY j.ord
+RETURNING id;
+
 -- name: job_fetch_many
 -- Claims up to %(limit)s ready jobs for worker %(worker_id)s; returns the claimed jobs.
 -- Ready (waiting_for IS NULL, migration 0006) already means due and, for a
