@@ -76,6 +76,9 @@ def applies(system: System, scenario: str) -> bool:
         return False
     if scenario in ONLY_FOR:
         return system.name == ONLY_FOR[scenario]
+    only = getattr(system, "only_scenarios", None)  # a variant of a system (ours-nondurable)
+    if only is not None and scenario not in only:
+        return False
     if isinstance(system, Floor):
         return scenario not in NOT_FOR_FLOOR
     return scenario not in FLOOR_ONLY

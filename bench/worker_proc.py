@@ -101,6 +101,7 @@ async def run_chancy(dsn: str, concurrency: int, record: Any) -> None:
 
 RUNNERS = {
     "ours": run_ours,
+    "ours-nondurable": run_ours,  # the same worker: only its defers differ
     "procrastinate": run_procrastinate,
     "pgqueuer": run_pgqueuer,
     "oban": run_oban,
