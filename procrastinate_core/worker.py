@@ -360,9 +360,10 @@ class Worker:
         claim = asyncio.ensure_future(
             self.app.job_manager.fetch_jobs_async(self.worker_id, self.options.queues, limit)
         )
+        racing: set[asyncio.Future[Any]] = {claim, self._stop_waiter()}
         interrupted = False
         try:
-            await asyncio.wait({claim, self._stop_waiter()}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
             # run() was cancelled mid-claim: the claim may have committed, so take
             # its jobs (the shutdown that follows gives them back) rather than lose them.
