@@ -202,3 +202,15 @@ async def test_a_nondurable_job_is_run_by_a_worker(db_dsn, spy):
         async with running_worker(app):
             await wait_status(app, job_id, "succeeded", timeout=30)
     assert ran == [5] and spy.settings([job_id]) == ["off"]
+
+
+def test_the_in_memory_connector_takes_a_nondurable_defer_as_a_defer():
+    from procrastinate_core.testing import InMemoryConnector
+
+    app = pc.App(connector=InMemoryConnector())
+    with app.open():
+        job_id = app.configure_task("t", durable=False).defer(n=1)
+        ids = app.configure_task("t", durable=False).batch_defer({"n": 2}, {"n": 3})
+        jobs = app.job_manager.list_jobs()
+    assert [job.id for job in jobs] == [job_id, *ids]
+    assert [job.task_kwargs for job in jobs] == [{"n": 1}, {"n": 2}, {"n": 3}]
