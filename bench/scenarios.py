@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from bench import backlog, broker_runs
+from bench import backlog, broker_runs, mixed
 from bench.broker_runs import applies as broker_applies
 from bench.floor import Floor
 from bench.peers_broker import BrokerSystem
@@ -35,6 +35,7 @@ BASE_SIZES = {
     "drain": 20000,
     "latency": 200,
     "memory": 100000,
+    "mixed": 20000,
 }
 DRAINS = {"drain_c1": (1, 1), "drain_c10": (1, 10), "drain_c50": (1, 50), "drain_2x10": (2, 10)}
 SCENARIOS = [
@@ -46,9 +47,9 @@ SCENARIOS = [
     "drain_batched",
     "latency",
 ]
-EXTRA_SCENARIOS = ["memory", "backlog"]
+EXTRA_SCENARIOS = ["memory", "backlog", "mixed_c10"]
 FLOOR_ONLY = {"drain_batched"}
-NOT_FOR_FLOOR = {"memory"}
+NOT_FOR_FLOOR = {"memory", "mixed_c10"}
 #: scenarios of one system only (they read its tables)
 ONLY_FOR = {"backlog": "ours"}
 
@@ -76,6 +77,11 @@ def applies(system: System, scenario: str) -> bool:
         return False
     if scenario in ONLY_FOR:
         return system.name == ONLY_FOR[scenario]
+    if scenario == "mixed_c10" and system.name not in mixed.SYSTEMS:
+        return False
+    only = getattr(system, "only_scenarios", None)  # a variant of a system (ours-nondurable)
+    if only is not None and scenario not in only:
+        return False
     if isinstance(system, Floor):
         return scenario not in NOT_FOR_FLOOR
     return scenario not in FLOOR_ONLY
@@ -109,6 +115,9 @@ async def run(server: Server, system: System, scenario: str, sizes: Sizes) -> Ou
             return await _latency(system, dsn, sizes["latency"])
         if scenario == "memory":
             return await _memory(server, system, dbname, sizes)
+        if scenario == "mixed_c10":
+            value, extra = await mixed.run(server, system, dbname, sizes["mixed"])
+            return Outcome(value, sizes["mixed"], extra)
         if scenario in DRAINS or scenario in FLOOR_ONLY:
             return await _drain(server, system, dbname, scenario, sizes["drain"])
         return await _defer(server, system, dbname, scenario, sizes)
@@ -151,11 +160,16 @@ async def _defer(
 
 
 def _spawn(
-    system: System, dsn: str, concurrency: int, record: str | None = None
+    system: System,
+    dsn: str,
+    concurrency: int,
+    record: str | None = None,
+    extra_args: list[str] | None = None,
 ) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-m", "bench.worker_proc", system.name, dsn, "-c", str(concurrency)]
     if record:
         cmd += ["--record", record]
+    cmd += extra_args or []
     return subprocess.Popen(
         cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=_ROOT
     )
@@ -168,9 +182,17 @@ class Workers:
     """Worker subprocesses: started, told to go together, and killed."""
 
     def __init__(
-        self, system: System, dsn: str, processes: int, concurrency: int, record: str | None = None
+        self,
+        system: System,
+        dsn: str,
+        processes: int,
+        concurrency: int,
+        record: str | None = None,
+        extra_args: list[str] | None = None,
     ) -> None:
-        self.procs = [_spawn(system, dsn, concurrency, record) for _ in range(processes)]
+        self.procs = [
+            _spawn(system, dsn, concurrency, record, extra_args) for _ in range(processes)
+        ]
 
     async def ready(self, timeout: float = 60.0) -> None:
         for proc in self.procs:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from bench import mixed
 from bench.systems import TASK_NAME, Ours, Procrastinate, asyncpg_params, job_arg
 
 
@@ -43,23 +44,28 @@ def _exit_with_parent() -> None:
     os._exit(3)
 
 
-async def run_ours(dsn: str, concurrency: int, record: Any) -> None:
+async def run_ours(dsn: str, concurrency: int, record: Any, is_mixed: bool = False) -> None:
     import procrastinate_core as pc
 
     connector = pc.PsycopgConnector(conninfo=dsn, min_size=1, max_size=max(2, concurrency + 2))
-    app = Ours.make_app(connector, record)
+    app = mixed.make_app("ours", connector) if is_mixed else Ours.make_app(connector, record)
     async with app.open_async():
         await _go()
         await app.run_worker_async(concurrency=concurrency, install_signal_handlers=False)
 
 
-async def run_procrastinate(dsn: str, concurrency: int, record: Any) -> None:
+async def run_procrastinate(
+    dsn: str, concurrency: int, record: Any, is_mixed: bool = False
+) -> None:
     import procrastinate
 
     connector = procrastinate.PsycopgConnector(
         conninfo=dsn, min_size=1, max_size=max(2, concurrency + 2)
     )
-    app = Procrastinate.make_app(connector, record)
+    if is_mixed:
+        app = mixed.make_app("procrastinate", connector)
+    else:
+        app = Procrastinate.make_app(connector, record)
     async with app.open_async():
         await _go()
         await app.run_worker_async(concurrency=concurrency, install_signal_handlers=False)
@@ -146,11 +152,16 @@ def main() -> None:
     parser.add_argument("-c", "--concurrency", type=int, default=1)
     parser.add_argument("--record")
     parser.add_argument("--count", action="store_true", help='print "done N" (broker peers)')
+    parser.add_argument("--mixed", action="store_true", help="the mixed tasks (bench/mixed.py)")
     args = parser.parse_args()
     if args.system in BROKER_SYSTEMS:
         run_broker(args.system, args.concurrency, _recorder(args.record), args.count)
         return
-    asyncio.run(RUNNERS[args.system](args.dsn, args.concurrency, _recorder(args.record)))
+    runner = RUNNERS[args.system]
+    if args.mixed:
+        asyncio.run(runner(args.dsn, args.concurrency, None, True))  # type: ignore[call-arg]
+        return
+    asyncio.run(runner(args.dsn, args.concurrency, _recorder(args.record)))
 
 
 if __name__ == "__main__":

@@ -150,6 +150,7 @@ class App(Blueprint):
                 configured.job,
                 connection=connection,
                 flow_options=configured.flow,
+                durable=configured.durable,
             )
         if not allow_unknown:
             raise exceptions.TaskNotFound(
@@ -157,11 +158,13 @@ class App(Blueprint):
                 f"Import paths: {self.import_paths}."
             )
         flow_options = {k: options.pop(k) for k in list(options) if k in flow.OPTION_NAMES}
+        durable = options.pop("durable", True)
         return JobDeferrer(
             self.job_manager,
             make_job(name, **options),
             connection=connection,
             flow_options=flow.build(**flow_options),
+            durable=durable,
         )
 
     # -- opening and closing -------------------------------------------------

@@ -110,6 +110,20 @@ def _is_large(args_json: Sequence[str]) -> bool:
     return False
 
 
+def check_own_transaction(connection: Any, *, joins_caller_transaction: bool) -> None:
+    """A non-durable defer only ever lowers the durability of its own commit."""
+    if connection is None and not joins_caller_transaction:
+        return
+    where = "connection=" if connection is not None else "an open transaction.atomic() block"
+    raise exceptions.ConfigurationError(
+        f"durable=False cannot be used inside a transaction of yours ({where}): the "
+        "job commits with your transaction, and turning synchronous_commit off there "
+        "would weaken your own commit. Defer durably (drop durable=False), or defer "
+        "after your commit (Django: transaction.on_commit(lambda: ...defer(...))); "
+        "see docs/durability.md."
+    )
+
+
 def _first(column: str) -> Callable[[Any], Any]:
     return lambda row: None if row is None else row[column]
 
@@ -195,12 +209,13 @@ class JobManager(FlowOperations, HasConnector):  # FlowOperations: flow control 
     batch_defer_jobs, batch_defer_jobs_async = paired(_batch_defer_jobs)
 
     def _defer_from_template(
-        self, template: Job, args_json: Sequence[str], connection: Any = None
+        self, template: Job, args_json: Sequence[str], connection: Any = None, query: str = ""
     ) -> Op[list[int]] | Plan[list[int]]:
         """Insert one job per argument text, all from one template; their ids in order.
 
         What task.defer and batch_defer need: no Job object per row is built on the
-        way in or out, which is most of a large batch's client CPU.
+        way in or out, which is most of a large batch's client CPU. `query`:
+        job_defer_many, or its non-durable twin (see defer_from_template).
         """
         if template.queueing_lock is not None and len(args_json) > 1:
             # Only one job per queueing lock may wait: such a batch always conflicts
@@ -209,14 +224,15 @@ class JobManager(FlowOperations, HasConnector):  # FlowOperations: flow control 
             raise _already_enqueued(
                 f"{len(args_json)} jobs in one batch share queueing_lock {template.queueing_lock!r}"
             )
+        query = query or "job_defer_many"
         chunks = serialization.chunked(args_json, DEFER_CHUNK_BYTES)
         if len(chunks) == 1:
             payload = serialization.template_payload(template, args_json)
-            return Op("job_defer_many", {"jobs": payload}, "all", _sorted_ids, connection)
-        return self._defer_chunks(template, chunks, connection)
+            return Op(query, {"jobs": payload}, "all", _sorted_ids, connection)
+        return self._defer_chunks(template, chunks, connection, query)
 
     def _defer_chunks(
-        self, template: Job, chunks: list[Sequence[str]], connection: Any
+        self, template: Job, chunks: list[Sequence[str]], connection: Any, query: str
     ) -> Plan[list[int]]:
         """A batch too large for one jsonb array: one statement per chunk.
 
@@ -227,32 +243,57 @@ class JobManager(FlowOperations, HasConnector):  # FlowOperations: flow control 
         ids: list[int] = []
         for chunk in chunks:
             payload = serialization.template_payload(template, chunk)
-            ids += yield Op("job_defer_many", {"jobs": payload}, "all", _sorted_ids, connection)
+            ids += yield Op(query, {"jobs": payload}, "all", _sorted_ids, connection)
         return ids
 
     _defer_template, _defer_template_async = paired(_defer_from_template)
 
     def defer_from_template(
-        self, template: Job, args_json: Sequence[str], connection: Any = None
+        self,
+        template: Job,
+        args_json: Sequence[str],
+        connection: Any = None,
+        *,
+        durable: bool = True,
     ) -> list[int]:
         """Insert one job per argument text, all from one template; their ids in order.
 
         A batch larger than DEFER_CHUNK_BYTES goes in several statements; without
         the caller's connection they share one transaction of the connector, so
-        the batch stays all or nothing.
+        the batch stays all or nothing. `durable=False` (docs/durability.md) commits
+        without waiting for the WAL flush; it is refused, before any SQL, where the
+        insert would run in a transaction the caller opened (the setting would last
+        until the caller's commit and weaken it).
         """
+        sync = self.connector.get_sync_connector()
+        query = "job_defer_many"
+        if not durable:
+            check_own_transaction(
+                connection, joins_caller_transaction=sync.joins_caller_transaction()
+            )
+            query = "job_defer_many_nondurable"
         if connection is None and _is_large(args_json):
-            with self.connector.get_sync_connector().transaction() as own:
-                return self._defer_template(template, args_json, own)
-        return self._defer_template(template, args_json, connection)
+            with sync.transaction() as own:
+                return self._defer_template(template, args_json, own, query)
+        return self._defer_template(template, args_json, connection, query)
 
     async def defer_from_template_async(
-        self, template: Job, args_json: Sequence[str], connection: Any = None
+        self,
+        template: Job,
+        args_json: Sequence[str],
+        connection: Any = None,
+        *,
+        durable: bool = True,
     ) -> list[int]:
+        query = "job_defer_many"
+        if not durable:
+            joins = await self.connector.joins_caller_transaction_async()
+            check_own_transaction(connection, joins_caller_transaction=joins)
+            query = "job_defer_many_nondurable"
         if connection is None and _is_large(args_json):
             async with self.connector.transaction_async() as own:
-                return await self._defer_template_async(template, args_json, own)
-        return await self._defer_template_async(template, args_json, connection)
+                return await self._defer_template_async(template, args_json, own, query)
+        return await self._defer_template_async(template, args_json, connection, query)
 
     def defer_job(self, job: Job, connection: Any = None, args_json: str | None = None) -> Job:
         texts = None if args_json is None else [args_json]

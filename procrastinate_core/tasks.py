@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypedDict, TypeVar
 
-from procrastinate_core import exceptions, flow, middleware, serialization, validation
+from procrastinate_core import exceptions, flow, manager, middleware, serialization, validation
 from procrastinate_core import retry as retry_module
 from procrastinate_core.jobs import Job
 
@@ -103,6 +103,7 @@ class JobDeferrer:
         connection: Any = None,
         *,
         flow_options: flow.FlowOptions | None = None,
+        durable: bool = True,
     ) -> None:
         self.job_manager = job_manager
         self.job = job
@@ -115,6 +116,8 @@ class JobDeferrer:
         self.flow = flow_options if flow_options is not None and flow_options.active else None
         if self.flow is not None:
             flow.check_with_job(self.flow, job)
+        #: False: the insert commits without waiting for its WAL flush (docs/durability.md)
+        self.durable = _check_durable(durable, connection, self.flow)
 
     def make_new_job(self, **task_kwargs: Any) -> Job:
         """The job to insert for these arguments; raises if they cannot be stored."""
@@ -174,7 +177,10 @@ class JobDeferrer:
         if self.flow is not None:
             return self._flow_defer(template, [self._merged(task_kwargs)])[0]
         [job_id] = self.job_manager.defer_from_template(
-            template, [self._encoded(self._merged(task_kwargs))], connection=self.connection
+            template,
+            [self._encoded(self._merged(task_kwargs))],
+            connection=self.connection,
+            durable=self.durable,
         )
         return job_id
 
@@ -182,7 +188,10 @@ class JobDeferrer:
         if self.flow is not None:
             return (await self._flow_defer_async(template, [self._merged(task_kwargs)]))[0]
         [job_id] = await self.job_manager.defer_from_template_async(
-            template, [self._encoded(self._merged(task_kwargs))], connection=self.connection
+            template,
+            [self._encoded(self._merged(task_kwargs))],
+            connection=self.connection,
+            durable=self.durable,
         )
         return job_id
 
@@ -190,7 +199,9 @@ class JobDeferrer:
         if self.flow is not None:
             return self._flow_defer(template, [self._merged(kwargs) for kwargs in task_kwargs])
         texts = [self._encoded(self._merged(kwargs)) for kwargs in task_kwargs]
-        return self.job_manager.defer_from_template(template, texts, connection=self.connection)
+        return self.job_manager.defer_from_template(
+            template, texts, connection=self.connection, durable=self.durable
+        )
 
     async def _batch_defer_async(
         self, template: Job, task_kwargs: tuple[dict[str, Any], ...]
@@ -200,7 +211,7 @@ class JobDeferrer:
             return await self._flow_defer_async(template, kwargs_list)
         texts = [self._encoded(self._merged(kwargs)) for kwargs in task_kwargs]
         return await self.job_manager.defer_from_template_async(
-            template, texts, connection=self.connection
+            template, texts, connection=self.connection, durable=self.durable
         )
 
     # -- flow control (#13): each item decided on its own, see flow.py ------------
@@ -221,6 +232,22 @@ class JobDeferrer:
             template, self.flow, kwargs_list, texts, connection=self.connection
         )
         return flow.ids_or_raise(self.job.task_name, results)
+
+
+def _check_durable(durable: Any, connection: Any, flow_options: flow.FlowOptions | None) -> bool:
+    """durable=False only where it can be honoured: see docs/durability.md."""
+    if not isinstance(durable, bool):
+        raise exceptions.ConfigurationError(f"durable={durable!r}: expected True or False")
+    if durable:
+        return True
+    if connection is not None:
+        manager.check_own_transaction(connection, joins_caller_transaction=False)
+    if flow_options is not None:
+        raise exceptions.ConfigurationError(
+            "durable=False cannot be combined with flow control (concurrency_limit, "
+            "unique_key): those defers are always durable; drop durable=False for this task."
+        )
+    return False
 
 
 class ArgumentCheck:
@@ -412,13 +439,16 @@ class Task(Generic[P, R, Args]):
         queue: str | None = None,
         priority: int | None = None,
         connection: Any = None,
+        durable: bool = True,
         **flow_options: Any,
     ) -> JobDeferrer:
         """A deferrer with some of the task's defaults overridden for this job.
 
         `connection`: a connection of yours (psycopg 3 sync or async, psycopg2,
         SQLAlchemy): the job is inserted inside its transaction and commits or
-        rolls back with it; you commit. flow_options (#13, docs/flow-control.md):
+        rolls back with it; you commit. `durable=False`: the job's own commit does
+        not wait for its WAL flush (faster; a database server crash may lose it, see
+        docs/durability.md); refused with `connection=`. flow_options (#13, docs/flow-control.md):
         concurrency_key, concurrency_limit, unique_key, unique_states, unique_for,
         on_conflict, all_or_nothing.
         """
@@ -438,6 +468,7 @@ class Task(Generic[P, R, Args]):
             self._argument_check(),
             connection=connection,
             flow_options=self.flow.evolve(**flow_options),
+            durable=durable,
         )
 
     def _argument_check(self) -> Callable[[dict[str, Any]], None] | None:

@@ -70,7 +70,8 @@ class Worker:
         self.signals = WorkerSignals()
         self._wake = asyncio.Event()
         self._stopping = False
-        self._stop_requested = asyncio.Event()
+        #: done once a stop is requested (see _stop_waiter)
+        self._stop_future: asyncio.Future[None] | None = None
         #: a fetch failed: it may have claimed jobs whose reply never arrived
         self._claims_uncertain = False
         self.runner: JobRunner | None = None
@@ -114,7 +115,8 @@ class Worker:
             )
             self.signals.stopping.emit()
         self._stopping = True
-        self._stop_requested.set()
+        if self._stop_future is not None and not self._stop_future.done():
+            self._stop_future.set_result(None)
         self._wake.set()
 
     def request_abort(self, job_id: int, reason: AbortReason) -> None:
@@ -324,14 +326,22 @@ class Worker:
             if not self._stopping:
                 await self._sleep(self.options.fetch_job_polling_interval)
 
+    def _stop_waiter(self) -> asyncio.Future[None]:
+        """One future, done at the stop request, that every claim races against. (A task
+        waiting on an event, made per claim, cost two loop turns on the latency path:
+        bench/README.md, "Where the latency goes".)"""
+        if self._stop_future is None:
+            self._stop_future = asyncio.get_running_loop().create_future()
+            if self._stopping:
+                self._stop_future.set_result(None)
+        return self._stop_future
+
     async def _until_stop(self, awaitable: Any) -> bool:
         """Await something the fetch loop needs, unless a stop comes first; True if it ended."""
         task = asyncio.ensure_future(awaitable)
-        stopped = asyncio.ensure_future(self._stop_requested.wait())
         try:
-            await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({task, self._stop_waiter()}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            stopped.cancel()
             if not task.done():
                 task.cancel()
         if task.done() and not task.cancelled():
@@ -348,10 +358,10 @@ class Worker:
         claim = asyncio.ensure_future(
             self.app.job_manager.fetch_jobs_async(self.worker_id, self.options.queues, limit)
         )
-        stopped = asyncio.ensure_future(self._stop_requested.wait())
+        racing: set[asyncio.Future[Any]] = {claim, self._stop_waiter()}
         interrupted = False
         try:
-            await asyncio.wait({claim, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
             # run() was cancelled mid-claim: the claim may have committed, so take
             # its jobs (the shutdown that follows gives them back) rather than lose them.
@@ -360,8 +370,6 @@ class Worker:
             if current is not None:
                 current.uncancel()
             self.stop()
-        finally:
-            stopped.cancel()
         try:
             jobs = await bounded(claim, SHUTDOWN_DB_TIMEOUT) if not claim.done() else claim.result()
         except TimeoutError:

@@ -227,6 +227,11 @@ class DjangoConnector(BaseSyncConnector):
                 cursor.execute(text, dict(query_params or {}))
                 return _fetch(cursor, fetch)
 
+    def joins_caller_transaction(self) -> bool:
+        """Inside the caller's atomic block; a defer from a running event loop goes to a
+        helper thread, outside any."""
+        return not _loop_running() and bool(self.connection.in_atomic_block)
+
     def transaction(self) -> contextlib.AbstractContextManager[Any]:
         """`transaction.atomic()` on this alias (a savepoint inside the caller's);
         yields the connection."""

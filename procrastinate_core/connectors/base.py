@@ -92,6 +92,15 @@ class BaseConnector(abc.ABC):
     def transaction_async(self) -> contextlib.AbstractAsyncContextManager[Any]:
         return contextlib.nullcontext(None)
 
+    def joins_caller_transaction(self) -> bool:
+        """Whether a query run now without `connection=` would join a transaction the
+        caller opened (Django's connection inside atomic()); a non-durable defer, whose
+        setting would outlive it, refuses then. Pooled connectors never do."""
+        return False
+
+    async def joins_caller_transaction_async(self) -> bool:
+        return False
+
     def execute_query(
         self, name: str, params: Params | None = None, *, connection: Any = None
     ) -> None:
@@ -177,6 +186,14 @@ class BaseSyncConnector(BaseConnector):
 
     async def execute_script_async(self, script: str) -> None:
         await sync_to_async(self.execute_script, thread_sensitive=self.thread_sensitive)(script)
+
+    async def joins_caller_transaction_async(self) -> bool:
+        """Asked in the thread the async queries run in (Django's, whose transaction counts)."""
+        if type(self).joins_caller_transaction is BaseConnector.joins_caller_transaction:
+            return False  # no hop for the connectors that never join one
+        return await sync_to_async(
+            self.joins_caller_transaction, thread_sensitive=self.thread_sensitive
+        )()
 
     @contextlib.asynccontextmanager
     async def transaction_async(self) -> AsyncIterator[Any]:

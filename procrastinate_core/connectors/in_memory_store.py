@@ -68,6 +68,9 @@ class InMemoryStore(FlowTables):  # flow control (#13): in_memory_flow.py
             self._inserted(job)
         return [{"id": job["id"], "conflict": None} for job in jobs]
 
+    # No WAL here: a non-durable defer is a defer (durable=False, docs/durability.md).
+    job_defer_many_nondurable = job_defer_many
+
     def job_fetch_many(self, p: dict[str, Any]) -> list[dict[str, Any]]:
         now = self.clock()
         queues = p.get("queues")

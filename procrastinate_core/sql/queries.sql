@@ -12,6 +12,16 @@
 -- never aborts the caller's transaction.
 SELECT id, conflict FROM pcq_defer_jobs(%(jobs)s::jsonb);
 
+-- name: job_defer_many_nondurable
+-- job_defer_many, committed without waiting for its WAL flush (configure(durable=False),
+-- docs/durability.md); the same rows. set_config(..., true) is SET LOCAL: it ends with
+-- this statement's transaction, which the manager makes sure is the defer's own (never
+-- a caller's). The uncorrelated sub-select is an InitPlan (a one-time filter):
+-- evaluated once per statement. Keep it job_defer_many plus that filter
+-- (tests/unit/test_sql.py).
+SELECT id, conflict FROM pcq_defer_jobs(%(jobs)s::jsonb)
+WHERE (SELECT set_config('synchronous_commit', 'off', true)) = 'off';
+
 -- name: job_fetch_many
 -- Claims up to %(limit)s ready jobs for worker %(worker_id)s; returns the claimed jobs.
 -- Ready (waiting_for IS NULL, migration 0006) already means due and, for a

@@ -17,7 +17,13 @@ import pytest
 from tests.integration.test_connector_contract import url_of
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
-PAGES = ["connectors.md", "observability.md", "migrating-from-procrastinate.md", "flow-control.md"]
+PAGES = [
+    "connectors.md",
+    "observability.md",
+    "migrating-from-procrastinate.md",
+    "flow-control.md",
+    "durability.md",
+]
 _BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
 ENVIRONMENT = {
     "host": "PGHOST",

@@ -27,3 +27,13 @@ def test_migrations_are_numbered_and_record_themselves():
     assert [m.version for m in migrations] == list(range(1, len(migrations) + 1))
     for m in migrations:
         assert f"VALUES ({m.version}, '{m.name}')" in m.sql
+
+
+def test_the_nondurable_defer_is_the_defer_plus_its_setting():
+    """job_defer_many_nondurable must insert exactly what job_defer_many inserts."""
+    gate = "\nWHERE (SELECT set_config('synchronous_commit', 'off', true)) = 'off'"
+    durable = sql.query("job_defer_many")
+    nondurable = sql.query("job_defer_many_nondurable")
+    assert nondurable.count(gate) == 1
+    statement = nondurable[nondurable.index("SELECT id") :].replace(gate, "")
+    assert statement.strip() == durable[durable.index("SELECT id") :].strip()
