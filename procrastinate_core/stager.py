@@ -1,4 +1,4 @@
-"""Stager: makes scheduled jobs claimable when the database clock reaches their time.
+"""Stager: makes waiting jobs claimable when the database clock says so.
 
 Claims read ready jobs only (migration 0006), so a job deferred with
 `schedule_at` / `schedule_in`, or retried with a wait, is promoted by this
@@ -7,6 +7,14 @@ service: every `interval` seconds it runs `job_promote_due` in batches of
 workers (at commit), so a due job starts within about `interval` seconds.
 Every worker runs one; the query is safe concurrently (SKIP LOCKED), and
 extra stagers only make promotion a little more prompt.
+
+Rate limits (migration 0010) wait on time too: a key whose window was full
+has a time at which a start of its window expires (pcq_rate_keys.next_at),
+and each pass settles the keys whose time has come (`job_promote_rate`, in
+batches of `batch_size` keys), then forgets expired starts
+(`rate_starts_prune`). Events (a defer, a cancel) settle keys at once; the
+stager only handles the passing of time, so a rate-held job starts within
+about `interval` seconds of its window having room.
 
 It takes what it needs (the job manager, its config, a callback), never the
 worker, so the worker supervisor can start and stop it like any service.
@@ -38,7 +46,7 @@ class Stager(Service):
     """Promotes due scheduled jobs in bounded batches; `on_promoted` is called after each."""
 
     name = "stager"
-    what = "Promoting due scheduled jobs"
+    what = "Promoting due scheduled and rate-limited jobs"
 
     def __init__(
         self,
@@ -53,13 +61,12 @@ class Stager(Service):
         self.backoff = Backoff(initial=self.config.interval, cap=max(self.config.interval, 5.0))
 
     async def stage(self) -> int:
-        """One pass: promote due jobs batch after batch; how many in total."""
+        """One pass: promote due jobs batch after batch, then rate-limited ones; how many."""
         total = 0
         for _ in range(self.config.max_batches):
             promoted = await self.job_manager.promote_due_jobs_async(self.config.batch_size)
             total += promoted
-            if promoted and self.on_promoted is not None:
-                self.on_promoted(promoted)
+            self._promoted(promoted)
             if promoted < self.config.batch_size:
                 break
         if total:
@@ -68,7 +75,32 @@ class Stager(Service):
                 total,
                 extra={"action": "jobs_promoted", "count": total},
             )
-        return total
+        return total + await self.grant_rates()
+
+    async def grant_rates(self) -> int:
+        """Settle the rate keys whose window may have room again; forget expired starts."""
+        manager, batch = self.job_manager, self.config.batch_size
+        granted = 0
+        for _ in range(self.config.max_batches):
+            keys, promoted = await manager.promote_rate_limited_async(batch)
+            granted += promoted
+            self._promoted(promoted)
+            if keys < batch:
+                break
+        for _ in range(self.config.max_batches):
+            if await manager.prune_rate_starts_async(batch) < batch:
+                break
+        if granted:
+            logger.debug(
+                "Granted %d rate-limited job(s) a start",
+                granted,
+                extra={"action": "rate_limited_jobs_promoted", "count": granted},
+            )
+        return granted
+
+    def _promoted(self, count: int) -> None:
+        if count and self.on_promoted is not None:
+            self.on_promoted(count)
 
     async def step(self) -> float:
         """Stage, then wait `interval` seconds (the Service base retries a failed pass)."""

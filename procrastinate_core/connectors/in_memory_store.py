@@ -103,7 +103,7 @@ class InMemoryStore(FlowTables):  # flow control (#13): in_memory_flow.py
             key=lambda j: j["scheduled_at"],
         )[: p["limit"]]
         for job in due:
-            self._update(job, waiting_for=None if job["lock"] is None else "lock")
+            self._update(job, waiting_for=self._due_reason(job))
         return [{"promoted": len(due)}]
 
     def job_finish_many(self, p: dict[str, Any]) -> list[dict[str, Any]]:
