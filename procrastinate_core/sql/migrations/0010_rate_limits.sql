@@ -167,9 +167,12 @@ BEGIN
             GET DIAGNOSTICS moved = ROW_COUNT;
             total := total + moved;
         END IF;
+        -- (ordered as the index, so the plan never turns into a scan of the table)
         IF EXISTS (
             SELECT 1 FROM pcq_jobs
             WHERE rate_key = one_key AND status = 'todo' AND waiting_for = 'rate'
+            ORDER BY priority DESC, id
+            LIMIT 1
         ) THEN
             -- the earliest a unit of the window can free: its oldest start
             -- expiring (a job granted now starts at now_at or later)
