@@ -6,12 +6,12 @@ key is not inserted, or replaces the waiting one, when another job of that key
 is in one of `unique_states`. Both are decided by the database at defer time
 (pcq_defer_flow) and by its triggers afterwards, so they hold across every
 worker and every process that defers. A job with a rate key waits (as 'rate',
-migration 0010) until it is granted one of the `rate_limit` starts its key
+migration 0011) until it is granted one of the `rate_limit` starts its key
 may make per `rate_period` seconds, counted on the database clock. Pause and resume are JobManager
 operations (they change no job option); see docs/flow-control.md.
 
 This module only validates options and builds the defer payload; the SQL is
-in queries.sql (job_defer_flow_many) and migrations 0008 and 0010.
+in queries.sql (job_defer_flow_many) and migrations 0008 and 0011.
 """
 
 from __future__ import annotations

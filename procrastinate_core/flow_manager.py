@@ -4,7 +4,7 @@ and the stager's promotion of rate-limited jobs.
 A mixin of JobManager (manager.py), written like it: each operation is a
 builder returning an Op or a plan, `plans.paired()` makes the sync and async
 pair. The SQL is in queries.sql (job_defer_flow_many, paused_set, paused_list)
-and migrations 0008 and 0010; see docs/flow-control.md.
+and migrations 0008 and 0011; see docs/flow-control.md.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ class FlowOperations(HasConnector):
     async def resume_task_async(self, task_name: str) -> int:
         return await self._paused_async("task", task_name, False)
 
-    # -- rate limits: the stager's side (migration 0010) ----------------------------
+    # -- rate limits: the stager's side (migration 0011) ----------------------------
     def _promote_rate_limited(self, limit: int = 1000) -> Op[tuple[int, int]]:
         """Grant starts to jobs of up to `limit` rate keys whose window may have room again.
 

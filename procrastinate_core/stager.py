@@ -8,7 +8,7 @@ workers (at commit), so a due job starts within about `interval` seconds.
 Every worker runs one; the query is safe concurrently (SKIP LOCKED), and
 extra stagers only make promotion a little more prompt.
 
-Rate limits (migration 0010) wait on time too: a key whose window was full
+Rate limits (migration 0011) wait on time too: a key whose window was full
 has a time at which a start of its window expires (pcq_rate_keys.next_at),
 and each pass settles the keys whose time has come (`job_promote_rate`, in
 batches of `batch_size` keys), then forgets expired starts

@@ -1,11 +1,11 @@
-"""Flow control (migrations 0008, 0010) for the in-memory connector: limits, pauses,
+"""Flow control (migrations 0008, 0011) for the in-memory connector: limits, pauses,
 unique jobs, rate limits.
 
 What 0008's functions and triggers do, in Python, on InMemoryTables' dicts:
 the 'limit' waiting reason and pcq_settle_limits (slots given to the best
 waiting jobs of a key when a holder leaves or a job enters it), the pause
 gate and pcq_set_paused, and pcq_defer_flow (unique keys with on_conflict,
-per item; all_or_nothing inserts nothing when one conflicts); 0010's 'rate'
+per item; all_or_nothing inserts nothing when one conflicts); 0011's 'rate'
 waiting reason, pcq_rate_starts, pcq_rate_keys and pcq_settle_rates. The
 named queries job_defer_flow_many, paused_set, paused_list,
 job_promote_rate and rate_starts_prune are methods here; InMemoryStore
@@ -106,7 +106,7 @@ class FlowTables(InMemoryTables):
             keys.add(new["concurrency_key"])  # type: ignore[index]
         for key in sorted(keys):
             self._settle_limit(key)
-        # pcq_rate_after_insert / _update / _delete (migration 0010)
+        # pcq_rate_after_insert / _update / _delete (migration 0011)
         if (
             new is not None
             and new["status"] == "doing"

@@ -27,7 +27,7 @@ RETURNING id;
 -- 3,000,000 finished rows): Limit -> LockRows -> Index Scan on
 -- pcq_jobs_ready_idx (pcq_jobs_ready_queue_idx with queues), reading only
 -- the rows it claims (plus rows other claimers hold, skipped).
--- With 1,000,000 rate-held rows (migration 0010, 10 keys) beside 10,000 ready
+-- With 1,000,000 rate-held rows (migration 0011, 10 keys) beside 10,000 ready
 -- ones: the same plan, 1.6 ms for 50 jobs warm; the rate trigger
 -- (pcq_jobs_rate_updated) adds 0.05-0.2 ms per claim statement, 0.3 ms when
 -- the claimed jobs are rate-limited (their starts recorded).
@@ -473,7 +473,7 @@ SELECT count(*) AS promoted FROM promoted;
 -- name: job_promote_rate
 -- The stager: settles up to %(limit)s rate-limited keys whose window may have
 -- room again (pcq_rate_keys.next_at reached on the database clock, migration
--- 0010), granting starts to their best waiting jobs; returns how many keys it
+-- 0011), granting starts to their best waiting jobs; returns how many keys it
 -- looked at and how many jobs it granted. A key another transaction is
 -- settling is skipped (it stays due). Plan: an Index Scan on
 -- pcq_rate_keys_next_idx, then per key an index probe on

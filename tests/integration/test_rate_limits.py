@@ -1,4 +1,4 @@
-"""Rate limits (#13 point 2, migration 0010) on every connector, then PostgreSQL-only checks.
+"""Rate limits (#13 point 2, migration 0011) on every connector, then PostgreSQL-only checks.
 
 A job's readiness is checked the way a worker sees it: by what a claim
 returns. Checks that a window holds use an hour-long period (nothing expires

@@ -1,4 +1,6 @@
--- 0010 (renamed 0011 at merge): rate limits on the readiness model of 0006/0008.
+-- 0011: rate limits on the readiness model of 0006/0008. (Written on branch
+-- h-rate as 0010_rate_limits.sql recording version 10, before 0010 existed:
+-- at merge, rename the file to 0011 and the version recorded at the end.)
 -- At most rate_limit *starts* per rate_period seconds per rate_key, across
 -- every worker, decided on the database clock.
 --
@@ -399,4 +401,5 @@ BEGIN
 END;
 $$;
 
+-- [merge] 11 once this file is 0011_rate_limits.sql
 INSERT INTO pcq_migrations (version, name) VALUES (10, 'rate_limits');
