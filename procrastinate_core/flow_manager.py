@@ -112,9 +112,18 @@ class FlowOperations(HasConnector):
 
     promote_rate_limited, promote_rate_limited_async = paired(_promote_rate_limited)
 
-    def _prune_rate_starts(self, limit: int = 1000) -> Op[int]:
-        """Forget up to `limit` recorded starts older than their period (they bound nothing)."""
-        return Op("rate_starts_prune", {"limit": int(limit)}, "one", _first("pruned"))
+    def _prune_rate_starts(self, limit: int = 1000) -> Op[tuple[int, float | None]]:
+        """Forget up to `limit` recorded starts older than their period (they bound nothing).
+
+        Returns (how many, seconds until the next rate key is due or None): a
+        window may free sooner than the stager's next pass.
+        """
+        return Op(
+            "rate_starts_prune",
+            {"limit": int(limit)},
+            "one",
+            lambda row: (int(row["pruned"]), row["next_in"]),
+        )
 
     prune_rate_starts, prune_rate_starts_async = paired(_prune_rate_starts)
 

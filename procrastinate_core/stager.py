@@ -13,8 +13,9 @@ has a time at which a start of its window expires (pcq_rate_keys.next_at),
 and each pass settles the keys whose time has come (`job_promote_rate`, in
 batches of `batch_size` keys), then forgets expired starts
 (`rate_starts_prune`). Events (a defer, a cancel) settle keys at once; the
-stager only handles the passing of time, so a rate-held job starts within
-about `interval` seconds of its window having room.
+stager only handles the passing of time: it wakes when the earliest window
+frees (sooner than `interval` if need be), so a rate-held job becomes
+claimable within a few milliseconds of its window having room.
 
 It takes what it needs (the job manager, its config, a callback), never the
 worker, so the worker supervisor can start and stop it like any service.
@@ -40,6 +41,8 @@ class StagerConfig:
     batch_size: int = 1000
     #: batches per pass at most, so one pass has a bound even under a flood of due jobs
     max_batches: int = 100
+    #: seconds at least between two passes woken early for a rate window
+    min_rate_wait: float = 0.05
 
 
 class Stager(Service):
@@ -59,6 +62,8 @@ class Stager(Service):
         self.config = config or StagerConfig()
         self.on_promoted = on_promoted
         self.backoff = Backoff(initial=self.config.interval, cap=max(self.config.interval, 5.0))
+        #: seconds until a rate key is due (None: none waits), as of the last pass
+        self.next_rate_in: float | None = None
 
     async def stage(self) -> int:
         """One pass: promote due jobs batch after batch, then rate-limited ones; how many."""
@@ -88,7 +93,8 @@ class Stager(Service):
             if keys < batch:
                 break
         for _ in range(self.config.max_batches):
-            if await manager.prune_rate_starts_async(batch) < batch:
+            pruned, self.next_rate_in = await manager.prune_rate_starts_async(batch)
+            if pruned < batch:
                 break
         if granted:
             logger.debug(
@@ -103,6 +109,16 @@ class Stager(Service):
             self.on_promoted(count)
 
     async def step(self) -> float:
-        """Stage, then wait `interval` seconds (the Service base retries a failed pass)."""
+        """Stage, then wait `interval` seconds, or less when a rate window frees sooner.
+
+        Waking for a window keeps a per-second limit near its rate (grants only
+        at passes a second apart would halve "N/s"); the floor keeps a key that
+        stays due (its settling skipped behind a caller's open transaction)
+        from turning the stager into a busy loop. The Service base retries a
+        failed pass.
+        """
         await self.stage()
-        return self.config.interval
+        interval = self.config.interval
+        if self.next_rate_in is None:
+            return interval
+        return min(interval, max(self.next_rate_in, self.config.min_rate_wait))

@@ -298,4 +298,6 @@ class FlowTables(InMemoryTables):
         )[: p["limit"]]
         gone = set(expired)
         self.rate_starts = [s for i, s in enumerate(self.rate_starts) if i not in gone]
-        return [{"pruned": len(gone)}]
+        soonest = min(self.rate_keys.values(), default=None)
+        next_in = None if soonest is None else (soonest - now).total_seconds()
+        return [{"pruned": len(gone), "next_in": next_in}]

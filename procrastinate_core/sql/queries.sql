@@ -491,8 +491,10 @@ SELECT (SELECT count(*) FROM due) AS keys,
 
 -- name: rate_starts_prune
 -- The stager: forgets up to %(limit)s recorded starts of rate-limited jobs
--- whose period is over (they count for no window); returns how many. Plan:
--- an Index Scan on pcq_rate_starts_expires_idx.
+-- whose period is over (they count for no window); returns how many, and in
+-- how many seconds the next rate key is due (NULL: none waits), so the
+-- stager can wake for it rather than at its next pass. Plans: an Index Scan
+-- on pcq_rate_starts_expires_idx; the first entry of pcq_rate_keys_next_idx.
 WITH gone AS (
     DELETE FROM pcq_rate_starts
     WHERE ctid = ANY (ARRAY(
@@ -504,7 +506,9 @@ WITH gone AS (
     ))
     RETURNING 1
 )
-SELECT count(*) AS pruned FROM gone;
+SELECT (SELECT count(*) FROM gone) AS pruned,
+       (SELECT extract(epoch FROM k.next_at - now())::float8
+        FROM pcq_rate_keys AS k ORDER BY k.next_at LIMIT 1) AS next_in;
 
 -- name: database_now
 -- Returns the database's clock as Unix time (seconds): time decisions made in

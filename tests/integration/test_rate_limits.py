@@ -19,7 +19,7 @@ import pytest
 import procrastinate_core as pc
 from procrastinate_core import exceptions
 from procrastinate_core.manager import JobOutcome
-from procrastinate_core.stager import Stager
+from procrastinate_core.stager import Stager, StagerConfig
 from procrastinate_core.testing import InMemoryConnector
 from tests.django import contract as django_contract
 from tests.integration import test_connector_contract as contract
@@ -91,6 +91,20 @@ async def test_time_frees_the_window_through_the_stager(every_connector):
         starts = sorted(j.started_at for j in await m.list_jobs_async() if j.started_at)
         gaps = [(b - a).total_seconds() for a, b in zip(starts, starts[1:], strict=False)]
         assert all(gap >= period for gap in gaps), gaps  # one start per period, on the db clock
+
+
+async def test_the_stager_wakes_when_a_window_frees(every_connector):
+    """Not at its next pass a whole interval later: "N/s" would run at half its rate."""
+    app = every_connector.app()
+    async with app.open_async():
+        m = app.job_manager
+        w = await m.register_worker_async("w")
+        stager = Stager(m, StagerConfig(interval=30))
+        assert await stager.step() == 30  # no rate key waits
+        await app.configure_task("t", rate_limit=1, rate_period=0.5).batch_defer_async({}, {})
+        assert len(await claim(m, w)) == 1
+        wait = await stager.step()
+        assert stager.config.min_rate_wait <= wait <= 0.5  # when the first start expires
 
 
 async def test_keys_string_form_and_priority(every_connector):
