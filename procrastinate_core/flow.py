@@ -274,6 +274,27 @@ def _resolve(option: str, key: Key | None, kwargs: dict[str, Any], task_name: st
     return value
 
 
+def limit_fields(
+    flow: FlowOptions | None, task_name: str, kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """The concurrency and rate columns of one job; a limit without a key keys on the task."""
+    if flow is None:
+        flow = FlowOptions()
+    concurrency_key = flow.concurrency_key
+    if concurrency_key is None and flow.concurrency_limit is not None:
+        concurrency_key = task_name
+    rate_key = flow.rate_key
+    if rate_key is None and flow.rate_limit is not None:
+        rate_key = task_name
+    return {
+        "concurrency_key": _resolve("concurrency_key", concurrency_key, kwargs, task_name),
+        "concurrency_limit": flow.concurrency_limit,
+        "rate_key": _resolve("rate_key", rate_key, kwargs, task_name),
+        "rate_limit": flow.rate_limit,
+        "rate_period": flow.rate_period,
+    }
+
+
 def payload(
     template: Job,
     flow: FlowOptions,
@@ -282,16 +303,6 @@ def payload(
 ) -> str:
     """job_defer_flow_many's JSON array: one object per job, its args as already-encoded text."""
     name = template.task_name
-    concurrency_key = (
-        flow.concurrency_key
-        if flow.concurrency_key is not None
-        else (name if flow.concurrency_limit is not None else None)
-    )
-    rate_key = (
-        flow.rate_key
-        if flow.rate_key is not None
-        else (name if flow.rate_limit is not None else None)
-    )
     common = {
         "queue_name": template.queue,
         "task_name": name,
@@ -300,20 +311,16 @@ def payload(
         "queueing_lock": template.queueing_lock,
         "scheduled_at": template.scheduled_at.isoformat() if template.scheduled_at else None,
         "schedule_in_seconds": template.schedule_in_seconds,
-        "concurrency_limit": flow.concurrency_limit,
         "unique_states": list(flow.unique_states),
         "unique_seconds": flow.unique_for,
         "on_conflict": flow.on_conflict,
-        "rate_limit": flow.rate_limit,
-        "rate_period": flow.rate_period,
     }
     items = []
     for kwargs, args in zip(kwargs_list, args_json, strict=True):
         fields = {
             **common,
-            "concurrency_key": _resolve("concurrency_key", concurrency_key, kwargs, name),
+            **limit_fields(flow, name, kwargs),
             "unique_key": _resolve("unique_key", flow.unique_key, kwargs, name),
-            "rate_key": _resolve("rate_key", rate_key, kwargs, name),
         }
         items.append('{"args":' + args + "," + json.dumps(fields)[1:])
     return "[" + ",".join(items) + "]"
@@ -352,4 +359,12 @@ def ids_or_raise(task_name: str, results: list[DeferResult]) -> list[int]:
     return [r.job_id for r in results]  # type: ignore[misc]
 
 
-__all__ = ["DeferResult", "FlowOptions", "OnConflict", "build", "check_with_job", "payload"]
+__all__ = [
+    "DeferResult",
+    "FlowOptions",
+    "OnConflict",
+    "build",
+    "check_with_job",
+    "limit_fields",
+    "payload",
+]

@@ -335,7 +335,9 @@ ORDER BY id;
 -- name: periodic_defer
 -- Defers the job of one periodic tick unless that tick was already deferred
 -- (by this or any other worker); returns the new job's id, nothing otherwise.
--- A tick whose queueing lock is taken is recorded but defers nothing.
+-- A tick whose queueing lock is taken is recorded but defers nothing. The
+-- task's concurrency and rate limits (migrations 0008, 0011) go with the job;
+-- the triggers settle them as for any defer.
 WITH tick AS (
     INSERT INTO pcq_periodic_defers (task_name, periodic_id, defer_timestamp, job_id)
     VALUES (%(task_name)s, %(periodic_id)s, %(defer_timestamp)s,
@@ -343,10 +345,13 @@ WITH tick AS (
     ON CONFLICT DO NOTHING
     RETURNING job_id
 )
-INSERT INTO pcq_jobs (id, queue_name, task_name, priority, lock, queueing_lock, args)
+INSERT INTO pcq_jobs (id, queue_name, task_name, priority, lock, queueing_lock, args,
+                      concurrency_key, concurrency_limit, rate_key, rate_limit, rate_period)
 OVERRIDING SYSTEM VALUE
 SELECT tick.job_id, %(queue_name)s, %(task_name)s, %(priority)s, %(lock)s,
-       %(queueing_lock)s, %(args)s::jsonb
+       %(queueing_lock)s, %(args)s::jsonb,
+       %(concurrency_key)s::text, %(concurrency_limit)s::integer,
+       %(rate_key)s::text, %(rate_limit)s::integer, %(rate_period)s::float8
 FROM tick
 ON CONFLICT (queueing_lock) WHERE status = 'todo' AND queueing_lock IS NOT NULL DO NOTHING
 RETURNING id;
@@ -373,7 +378,7 @@ SELECT version FROM pcq_migrations ORDER BY version;
 -- rows only (their partial indexes), never the finished ones, so its cost does
 -- not grow with history.
 -- Waiting jobs are read one reason at a time, each branch matching one partial
--- index of migrations 0006/0008 exactly (no index covers every todo row, and a
+-- index of migrations 0006/0008/0011 exactly (no index covers every todo row, and a
 -- plain status = 'todo' would scan the table: 440 ms at 10,000,000 finished jobs).
 WITH todo AS (
     SELECT queue_name, scheduled_at, created_at, waiting_for FROM pcq_jobs
@@ -387,6 +392,9 @@ WITH todo AS (
     UNION ALL
     SELECT queue_name, scheduled_at, created_at, waiting_for FROM pcq_jobs
     WHERE status = 'todo' AND waiting_for = 'limit'
+    UNION ALL
+    SELECT queue_name, scheduled_at, created_at, waiting_for FROM pcq_jobs
+    WHERE status = 'todo' AND waiting_for = 'rate'
     UNION ALL
     SELECT queue_name, scheduled_at, created_at, waiting_for FROM pcq_jobs
     WHERE status = 'todo' AND waiting_for = 'pause'

@@ -19,6 +19,7 @@ import pytest
 import procrastinate_core as pc
 from procrastinate_core import exceptions
 from procrastinate_core.manager import JobOutcome
+from procrastinate_core.periodic_deferrer import PeriodicDeferrer
 from procrastinate_core.stager import Stager, StagerConfig
 from procrastinate_core.testing import InMemoryConnector
 from tests.django import contract as django_contract
@@ -59,6 +60,9 @@ async def test_a_key_starts_at_most_n_per_period_whatever_happens_to_the_jobs(ev
         assert [j.status for j in await m.list_jobs_async(id=ids[1])] == [pc.Status.TODO]
         types = [e["type"] for e in await m.list_job_events_async(ids[2])]
         assert types == ["deferred"]  # waiting for a grant is not an event
+        # the queue's stats count the rate-held jobs as waiting (todo)
+        [stats] = await m.get_queue_stats_async()
+        assert (stats.todo, stats.doing) == (5, 1)  # ids[1] (retried), ids[2:]; `free` runs
 
         # A granted job cancelled (or deleted) before it starts gives its grant back.
         other = app.configure_task("u", rate_limit=1, rate_period=HOUR)
@@ -306,3 +310,30 @@ def test_a_defer_holding_the_key_does_not_stall_the_stager(app, db_dsn):
         conn.rollback()
     [k2_rows] = [[j for j in m.list_jobs() if j.status == pc.Status.DOING]]
     assert len(k2_rows) == 3  # K's first, K2's two; K's second still waits (its key was skipped)
+
+
+async def test_periodic_jobs_carry_their_tasks_limits(every_connector):
+    """A periodic task's concurrency limit and rate limit hold for its ticks' jobs."""
+    app = every_connector.app()
+    for name, options in (("every_tick_one_at_a_time", {"concurrency_limit": 1}),
+                          ("every_tick_once_an_hour", {"rate_limit": "1/h"})):  # fmt: skip
+
+        async def tick(timestamp: int) -> int:
+            return timestamp
+
+        app.periodic(cron="* * * * * *", periodic_id=name)(app.task(name=name, **options)(tick))
+    async with app.open_async():
+        m = app.job_manager
+        w = await m.register_worker_async()
+        start = float(int(datetime.datetime.now(UTC).timestamp()))
+        clock = [start]
+        deferrer = PeriodicDeferrer.from_app(app, clock=lambda: clock[0])
+        for second in range(3):
+            clock[0] = start + second
+            assert await deferrer.defer_due() == 2
+        claimed = await m.fetch_jobs_async(w, None, 10)
+        assert sorted(job.task_name for job in claimed) == [
+            "every_tick_once_an_hour",
+            "every_tick_one_at_a_time",
+        ]
+        assert len(await m.list_jobs_async(status="todo")) == 4  # held by their limits
