@@ -83,7 +83,7 @@ def test_rate_limits_with_a_worker_killed(harness: Harness) -> None:
     """4 workers x concurrency 4; 2 keys x 24 jobs, at most 4 starts per 1.5 s per key;
     one worker SIGKILLed while it runs some of them, then two more started."""
     keys = ["R0", "R1"]
-    rated = {key: _defer_rated(harness, key, 24, 0.4) for key in keys}
+    rated = {key: _defer_rated(harness, key, 24, 0.8) for key in keys}
     victim = harness.start_worker("A", concurrency=4)
     victim.expected_exit = -signal.SIGKILL
     harness.start_worker("B", concurrency=4)
