@@ -18,8 +18,8 @@ same run (shape and clean rounds alternate):
   limit 100 each (never binding: the cost of settling a key at each finish);
 - `rated_drain`: the drained jobs themselves carry 10 rate keys whose limit
   never binds (the cost of a grant at defer and a recorded start at claim);
-- `rate_bound`: the drained jobs carry one rate key that binds, `free / 5`
-  starts per second: its figure is the achieved rate of starts (from the first
+- `rate_bound`: up to 600 jobs carry one rate key that binds, a sixth of
+  them per second (100/s: far under what the worker drains clean): its figure is the achieved rate of starts (from the first
   to the last, on the database clock) over the limit, which must stay <= 1;
   the busiest one-second window is checked to hold at most the limit.
 
@@ -177,9 +177,13 @@ def _prepare(dsn: str, shape: str, free: int, backlog: int) -> None:
         conn.execute("VACUUM ANALYZE pcq_jobs")
 
 
-def rate_of(free: int) -> int:
-    """The binding limit of `rate_bound`: about five windows' worth of jobs."""
-    return max(10, free // 5)
+#: jobs of `rate_bound` at most: its limit must stay well under what one worker drains
+BOUND_JOBS = 600
+
+
+def rate_of(jobs: int) -> int:
+    """The binding limit of `rate_bound` (its jobs take six windows)."""
+    return max(10, jobs // 6)
 
 
 _LEFT = "SELECT count(*) FROM pcq_jobs WHERE queue_name = 'default' AND status <> 'succeeded'"
@@ -255,6 +259,8 @@ def round_(
     make_db: Callable[[], str], drop_db: Callable[[str], None], shape: str, free: int, backlog: int
 ) -> float:
     """jobs/s of one drain (rate_bound: the achieved rate over the limit)."""
+    if shape == "rate_bound":
+        free = min(free, BOUND_JOBS)
     db = make_db()
     try:
         _prepare(db, shape, free, backlog)
