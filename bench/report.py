@@ -24,9 +24,12 @@ EXTRAS = (
 
 
 def unit(scenario: str) -> str:
-    return {"latency": "p50 ms", "memory": "RSS end/10%", "backlog": "worst ratio"}.get(
-        scenario, "jobs/s"
-    )
+    return {
+        "latency": "p50 ms",
+        "memory": "RSS end/10%",
+        "backlog": "worst ratio",
+        "flow_control": "worst ratio",
+    }.get(scenario, "jobs/s")
 
 
 def lower_is_better(scenario: str) -> bool:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from bench import backlog, broker_runs, mixed
+from bench import backlog, broker_runs, flow_control, mixed
 from bench.broker_runs import applies as broker_applies
 from bench.floor import Floor
 from bench.peers_broker import BrokerSystem
@@ -47,11 +47,11 @@ SCENARIOS = [
     "drain_batched",
     "latency",
 ]
-EXTRA_SCENARIOS = ["memory", "backlog", "mixed_c10"]
+EXTRA_SCENARIOS = ["memory", "backlog", "mixed_c10", "flow_control"]
 FLOOR_ONLY = {"drain_batched"}
 NOT_FOR_FLOOR = {"memory", "mixed_c10"}
 #: scenarios of one system only (they read its tables)
-ONLY_FOR = {"backlog": "ours"}
+ONLY_FOR = {"backlog": "ours", "flow_control": "ours"}
 
 
 @dataclass
@@ -104,6 +104,9 @@ async def _settled(server: Server, dbname: str) -> Snapshot:
 async def run(server: Server, system: System, scenario: str, sizes: Sizes) -> Outcome:
     if scenario == "backlog":  # one fresh database per shape
         worst, jobs, extra = await backlog.run(server, system, sizes.scale)
+        return Outcome(worst, jobs, extra)
+    if scenario == "flow_control":  # one fresh database per round (#13)
+        worst, jobs, extra = await flow_control.run(server, system, sizes.scale)
         return Outcome(worst, jobs, extra)
 
     if isinstance(system, BrokerSystem):

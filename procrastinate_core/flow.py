@@ -1,15 +1,17 @@
-"""Flow control options of a task or job: concurrency limits and unique jobs.
+"""Flow control options of a task or job: concurrency limits, rate limits and unique jobs.
 
 A job with a concurrency key waits (as 'limit', migration 0008) until fewer
 than `concurrency_limit` jobs of its key run or are ready; a job with a unique
 key is not inserted, or replaces the waiting one, when another job of that key
 is in one of `unique_states`. Both are decided by the database at defer time
 (pcq_defer_flow) and by its triggers afterwards, so they hold across every
-worker and every process that defers. Pause and resume are JobManager
+worker and every process that defers. A job with a rate key waits (as 'rate',
+migration 0012) until it is granted one of the `rate_limit` starts its key
+may make per `rate_period` seconds, counted on the database clock. Pause and resume are JobManager
 operations (they change no job option); see docs/flow-control.md.
 
 This module only validates options and builds the defer payload; the SQL is
-in queries.sql (job_defer_flow_many) and migration 0008.
+in queries.sql (job_defer_flow_many) and migrations 0008 and 0012.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -31,6 +34,11 @@ ON_CONFLICT = ("raise", "ignore", "replace")
 UNIQUE_STATES = ("todo", "doing", "succeeded", "failed", "cancelled", "aborted")
 FINISHED = ("succeeded", "failed", "cancelled", "aborted")
 DEFAULT_UNIQUE_STATES = ("todo", "doing")
+#: seconds per unit of a Celery-style rate string ("10/m")
+RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)?\s*([smhd])\s*$")
+#: rate_period when rate_limit is a number without one: per second, as Celery's
+DEFAULT_RATE_PERIOD = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,15 +54,27 @@ class FlowOptions:
     on_conflict: OnConflict = "raise"
     #: in batch_defer: one conflict (on_conflict="raise") inserts none of the batch
     all_or_nothing: bool = False
+    rate_key: Key | None = None
+    #: starts per rate_period allowed to the rate key (None: no rate limit)
+    rate_limit: int | None = None
+    #: seconds; None unless rate_limit is set
+    rate_period: float | None = None
 
     @property
     def active(self) -> bool:
-        return self.concurrency_limit is not None or self.unique_key is not None
+        return (
+            self.concurrency_limit is not None
+            or self.unique_key is not None
+            or self.rate_limit is not None
+        )
 
     def evolve(self, **changes: Any) -> FlowOptions:
         """These options with the given ones (None: keep) overridden, validated."""
         given = {k: v for k, v in changes.items() if v is not None}
-        return build(**{**dataclasses.asdict(self), **given})
+        current = dataclasses.asdict(self)
+        if "rate_limit" in given and "rate_period" not in given:
+            current["rate_period"] = None  # "10/m", or a number per second, replaces both
+        return build(**{**current, **given})
 
 
 def _check_key(option: str, value: Any) -> Key | None:
@@ -79,6 +99,9 @@ OPTION_NAMES = frozenset(
         "unique_for",
         "on_conflict",
         "all_or_nothing",
+        "rate_key",
+        "rate_limit",
+        "rate_period",
     }
 )
 
@@ -104,6 +127,9 @@ def _build(
     unique_for: Any = None,
     on_conflict: Any = "raise",
     all_or_nothing: Any = False,
+    rate_key: Any = None,
+    rate_limit: Any = None,
+    rate_period: Any = None,
 ) -> FlowOptions:
     key = _check_key("concurrency_key", concurrency_key)
     if concurrency_limit is not None and (
@@ -150,6 +176,18 @@ def _build(
         raise exceptions.ConfigurationError(
             f"all_or_nothing={all_or_nothing!r}: expected True or False"
         )
+    rkey = _check_key("rate_key", rate_key)
+    limit, period = _check_rate(rate_limit, rate_period)
+    if rkey is not None and limit is None:
+        raise exceptions.ConfigurationError(
+            f"rate_key={rkey!r} needs rate_limit=N (how many of its jobs may start per "
+            "rate_period seconds), or a string such as rate_limit='10/m'"
+        )
+    if limit is not None and concurrency_limit is not None:
+        raise exceptions.ConfigurationError(
+            f"concurrency_limit={concurrency_limit} and rate_limit={rate_limit!r} cannot be "
+            "combined on one job yet; use one or the other (docs/flow-control.md)"
+        )
     return FlowOptions(
         concurrency_key=key,
         concurrency_limit=concurrency_limit,
@@ -158,7 +196,59 @@ def _build(
         unique_for=None if unique_for is None else float(unique_for),
         on_conflict=on_conflict,
         all_or_nothing=all_or_nothing,
+        rate_key=rkey,
+        rate_limit=limit,
+        rate_period=period,
     )
+
+
+def _check_rate(rate_limit: Any, rate_period: Any) -> tuple[int | None, float | None]:
+    """(starts, seconds) from an int and a period, or from Celery's "10/m" form."""
+    if isinstance(rate_period, datetime.timedelta):
+        rate_period = rate_period.total_seconds()
+    if rate_period is not None and (
+        isinstance(rate_period, bool)
+        or not isinstance(rate_period, int | float)
+        or not 0 < rate_period < 10**9
+    ):
+        raise exceptions.ConfigurationError(
+            f"rate_period={rate_period!r}: expected a positive number of seconds or a timedelta"
+        )
+    if rate_limit is None:
+        if rate_period is not None:
+            raise exceptions.ConfigurationError(
+                f"rate_period={rate_period!r} needs rate_limit=N (how many starts per period)"
+            )
+        return None, None
+    if isinstance(rate_limit, str):
+        match = _RATE_RE.match(rate_limit)
+        if match is None:
+            raise exceptions.ConfigurationError(
+                f"rate_limit={rate_limit!r}: expected a whole number of starts, or a string "
+                "'N/s', 'N/m', 'N/h', 'N/d' (per second, minute, hour, day) or 'N/10s'"
+            )
+        if rate_period is not None:
+            raise exceptions.ConfigurationError(
+                f"rate_limit={rate_limit!r} already says its period; drop "
+                f"rate_period={rate_period!r} (or give rate_limit as a number)"
+            )
+        count = int(match.group(1))
+        rate_period = float(match.group(2) or 1) * RATE_UNITS[match.group(3)]
+        if not 0 < rate_period < 10**9:
+            raise exceptions.ConfigurationError(
+                f"rate_limit={rate_limit!r}: the period must be positive"
+            )
+        rate_limit = count
+    if (
+        isinstance(rate_limit, bool)
+        or not isinstance(rate_limit, int)
+        or not 1 <= rate_limit < 2**31
+    ):
+        raise exceptions.ConfigurationError(
+            f"rate_limit={rate_limit!r}: expected a whole number of starts >= 1 "
+            "(or a string such as '10/m')"
+        )
+    return rate_limit, float(DEFAULT_RATE_PERIOD if rate_period is None else rate_period)
 
 
 def check_with_job(flow: FlowOptions, job: Job) -> None:
@@ -168,6 +258,11 @@ def check_with_job(flow: FlowOptions, job: Job) -> None:
             f"task {job.task_name!r}: lock={job.lock!r} and concurrency_limit="
             f"{flow.concurrency_limit} cannot be combined; a lock is a concurrency limit of 1 "
             "in order: use one or the other"
+        )
+    if flow.rate_limit is not None and job.lock is not None:
+        raise exceptions.ConfigurationError(
+            f"task {job.task_name!r}: lock={job.lock!r} and rate_limit={flow.rate_limit} "
+            "cannot be combined on one job yet; use one or the other (docs/flow-control.md)"
         )
 
 
@@ -183,6 +278,27 @@ def _resolve(option: str, key: Key | None, kwargs: dict[str, Any], task_name: st
     return value
 
 
+def limit_fields(
+    flow: FlowOptions | None, task_name: str, kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """The concurrency and rate columns of one job; a limit without a key keys on the task."""
+    if flow is None:
+        flow = FlowOptions()
+    concurrency_key = flow.concurrency_key
+    if concurrency_key is None and flow.concurrency_limit is not None:
+        concurrency_key = task_name
+    rate_key = flow.rate_key
+    if rate_key is None and flow.rate_limit is not None:
+        rate_key = task_name
+    return {
+        "concurrency_key": _resolve("concurrency_key", concurrency_key, kwargs, task_name),
+        "concurrency_limit": flow.concurrency_limit,
+        "rate_key": _resolve("rate_key", rate_key, kwargs, task_name),
+        "rate_limit": flow.rate_limit,
+        "rate_period": flow.rate_period,
+    }
+
+
 def payload(
     template: Job,
     flow: FlowOptions,
@@ -191,11 +307,6 @@ def payload(
 ) -> str:
     """job_defer_flow_many's JSON array: one object per job, its args as already-encoded text."""
     name = template.task_name
-    concurrency_key = (
-        flow.concurrency_key
-        if flow.concurrency_key is not None
-        else (name if flow.concurrency_limit is not None else None)
-    )
     common: dict[str, Any] = {
         "queue_name": template.queue,
         "task_name": name,
@@ -204,7 +315,6 @@ def payload(
         "queueing_lock": template.queueing_lock,
         "scheduled_at": template.scheduled_at.isoformat() if template.scheduled_at else None,
         "schedule_in_seconds": template.schedule_in_seconds,
-        "concurrency_limit": flow.concurrency_limit,
         "unique_states": list(flow.unique_states),
         "unique_seconds": flow.unique_for,
         "on_conflict": flow.on_conflict,
@@ -215,7 +325,7 @@ def payload(
     for kwargs, args in zip(kwargs_list, args_json, strict=True):
         fields = {
             **common,
-            "concurrency_key": _resolve("concurrency_key", concurrency_key, kwargs, name),
+            **limit_fields(flow, name, kwargs),
             "unique_key": _resolve("unique_key", flow.unique_key, kwargs, name),
         }
         items.append('{"args":' + args + "," + json.dumps(fields)[1:])
@@ -261,4 +371,12 @@ def ids_or_raise(task_name: str, results: list[DeferResult]) -> list[int]:
     return [r.job_id for r in results]  # type: ignore[misc]
 
 
-__all__ = ["DeferResult", "FlowOptions", "OnConflict", "build", "check_with_job", "payload"]
+__all__ = [
+    "DeferResult",
+    "FlowOptions",
+    "OnConflict",
+    "build",
+    "check_with_job",
+    "limit_fields",
+    "payload",
+]

@@ -1,9 +1,10 @@
-"""JobManager's flow-control operations (#13): defers with limits or unique keys, pause/resume.
+"""JobManager's flow-control operations (#13): defers with limits or unique keys, pause/resume,
+and the stager's promotion of rate-limited jobs.
 
 A mixin of JobManager (manager.py), written like it: each operation is a
 builder returning an Op or a plan, `plans.paired()` makes the sync and async
 pair. The SQL is in queries.sql (job_defer_flow_many, paused_set, paused_list)
-and migration 0008; see docs/flow-control.md.
+and migrations 0008 and 0012; see docs/flow-control.md.
 """
 
 from __future__ import annotations
@@ -93,6 +94,38 @@ class FlowOperations(HasConnector):
 
     async def resume_task_async(self, task_name: str) -> int:
         return await self._paused_async("task", task_name, False)
+
+    # -- rate limits: the stager's side (migration 0012) ----------------------------
+    def _promote_rate_limited(self, limit: int = 1000) -> Op[tuple[int, int]]:
+        """Grant starts to jobs of up to `limit` rate keys whose window may have room again.
+
+        Time, not an event, frees a window, so the stager calls this every pass
+        (database clock). Returns (keys looked at, jobs granted); keys looked at
+        == `limit` means more may be due.
+        """
+        return Op(
+            "job_promote_rate",
+            {"limit": int(limit)},
+            "one",
+            lambda row: (int(row["keys"]), int(row["promoted"])),
+        )
+
+    promote_rate_limited, promote_rate_limited_async = paired(_promote_rate_limited)
+
+    def _prune_rate_starts(self, limit: int = 1000) -> Op[tuple[int, float | None]]:
+        """Forget up to `limit` recorded starts older than their period (they bound nothing).
+
+        Returns (how many, seconds until the next rate key is due or None): a
+        window may free sooner than the stager's next pass.
+        """
+        return Op(
+            "rate_starts_prune",
+            {"limit": int(limit)},
+            "one",
+            lambda row: (int(row["pruned"]), row["next_in"]),
+        )
+
+    prune_rate_starts, prune_rate_starts_async = paired(_prune_rate_starts)
 
     def _list_paused(self) -> Op[list[dict[str, Any]]]:
         """Paused queues and tasks: kind ('queue' or 'task'), name, paused_at."""

@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from procrastinate_core import exceptions, serialization, validation
+from procrastinate_core import exceptions, flow, serialization, validation
 from procrastinate_core.connectors.base import BaseConnector
 from procrastinate_core.flow_manager import FlowOperations
 from procrastinate_core.jobs import Job, Status
@@ -306,10 +306,13 @@ class JobManager(FlowOperations, HasConnector):  # FlowOperations: flow control 
         return (await self.batch_defer_jobs_async([job], connection=connection, args_json=texts))[0]
 
     def _defer_periodic_job(
-        self, job: Job, periodic_id: str, defer_timestamp: int
+        self, job: Job, periodic_id: str, defer_timestamp: int, limits: dict[str, Any] | None = None
     ) -> Op[int | None]:
-        """Defer one periodic tick unless any worker already did; the job id or None."""
+        """Defer one periodic tick unless any worker already did; the job id or None.
+
+        `limits`: the task's concurrency and rate columns (flow.limit_fields)."""
         params = {
+            **(limits or flow.limit_fields(None, job.task_name, {})),
             "task_name": job.task_name,
             "periodic_id": periodic_id,
             "defer_timestamp": defer_timestamp,

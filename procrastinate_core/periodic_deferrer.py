@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from croniter import croniter
 
-from procrastinate_core import exceptions
+from procrastinate_core import exceptions, flow
 from procrastinate_core.manager import JobManager
 from procrastinate_core.periodic import DatabaseClock, PeriodicTask, read_clock
 from procrastinate_core.service import Backoff, Service
@@ -127,8 +127,10 @@ class PeriodicDeferrer(Service):
         task_kwargs = dict(kwargs.pop("task_kwargs", None) or {})
         deferrer = task.configure(**kwargs)
         job = deferrer.make_new_job(**task_kwargs, timestamp=tick)
+        # the task's concurrency and rate limits hold for its periodic jobs too (#13)
+        limits = flow.limit_fields(deferrer.flow, task.name, job.task_kwargs)
         job_id = await self.job_manager.defer_periodic_job_async(
-            job, periodic_task.periodic_id, tick
+            job, periodic_task.periodic_id, tick, limits
         )
         if job_id is None:
             return 0

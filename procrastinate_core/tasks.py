@@ -392,7 +392,7 @@ class Task(Generic[P, R, Args]):
         )
         #: concurrency_key/_limit, unique_key/_states/_for, on_conflict (flow.py, #13)
         self.flow = flow.build(**flow_options)
-        if self.flow.concurrency_limit is not None:
+        if self.flow.concurrency_limit is not None or self.flow.rate_limit is not None:
             flow.check_with_job(self.flow, make_job(self.name, lock=self.lock))
         if timeout is not None and (isinstance(timeout, bool) or not timeout > 0):
             raise exceptions.ConfigurationError(

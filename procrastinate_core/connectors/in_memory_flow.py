@@ -1,12 +1,15 @@
-"""Flow control (migration 0008) for the in-memory connector: limits, pauses, unique jobs.
+"""Flow control (migrations 0008, 0012) for the in-memory connector: limits, pauses,
+unique jobs, rate limits.
 
 What 0008's functions and triggers do, in Python, on InMemoryTables' dicts:
 the 'limit' waiting reason and pcq_settle_limits (slots given to the best
 waiting jobs of a key when a holder leaves or a job enters it), the pause
 gate and pcq_set_paused, and pcq_defer_flow (unique keys with on_conflict,
-per item; all_or_nothing inserts nothing when one conflicts). The named
-queries job_defer_flow_many, paused_set and paused_list are methods here;
-InMemoryStore inherits them.
+per item; all_or_nothing inserts nothing when one conflicts); 0012's 'rate'
+waiting reason, pcq_rate_starts, pcq_rate_keys and pcq_settle_rates. The
+named queries job_defer_flow_many, paused_set, paused_list,
+job_promote_rate and rate_starts_prune are methods here; InMemoryStore
+inherits them.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from procrastinate_core import exceptions
-from procrastinate_core.connectors.in_memory_tables import InMemoryTables, timestamp
+from procrastinate_core.connectors.in_memory_tables import InMemoryTables
 
 _HOLDING_WAITS = (None, "pause")
 
@@ -39,6 +42,20 @@ def _waits_for_slot(job: Mapping[str, Any] | None) -> bool:
     return job is not None and job["status"] == "todo" and job.get("waiting_for") == "limit"
 
 
+def _granted(job: Mapping[str, Any] | None) -> bool:
+    """Granted a start and not claimed yet (ready, or ready but paused)."""
+    return (
+        job is not None
+        and job.get("rate_key") is not None
+        and job["status"] == "todo"
+        and job.get("waiting_for") in _HOLDING_WAITS
+    )
+
+
+def _waits_for_rate(job: Mapping[str, Any] | None) -> bool:
+    return job is not None and job["status"] == "todo" and job.get("waiting_for") == "rate"
+
+
 class FlowTables(InMemoryTables):
     """InMemoryTables plus pcq_paused and what migration 0008's triggers do."""
 
@@ -47,13 +64,28 @@ class FlowTables(InMemoryTables):
             super().reset()
             #: pcq_paused: (kind, name) -> paused_at
             self.paused: dict[tuple[str, str], datetime.datetime] = {}
+            #: pcq_rate_starts: (rate_key, started_at, expires_at, job_id)
+            self.rate_starts: list[tuple[str, datetime.datetime, datetime.datetime, int]] = []
+            #: pcq_rate_keys: rate_key -> next_at
+            self.rate_keys: dict[str, datetime.datetime] = {}
 
     # -- the schema's behaviour --------------------------------------------------
     def _wait_reason(self, job: Mapping[str, Any]) -> str | None:
         reason = super()._wait_reason(job)
         if reason is None and job["status"] == "todo" and job.get("concurrency_key") is not None:
             return "limit"
+        if reason is None and job["status"] == "todo" and job.get("rate_key") is not None:
+            return "rate"
         return reason
+
+    @staticmethod
+    def _due_reason(job: Mapping[str, Any]) -> str | None:
+        """What job_promote_due gives a due job: its lock, slot or rate grant to wait for."""
+        if job["lock"] is not None:
+            return "lock"
+        if job.get("concurrency_key") is not None:
+            return "limit"
+        return "rate" if job.get("rate_key") is not None else None
 
     def _is_paused(self, job: Mapping[str, Any]) -> bool:
         return ("queue", job["queue_name"]) in self.paused or (
@@ -75,6 +107,28 @@ class FlowTables(InMemoryTables):
             keys.add(new["concurrency_key"])  # type: ignore[index]
         for key in sorted(keys):
             self._settle_limit(key)
+        # pcq_rate_after_insert / _update / _delete (migration 0012)
+        if (
+            new is not None
+            and new["status"] == "doing"
+            and (old is None or old["status"] != "doing")
+        ):
+            if new.get("rate_key") is not None:
+                started = new["started_at"]
+                expires = started + datetime.timedelta(seconds=new["rate_period"])
+                self.rate_starts.append((new["rate_key"], started, expires, new["id"]))
+        rate_keys = set()
+        if _granted(old) and not (
+            (new is not None and new["status"] == "doing")
+            or (_granted(new) and new["rate_key"] == old["rate_key"])  # type: ignore[index]
+        ):
+            rate_keys.add(old["rate_key"])  # type: ignore[index]
+        if _waits_for_rate(new) and not (
+            _waits_for_rate(old) and old["rate_key"] == new["rate_key"]  # type: ignore[index]
+        ):
+            rate_keys.add(new["rate_key"])  # type: ignore[index]
+        for key in sorted(rate_keys):
+            self._settle_rate(key)
 
     def _settle_limit(self, key: str) -> None:
         """pcq_settle_limits for one key."""
@@ -93,6 +147,28 @@ class FlowTables(InMemoryTables):
         )
         for job in waiting[: max(waiting[0]["concurrency_limit"] - held, 0)]:
             self._update(job, waiting_for=None)
+
+    def _settle_rate(self, key: str) -> int:
+        """pcq_settle_rates for one key; how many jobs it granted."""
+        waiting = sorted(
+            (j for j in self.jobs.values() if j.get("rate_key") == key and _waits_for_rate(j)),
+            key=lambda j: (-j["priority"], j["id"]),
+        )
+        if not waiting:
+            self.rate_keys.pop(key, None)
+            return 0
+        now = self.clock()
+        period = datetime.timedelta(seconds=waiting[0]["rate_period"])
+        starts = [at for k, at, _, _ in self.rate_starts if k == key and at > now - period]
+        granted = sum(1 for j in self.jobs.values() if j.get("rate_key") == key and _granted(j))
+        free: int = max(int(waiting[0]["rate_limit"]) - len(starts) - granted, 0)
+        for job in waiting[:free]:
+            self._update(job, waiting_for=None)
+        if any(j.get("rate_key") == key and _waits_for_rate(j) for j in self.jobs.values()):
+            self.rate_keys[key] = min(starts, default=now) + period
+        else:
+            self.rate_keys.pop(key, None)
+        return min(free, len(waiting))
 
     # -- unique jobs ---------------------------------------------------------------
     def _unique_conflict(self, item: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -134,10 +210,13 @@ class FlowTables(InMemoryTables):
                 if job.get("unique_key") == item["unique_key"] and job["status"] == "todo":
                     self._update(job, status="cancelled", finished_at=self.clock())
         job = self._new_job(item)
-        job["scheduled_at"] = timestamp(item.get("scheduled_at"))
+        # _new_job set scheduled_at (schedule_in_seconds on this clock, as pcq_defer_flow)
         job["concurrency_key"] = item.get("concurrency_key")
         job["concurrency_limit"] = item.get("concurrency_limit")
         job["unique_key"] = item.get("unique_key")
+        job["rate_key"] = item.get("rate_key")
+        job["rate_limit"] = item.get("rate_limit")
+        job["rate_period"] = item.get("rate_period")
         self._inserted(job)
         outcome = "inserted" if found is None else "replaced"
         return {
@@ -218,3 +297,21 @@ class FlowTables(InMemoryTables):
             {"kind": kind, "name": name, "paused_at": at}
             for (kind, name), at in sorted(self.paused.items())
         ]
+
+    def job_promote_rate(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        now = self.clock()
+        due = sorted((at, key) for key, at in self.rate_keys.items() if at <= now)[: p["limit"]]
+        promoted = sum(self._settle_rate(key) for _, key in sorted(due, key=lambda d: d[1]))
+        return [{"keys": len(due), "promoted": promoted}]
+
+    def rate_starts_prune(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        now = self.clock()
+        expired = sorted(
+            (i for i, start in enumerate(self.rate_starts) if start[2] < now),
+            key=lambda i: self.rate_starts[i][2],
+        )[: p["limit"]]
+        gone = set(expired)
+        self.rate_starts = [s for i, s in enumerate(self.rate_starts) if i not in gone]
+        soonest = min(self.rate_keys.values(), default=None)
+        next_in = None if soonest is None else (soonest - now).total_seconds()
+        return [{"pruned": len(gone), "next_in": next_in}]

@@ -108,7 +108,7 @@ class InMemoryStore(FlowTables):  # flow control (#13): in_memory_flow.py
             key=lambda j: j["scheduled_at"],
         )[: p["limit"]]
         for job in due:
-            self._update(job, waiting_for=None if job["lock"] is None else "lock")
+            self._update(job, waiting_for=self._due_reason(job))
         return [{"promoted": len(due)}]
 
     def job_finish_many(self, p: dict[str, Any]) -> list[dict[str, Any]]:
@@ -435,7 +435,16 @@ class InMemoryStore(FlowTables):  # flow control (#13): in_memory_flow.py
         if self._queueing_lock_taken(p.get("queueing_lock")):
             return []
         record = {**p, "args": json.loads(p["args"]) if p.get("args") is not None else {}}
-        self._inserted(self._new_job(record, job_id=job_id))
+        job = self._new_job(record, job_id=job_id)
+        for column in (
+            "concurrency_key",
+            "concurrency_limit",
+            "rate_key",
+            "rate_limit",
+            "rate_period",
+        ):
+            job[column] = p.get(column)  # flow control (#13)
+        self._inserted(job)
         return [{"id": job_id}]
 
     def periodic_defers_prune(self, p: dict[str, Any]) -> list[dict[str, Any]]:

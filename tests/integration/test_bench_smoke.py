@@ -62,6 +62,9 @@ def check_rows(rows: list[dict[str, Any]], systems: list[str]) -> None:
                 assert 0 < extra["p50"] <= extra["p95"] <= extra["p99"], row
             if scenario == "backlog":  # every shape drained, with its clean rounds
                 assert all(extra[f"{shape}_ratio"] > 0 for shape in scenarios.backlog.SHAPES), row
+            if scenario == "flow_control":  # every shape drained; a rate limit never exceeded
+                assert all(extra[f"{shape}_ratio"] > 0 for shape in scenarios.flow_control.BESIDE)
+                assert 0 < extra["rate_bound_ratio"] <= 1, row
             if scenario == "memory":
                 assert extra["rss_first_mib"] > 0 and extra["rss_last_mib"] > 0, row
 

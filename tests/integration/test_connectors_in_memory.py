@@ -41,6 +41,9 @@ async def _scenario(app: pc.App, seed: int) -> list[Any]:
                 # readiness (#12): a job scheduled for later waits, even in a lock's line
                 "schedule_in": rng.choice([None, None, None, {"hours": 1}]),
             }
+            if options["lock"] is None and rng.random() < 0.3:
+                # rate limits (#13): an hour-long window, so the answers do not depend on time
+                options.update(rate_key=rng.choice(["R1", "R2"]), rate_limit=2, rate_period=3600)
             deferrer = app.configure_task(rng.choice(["t1", "t2"]), **options)
             try:
                 if op == "defer":
@@ -92,6 +95,7 @@ async def _scenario(app: pc.App, seed: int) -> list[Any]:
             except exceptions.AlreadyEnqueued:
                 answers.append(("retry", "AlreadyEnqueued"))
     answers.append(("promote", await m.promote_due_jobs_async()))  # nothing is due yet
+    answers.append(("promote_rate", await m.promote_rate_limited_async()))  # nor any window
     known = sorted(job_id for job_id, (worker, _) in running.items() if worker == workers[1])[:1]
     answers.append(("release", sorted(await m.release_unknown_jobs_async(workers[1], known))))
     await m.unregister_worker_async(workers[0])
@@ -111,6 +115,7 @@ async def _scenario(app: pc.App, seed: int) -> list[Any]:
                 j.worker_id,
                 j.abort_requested,
                 j.task_kwargs,
+                j.started_at is not None,
             )
             for j in jobs
         ]
