@@ -21,7 +21,8 @@ same run (shape and clean rounds alternate):
 - `rate_bound`: up to 600 jobs carry one rate key that binds, a sixth of
   them per second (100/s: far under what the worker drains clean): its
   figure is the achieved rate of starts (from the first to the last, on the
-  database clock) over the limit, which must stay <= 1; the busiest one-second window is checked to hold at most the limit.
+  database clock) over the limit, which must stay <= 1; the busiest one-second
+  window is checked to hold at most the limit.
 
 Each round gets a fresh database (dropped after). It writes one line per round
 and a summary of ratios; the figures go in bench/README.md by hand.
