@@ -381,6 +381,8 @@ class ProcrastinateJobAdmin(admin.ModelAdmin):
                 return super().changelist_view(request, extra)
         except DatabaseError as exc:
             return _missing_schema_response(exc)
+        except exceptions.SchemaNotInstalled as exc:  # from the filters' counts (JobManager)
+            return HttpResponse(str(exc), status=503, content_type="text/plain; charset=utf-8")
 
 
 @admin.register(models_module.ProcrastinateWorker)
