@@ -6,8 +6,8 @@ pcq_admin_10m), loads it with plain SQL (triggers off, as bench/backlog.py):
 7 % failed with an error, 2 % cancelled, 1 % aborted), 5,000 waiting and 50
 running jobs, and the history (3 events) of the newest 1,000,000 jobs. Then it
 renders each admin page through Django's test client (the full request path,
-as a superuser) `--reps` times and prints the median and range of each, and
-the planner's estimate next to the exact count where the admin estimates.
+as a superuser) `--reps` times (a search once) and prints the median and range
+of each with the count the page shows, then two exact counts to compare.
 `--keep` leaves the database for another run (`--no-load` reuses it); without
 it the database is dropped. At 10,000,000 rows it takes about 2.3 GB.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import time
 from typing import Any
@@ -121,7 +122,7 @@ def configure_django(params: dict[str, Any]) -> None:
     django.setup()
 
 
-def measure(reps: int, newest: int) -> list[tuple[str, list[float], int]]:
+def measure(reps: int, newest: int) -> list[tuple[str, list[float], str]]:
     from django.contrib.auth.models import User
     from django.core.management import call_command
     from django.test import Client
@@ -142,14 +143,21 @@ def measure(reps: int, newest: int) -> list[tuple[str, list[float], int]]:
         "summary": base + "summary/",
         "dashboard": base + "dashboard/?refresh=0",
     }
+    pages["job list, page 100"] = base + "?p=100"
+    pages["job list, search (reads the table)"] = base + "?q=app.tasks.t7"
     results = []
     for name, url in pages.items():
         times = []
-        for _ in range(reps):
+        for _ in range(1 if "search" in name else reps):
             start = time.perf_counter()
             response = client.get(url)
             times.append((time.perf_counter() - start) * 1000)
-        results.append((name, times, response.status_code))
+        page = response.content.decode()
+        found = re.search(r"(about )?(\d+) jobs\s*(</span>)?\s*(<a|</nav>)", page) or re.search(
+            r"By status \((about )?(\d+) job", page
+        )
+        shown = f"{found.group(1) or ''}{int(found.group(2)):,}" if found else ""
+        results.append((name, times, f"{response.status_code} {shown}"))
     return results
 
 
@@ -183,15 +191,19 @@ def main() -> None:
                 size = conn.execute("SELECT pg_database_size(current_database())").fetchone()
             print(f"# loaded in {time.monotonic() - start:.0f} s, {size[0] / 2**30:.2f} GiB")
         with psycopg.connect(dsn, autocommit=True) as conn:
-            newest = conn.execute(
-                "SELECT max(job_id) FROM pcq_events"
-            ).fetchone()[0]  # a finished job with its history
+            newest = conn.execute("SELECT max(job_id) FROM pcq_events").fetchone()[
+                0
+            ]  # a finished job with its history
         print(f"# {args.rows:,} finished jobs, median of {args.reps} (min-max), ms")
         for page, times, status in measure(args.reps, newest):
             print(
                 f"| {page} | {statistics.median(times):.0f} | {min(times):.0f}-{max(times):.0f} |"
                 f" {status} |"
             )
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for what, where in (("all", "true"), ("failed", "status = 'failed'")):
+                exact = conn.execute(f"SELECT count(*) FROM pcq_jobs WHERE {where}").fetchone()
+                print(f"# exact count, {what}: {exact[0]:,}")
     finally:
         from django.db import connections
 
