@@ -6,7 +6,8 @@ shows estimates, marked "about" / "≈", and keeps exact what is cheap:
 
 - the job list counts exactly when PostgreSQL's planner expects the count to
   cost less than EXACT_COUNT_MAX_COST (a small table, or a filter an index
-  answers), and otherwise shows the planner's estimate of the matching rows;
+  answers) or expects fewer than EXACT_COUNT_MAX_ROWS matches, and otherwise
+  shows the planner's estimate of the matching rows;
 - the summary and the queue and task filters count waiting and running jobs
   exactly (their partial indexes) and estimate finished ones from a sample
   once pcq_jobs holds more than ESTIMATE_ABOVE rows
@@ -34,6 +35,9 @@ ESTIMATE_ABOVE = 200_000
 #: The planner's cost units (about one page read each) under which the list counts
 #: exactly; reading a 300,000-row table in full costs about 10,000.
 EXACT_COUNT_MAX_COST = 10_000.0
+#: An estimate of fewer matching rows is checked by an exact count (see EstimatingPaginator):
+#: above the admin's list_max_show_all (200), so that "Show all" never trusts an estimate.
+EXACT_COUNT_MAX_ROWS = 1_000
 
 
 def planner_estimate(queryset: QuerySet[Any]) -> tuple[int, float]:
@@ -43,9 +47,15 @@ def planner_estimate(queryset: QuerySet[Any]) -> tuple[int, float]:
 
 
 class EstimatingPaginator(Paginator):
-    """Counts exactly only when that is cheap; else the planner's estimate (`estimated`)."""
+    """Counts exactly only when that is cheap; else the planner's estimate (`estimated`).
+
+    A small estimate is always checked by an exact count: the admin shows every row
+    at once (no LIMIT) when the count says they fit on one page or under "Show
+    all", which an estimate that is too low must never decide.
+    """
 
     exact_count_max_cost = EXACT_COUNT_MAX_COST
+    exact_count_max_rows = EXACT_COUNT_MAX_ROWS
     estimated = False
 
     @cached_property
@@ -54,7 +64,7 @@ class EstimatingPaginator(Paginator):
         if not isinstance(queryset, QuerySet):
             return super().count
         rows, cost = planner_estimate(queryset)
-        if cost <= self.exact_count_max_cost:
+        if cost <= self.exact_count_max_cost or rows <= self.exact_count_max_rows:
             return queryset.count()
         self.estimated = True
         return rows

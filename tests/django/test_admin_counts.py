@@ -85,6 +85,7 @@ def test_above_the_cost_line_the_list_shows_the_planners_estimate(
     staff: Client, five_jobs: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(admin_counts.EstimatingPaginator, "exact_count_max_cost", -1.0)
+    monkeypatch.setattr(admin_counts.EstimatingPaginator, "exact_count_max_rows", 0)
     response = staff.get(CHANGELIST)
     cl = response.context["cl"]
     assert (cl.result_count, cl.paginator.estimated) == (5, True)
@@ -92,6 +93,20 @@ def test_above_the_cost_line_the_list_shows_the_planners_estimate(
     assert len(cl.result_list) == 5  # the rows themselves are read as before
     filtered = staff.get(CHANGELIST, {"status__exact": "failed"}).context["cl"]
     assert (filtered.result_count, filtered.paginator.estimated) == (2, True)
+
+
+def test_a_small_estimate_is_checked_by_an_exact_count(
+    staff: Client, five_jobs: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Django lists every row unpaginated when the count fits a page: never on an estimate."""
+    monkeypatch.setattr(admin_counts.EstimatingPaginator, "exact_count_max_cost", -1.0)
+    with connection.cursor() as cursor:  # the planner still believes in 5 rows
+        cursor.execute(
+            "INSERT INTO pcq_jobs (queue_name, task_name) SELECT 'bulk', 't' FROM generate_series(1, 60)"
+        )
+    cl = staff.get(CHANGELIST).context["cl"]
+    assert (cl.result_count, cl.paginator.estimated, cl.multi_page) == (65, False, True)
+    assert len(cl.result_list) == 50  # one page, with a LIMIT
 
 
 def test_the_cost_line_is_the_planners_cost_of_the_count(staff: Client, five_jobs: None) -> None:
