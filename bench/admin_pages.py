@@ -24,7 +24,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from bench.server import find_server
+from bench.server import find_server, scalar
 
 _LOAD = [
     "SET session_replication_role = replica",  # bulk load: no triggers
@@ -189,12 +189,10 @@ def main() -> None:
                     conn.execute(statement, {"rows": args.rows})
                 if args.rows >= 1_000_000:
                     conn.execute("CHECKPOINT")  # flush the load now, not during the timings
-                size = conn.execute("SELECT pg_database_size(current_database())").fetchone()
-            print(f"# loaded in {time.monotonic() - start:.0f} s, {size[0] / 2**30:.2f} GiB")
+                size = scalar(conn, "SELECT pg_database_size(current_database())")
+            print(f"# loaded in {time.monotonic() - start:.0f} s, {size / 2**30:.2f} GiB")
         with psycopg.connect(dsn, autocommit=True) as conn:
-            newest = conn.execute("SELECT max(job_id) FROM pcq_events").fetchone()[
-                0
-            ]  # a finished job with its history
+            newest = scalar(conn, "SELECT max(job_id) FROM pcq_events")  # one with its history
         print(f"# {args.rows:,} finished jobs, median of {args.reps} (min-max), ms")
         for page, times, status in measure(args.reps, newest):
             print(
@@ -202,9 +200,11 @@ def main() -> None:
                 f" {status} |"
             )
         with psycopg.connect(dsn, autocommit=True) as conn:
-            for what, where in (("all", "true"), ("failed", "status = 'failed'")):
-                exact = conn.execute(f"SELECT count(*) FROM pcq_jobs WHERE {where}").fetchone()
-                print(f"# exact count, {what}: {exact[0]:,}")
+            for what, query in (
+                ("all", "SELECT count(*) FROM pcq_jobs"),
+                ("failed", "SELECT count(*) FROM pcq_jobs WHERE status = 'failed'"),
+            ):
+                print(f"# exact count, {what}: {scalar(conn, query):,}")
     finally:
         from django.db import connections
 
