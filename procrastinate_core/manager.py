@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 QUEUEING_LOCK_CONSTRAINT = "pcq_jobs_queueing_lock_uniq"
 #: Finished jobs deleted per transaction by delete_old_jobs (and remove_old_jobs).
 DELETE_OLD_JOBS_BATCH_SIZE = 10_000
+#: Rows sampled (about) when count_job_rows estimates finished jobs.
+COUNT_SAMPLE_ROWS = 20_000
 #: A batch whose arguments' JSON text is larger is sent in several statements, so that
 #: no jsonb array nears PostgreSQL's 255 MiB limit (each job alone may be up to
 #: max_payload_bytes). Small batches, the common case, stay one statement.
@@ -145,6 +147,24 @@ def _already_enqueued(detail: Any) -> exceptions.AlreadyEnqueued:
         f"a job with this queueing lock is already waiting to run ({detail}). "
         "Catch AlreadyEnqueued to ignore it, or use another queueing_lock."
     )
+
+
+def _count_params(
+    group_by: str,
+    queue: str | None,
+    task: str | None,
+    status: str | Status | None,
+    lock: str | None,
+) -> dict[str, Any]:
+    if group_by not in ("queue", "task", "lock"):
+        raise ValueError(f"group_by={group_by!r}: expected 'queue', 'task' or 'lock'")
+    return {
+        "group_by": group_by,
+        "queue": validation.check_filter("queue", queue),
+        "task": validation.check_filter("task", task),
+        "status": Status(status).value if status is not None else None,
+        "lock": validation.check_filter("lock", lock),
+    }
 
 
 def _pivot_counts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -597,16 +617,50 @@ class JobManager(FlowOperations, HasConnector):  # FlowOperations: flow control 
         status: str | Status | None = None,
         lock: str | None = None,
     ) -> Op[list[dict[str, Any]]]:
-        params = {
-            "group_by": group_by,
-            "queue": validation.check_filter("queue", queue),
-            "task": validation.check_filter("task", task),
-            "status": Status(status).value if status is not None else None,
-            "lock": validation.check_filter("lock", lock),
-        }
+        params = _count_params(group_by, queue, task, status, lock)
         return Op("job_count_by", params, "all", _pivot_counts)
 
     _count_by, _count_by_async = paired(_count_jobs_by)
+
+    def _count_job_rows(
+        self,
+        group_by: Literal["queue", "task", "lock"],
+        queue: str | None = None,
+        task: str | None = None,
+        status: str | Status | None = None,
+        lock: str | None = None,
+        estimate_above: int | None = None,
+    ) -> Plan[list[dict[str, Any]]]:
+        """(name, status, count, estimated) per name and status, for views of a big table.
+
+        Exact, unless `estimate_above` is given and pcq_jobs holds more rows than
+        that (the planner's count): then finished jobs are estimated from a sample
+        of about COUNT_SAMPLE_ROWS rows, since counting them reads the whole table
+        (seconds at 10,000,000). Waiting and running jobs are always exact.
+        """
+        params = _count_params(group_by, queue, task, status, lock)
+        if estimate_above is not None:
+            if (
+                isinstance(estimate_above, bool)
+                or not isinstance(estimate_above, int)
+                or estimate_above < 0
+            ):
+                raise ValueError(
+                    f"estimate_above must be a number of rows >= 0 (or None: always exact), "
+                    f"got {estimate_above!r}"
+                )
+            rows = yield Op("job_table_rows", {}, "one", _first("rows"))
+            if rows is not None and rows > estimate_above:
+                percent = min(100.0, 100.0 * COUNT_SAMPLE_ROWS / max(rows, 1))
+                sampled = {**params, "rows": rows, "sample_percent": percent}
+                estimated: list[dict[str, Any]] = yield Op(
+                    "job_count_by_sampled", sampled, "all", list
+                )
+                return estimated
+        exact = yield Op("job_count_by", params, "all", list)
+        return [{**row, "estimated": False} for row in exact]
+
+    count_job_rows, count_job_rows_async = paired(_count_job_rows)
 
     def list_queues(self, **filters: Any) -> list[dict[str, Any]]:
         """Per queue: name, jobs_count and a count per status."""

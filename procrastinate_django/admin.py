@@ -17,7 +17,7 @@ import django
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db import DatabaseError, router, transaction
-from django.db.models import Count, Q, QuerySet, TextField
+from django.db.models import Q, QuerySet, TextField
 from django.db.models.functions import Cast
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -30,7 +30,7 @@ from django.utils.safestring import mark_safe
 from procrastinate_core import exceptions, validation
 from procrastinate_core.connectors import errors
 from procrastinate_core.jobs import Status
-from procrastinate_django import admin_actions, admin_flow_actions
+from procrastinate_django import admin_actions, admin_counts, admin_flow_actions
 from procrastinate_django import models as models_module
 from procrastinate_django.models import ProcrastinateJob
 
@@ -103,10 +103,22 @@ class ProcrastinateJobAdmin(admin.ModelAdmin):
         "last_change",
     ]
     list_display_links = ["id", "task"]
-    list_filter = ["status", "queue_name", "task_name", "created_at", "finished_at"]
+    # Queue and task choices come from count_job_rows, not a DISTINCT over every row;
+    # no date_hierarchy (its min/max and date list read the whole table). See admin_counts.
+    list_filter = [
+        "status",
+        admin_counts.QueueFilter,
+        admin_counts.TaskFilter,
+        "created_at",
+        "finished_at",
+    ]
     search_fields = ["=id", "task_name", "lock", "queueing_lock"]
-    date_hierarchy = "created_at"
     list_per_page = 50
+    # The count under the list: exact when cheap, else the planner's estimate ("about").
+    paginator = admin_counts.EstimatingPaginator
+    show_full_result_count = False
+    #: Rows in pcq_jobs above which the summary and the filters estimate finished jobs.
+    estimate_above: int | None = admin_counts.ESTIMATE_ABOVE
     actions = [
         admin_actions.retry_jobs,
         admin_actions.cancel_jobs,
@@ -331,37 +343,14 @@ class ProcrastinateJobAdmin(admin.ModelAdmin):
         return TemplateResponse(request, "admin/procrastinate_django/dashboard.html", context)
 
     def summary_view(self, request: HttpRequest) -> HttpResponse:
-        """Counts of jobs by status, by queue and by task."""
+        """Counts of jobs by status, by queue and by task (finished ones estimated when many)."""
         if not self.has_view_permission(request):
             raise PermissionDenied
-        statuses = [status.value for status in Status]
-        jobs = ProcrastinateJob.objects.all()
-        by_status = dict(jobs.values_list("status").annotate(n=Count("id")).order_by())
-
-        def grouped(column: str) -> list[dict[str, Any]]:
-            table: dict[str, dict[str, Any]] = {}
-            for name, status, count in (
-                jobs.values_list(column, "status").annotate(n=Count("id")).order_by()
-            ):
-                row = table.setdefault(
-                    name, {"name": name, "counts": dict.fromkeys(statuses, 0), "total": 0}
-                )
-                row["counts"][status] = count
-                row["total"] += count
-            return [
-                {**row, "cells": [row["counts"][s] for s in statuses]}
-                for row in sorted(table.values(), key=lambda r: r["name"])
-            ]
-
         context = {
             **self.admin_site.each_context(request),
+            **admin_counts.summary(self.estimate_above),
             "title": "Job summary",
             "opts": self.model._meta,
-            "statuses": statuses,
-            "by_status": [(s, by_status.get(s, 0)) for s in statuses],
-            "total": sum(by_status.values()),
-            "by_queue": grouped("queue_name"),
-            "by_task": grouped("task_name"),
             "changelist_url": reverse("admin:procrastinate_django_procrastinatejob_changelist"),
             # Django 6 draws breadcrumbs as a list, earlier versions as a div.
             "breadcrumbs_as_list": django.VERSION >= (6, 0),
@@ -394,6 +383,8 @@ class ProcrastinateJobAdmin(admin.ModelAdmin):
                 return super().changelist_view(request, extra)
         except DatabaseError as exc:
             return _missing_schema_response(exc)
+        except exceptions.SchemaNotInstalled as exc:  # from the filters' counts (JobManager)
+            return HttpResponse(str(exc), status=503, content_type="text/plain; charset=utf-8")
 
 
 @admin.register(models_module.ProcrastinateWorker)

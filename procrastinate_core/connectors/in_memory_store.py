@@ -310,6 +310,10 @@ class InMemoryStore(FlowTables):  # flow control (#13): in_memory_flow.py
         ]
         return rows if p.get("limit") is None else rows[: p["limit"]]
 
+    def job_table_rows(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        # No planner statistics here, and counting is cheap: count_job_rows stays exact.
+        return [{"rows": None}]
+
     def job_count_by(self, p: dict[str, Any]) -> list[dict[str, Any]]:
         column = {"queue": "queue_name", "task": "task_name"}.get(p["group_by"], "lock")
         filters = {"queue": "queue_name", "task": "task_name", "status": "status", "lock": "lock"}
@@ -322,6 +326,13 @@ class InMemoryStore(FlowTables):  # flow control (#13): in_memory_flow.py
         return [
             {"name": name, "status": status, "count": counts[(name, status)]}
             for name, status in order
+        ]
+
+    def job_count_by_sampled(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        # A sample of every row: the counts are exact, the finished ones marked as sampled.
+        return [
+            {**row, "estimated": row["status"] not in ("todo", "doing")}
+            for row in self.job_count_by(p)
         ]
 
     def job_events_list(self, p: dict[str, Any]) -> list[dict[str, Any]]:
