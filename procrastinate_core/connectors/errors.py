@@ -17,6 +17,7 @@ from procrastinate_core import exceptions
 
 UNIQUE_VIOLATION = "23505"
 UNDEFINED_TABLE = "42P01"
+UNDEFINED_FUNCTION = "42883"
 #: What the missing-schema error tells users to run.
 SCHEMA_FIX = (
     "Apply the schema: `python manage.py migrate` with Django, otherwise "
@@ -75,6 +76,9 @@ def describe_target(params: Mapping[str, Any]) -> str:
 
 #: Our tables are named pcq_*; the name is quoted in the server's message whatever its language.
 _OUR_TABLE = re.compile(r'"(pcq_\w+)"')
+#: "function pcq_defer_jobs(jsonb) does not exist": a query calling one of our
+#: functions on a database whose schema is missing or older than the code.
+_OUR_FUNCTION = re.compile(r"function (pcq_\w+)\(")
 
 
 def translate(
@@ -94,6 +98,14 @@ def translate(
             f"the table {table} does not exist in this "
             f"database{' (' + target + ')' if target else ''}: "
             f"the queue's schema was never applied to it. {SCHEMA_FIX}"
+        )
+    found_function = _OUR_FUNCTION.search(str(exc)) if state == UNDEFINED_FUNCTION else None
+    if found_function:
+        return exceptions.SchemaNotInstalled(
+            f"the function {found_function.group(1)} does not exist in this "
+            f"database{' (' + target + ')' if target else ''}: the queue's schema (pcq_jobs and "
+            f"its functions) was never "
+            f"applied to it, or is older than this code. {SCHEMA_FIX}"
         )
     if is_connection_error(exc):
         where = f" ({target})" if target else ""
