@@ -9,19 +9,15 @@ and migrations 0008 and 0012; see docs/flow-control.md.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from procrastinate_core import exceptions, flow
 from procrastinate_core.jobs import Job
-from procrastinate_core.plans import HasConnector, Op, Plan, paired
+from procrastinate_core.plans import HasConnector, Op, Plan, first_column, paired
 
 #: jobs held or released per transaction by pause_* / resume_*
 PAUSE_BATCH_SIZE = 1000
-
-
-def _first(column: str) -> Callable[[Any], Any]:
-    return lambda row: None if row is None else row[column]
 
 
 class FlowOperations(HasConnector):
@@ -57,7 +53,7 @@ class FlowOperations(HasConnector):
         params = {"kind": kind, "name": name, "paused": paused, "batch": PAUSE_BATCH_SIZE}
         total = 0
         while True:
-            changed: int = yield Op("paused_set", params, "one", _first("changed"))
+            changed: int = yield Op("paused_set", params, "one", first_column("changed"))
             total += changed
             if changed < PAUSE_BATCH_SIZE:
                 return total

@@ -21,10 +21,10 @@ from asgiref.sync import SyncToAsync
 from procrastinate_core import exceptions, middleware, serialization, validation
 from procrastinate_core.job_context import AbortReason, JobContext
 from procrastinate_core.jobs import DeleteJobCondition, Job, Status
-from procrastinate_core.manager import JobOutcome
 from procrastinate_core.options import ShutdownTimeoutAction
 from procrastinate_core.retry import RetryDecision
 from procrastinate_core.tasks import check_queue_name
+from procrastinate_core.worker_operations import JobOutcome
 
 if TYPE_CHECKING:
     from procrastinate_core.tasks import Task

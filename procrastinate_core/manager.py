@@ -11,14 +11,18 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from procrastinate_core import exceptions, flow, serialization, validation
 from procrastinate_core.connectors.base import BaseConnector
 from procrastinate_core.flow_manager import FlowOperations
 from procrastinate_core.jobs import Job, Status
-from procrastinate_core.plans import HasConnector, Op, Plan, either_colour, paired
+from procrastinate_core.plans import HasConnector, Op, Plan, either_colour, first_column, paired
+from procrastinate_core.worker_operations import (  # re-exported: where callers import them
+    JobOutcome,
+    WorkerOperations,
+)
 
 if TYPE_CHECKING:
     from procrastinate_core.tasks import DeferHook
@@ -32,49 +36,6 @@ COUNT_SAMPLE_ROWS = 20_000
 #: no jsonb array nears PostgreSQL's 255 MiB limit (each job alone may be up to
 #: max_payload_bytes). Small batches, the common case, stay one statement.
 DEFER_CHUNK_BYTES = 32 * 1024 * 1024
-#: Hours of per-minute outcome counts workers keep (the dashboard shows the last one).
-OUTCOME_STATS_HOURS = 3
-
-
-@dataclasses.dataclass(frozen=True)
-class JobOutcome:
-    """How one attempt ended, as the worker records it (in batches).
-
-    `status` is the final status, or "todo" for a retry at `retry_at`, or
-    `retry_in` seconds after the database's now() (one clock).
-    """
-
-    job_id: int
-    worker_id: int
-    attempt: int
-    status: Status
-    delete_job: bool = False
-    retry_at: datetime.datetime | None = None
-    #: a retry's wait in seconds; job_finish_many adds it to the database's now()
-    retry_in: float | None = None
-    priority: int | None = None
-    queue: str | None = None
-    lock: str | None = None
-    result: Any = None
-    error: dict[str, Any] | None = None
-    #: size of `result` as JSON text, so the recorder can bound a batch without re-encoding
-    result_bytes: int = dataclasses.field(default=0, compare=False)
-
-    def as_record(self) -> dict[str, Any]:
-        return {
-            "id": self.job_id,
-            "worker_id": self.worker_id,
-            "attempt": self.attempt,
-            "status": Status(self.status).value,
-            "delete_job": self.delete_job,
-            "retry_at": self.retry_at.isoformat() if self.retry_at else None,
-            "retry_in": self.retry_in,
-            "priority": self.priority,
-            "queue_name": self.queue,
-            "lock": self.lock,
-            "result": self.result,
-            "error": self.error,
-        }
 
 
 def _error_history(row: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -126,10 +87,6 @@ def check_own_transaction(connection: Any, *, joins_caller_transaction: bool) ->
     )
 
 
-def _first(column: str) -> Callable[[Any], Any]:
-    return lambda row: None if row is None else row[column]
-
-
 def _sorted_ids(rows: list[dict[str, Any]]) -> list[int]:
     """Ids of inserted rows in insertion order (ids grow in the order rows were given).
 
@@ -178,7 +135,9 @@ def _pivot_counts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(by_name.values())
 
 
-class JobManager(FlowOperations, HasConnector):  # FlowOperations: flow control (#13)
+class JobManager(
+    FlowOperations, WorkerOperations, HasConnector
+):  # FlowOperations: flow control (#13)
     """Reads and changes jobs; the only code that knows which query does what."""
 
     def __init__(
@@ -199,12 +158,6 @@ class JobManager(FlowOperations, HasConnector):  # FlowOperations: flow control 
         ):
             return _already_enqueued(exc)
         return exc
-
-    def _to_job(self, row: dict[str, Any]) -> Job:
-        return Job.from_row(row, self.connector.json_loads)
-
-    def _jobs(self, rows: list[dict[str, Any]]) -> list[Job]:
-        return [self._to_job(row) for row in rows]
 
     # -- deferring -----------------------------------------------------------
     def _batch_defer_jobs(
@@ -342,114 +295,15 @@ class JobManager(FlowOperations, HasConnector):  # FlowOperations: flow control 
             "queueing_lock": job.queueing_lock,
             "args": self.connector.json_dumps(job.task_kwargs),
         }
-        return Op("periodic_defer", params, "one", _first("id"))
+        return Op("periodic_defer", params, "one", first_column("id"))
 
     defer_periodic_job, defer_periodic_job_async = paired(_defer_periodic_job)
 
     def _prune_periodic_defers(self, before: int) -> Op[int]:
         """Forget periodic ticks older than `before` (Unix time)."""
-        return Op("periodic_defers_prune", {"before": before}, "one", _first("deleted"))
+        return Op("periodic_defers_prune", {"before": before}, "one", first_column("deleted"))
 
     prune_periodic_defers, prune_periodic_defers_async = paired(_prune_periodic_defers)
-
-    # -- the worker's side -----------------------------------------------------
-    def _fetch_jobs(
-        self, worker_id: int, queues: Iterable[str] | None, limit: int
-    ) -> Op[list[Job]]:
-        """Claim up to `limit` ready jobs for a worker, best first."""
-        params = {
-            "worker_id": worker_id,
-            "queues": list(queues) if queues else None,
-            "limit": limit,
-        }
-
-        def parse(rows: list[dict[str, Any]]) -> list[Job]:
-            jobs = self._jobs(rows)
-            jobs.sort(key=lambda job: (-job.priority, job.id or 0))
-            return jobs
-
-        return Op("job_fetch_many", params, "all", parse)
-
-    fetch_jobs, fetch_jobs_async = paired(_fetch_jobs)
-
-    def _finish_jobs(self, outcomes: Sequence[JobOutcome]) -> Op[set[int]]:
-        """Record outcomes in one statement; returns the ids that were still owned.
-
-        An id missing from the result means the worker lost the job (it was
-        recovered as stalled): its outcome was refused.
-        """
-        payload = self.connector.json_dumps([outcome.as_record() for outcome in outcomes])
-        return Op(
-            "job_finish_many", {"outcomes": payload}, "all", lambda rows: {r["id"] for r in rows}
-        )
-
-    finish_jobs, finish_jobs_async = paired(_finish_jobs)
-
-    def _recover_stalled_jobs(
-        self, stalled_worker_timeout: float, max_recoveries: int | None = None
-    ) -> Op[list[tuple[int, Status]]]:
-        """Requeue jobs of workers silent for `stalled_worker_timeout` s and prune them.
-
-        A job recovered this way for the `max_recoveries`-th time ends failed (None: no bound).
-        """
-        return Op(
-            "job_recover_stalled",
-            {"stalled_seconds": float(stalled_worker_timeout), "max_recoveries": max_recoveries},
-            "all",
-            lambda rows: [(row["id"], Status(row["status"])) for row in rows],
-        )
-
-    recover_stalled_jobs, recover_stalled_jobs_async = paired(_recover_stalled_jobs)
-
-    def _release_unknown_jobs(
-        self, worker_id: int, known_ids: list[int]
-    ) -> Op[list[tuple[int, Status]]]:
-        """Requeue this worker's running jobs it does not know of (a claim whose reply was lost)."""
-        return Op(
-            "job_release_unknown",
-            {"worker_id": worker_id, "known_ids": list(known_ids)},
-            "all",
-            lambda rows: [(row["id"], Status(row["status"])) for row in rows],
-        )
-
-    release_unknown_jobs, release_unknown_jobs_async = paired(_release_unknown_jobs)
-
-    def _list_jobs_to_abort(self, worker_id: int) -> Op[list[int]]:
-        """Ids of this worker's running jobs that were asked to abort."""
-        return Op(
-            "job_list_to_abort",
-            {"worker_id": worker_id},
-            "all",
-            lambda rows: [r["id"] for r in rows],
-        )
-
-    list_jobs_to_abort, list_jobs_to_abort_async = paired(_list_jobs_to_abort)
-
-    def _register_worker(
-        self, name: str | None = None, host: str | None = None, pid: int | None = None
-    ) -> Op[int]:
-        """Register a worker; its id."""
-        return Op("worker_register", {"name": name, "host": host, "pid": pid}, "one", _first("id"))
-
-    register_worker, register_worker_async = paired(_register_worker)
-
-    def _update_heartbeat(self, worker_id: int) -> Op[bool]:
-        """Beat; False when the worker's row was pruned (it was considered stalled)."""
-        return Op("worker_heartbeat", {"worker_id": worker_id}, "one", lambda row: row is not None)
-
-    update_heartbeat, update_heartbeat_async = paired(_update_heartbeat)
-
-    def _unregister_worker(self, worker_id: int) -> Op[None]:
-        """Remove a worker's row (its running jobs, if any, become recoverable at once)."""
-        return Op("worker_unregister", {"worker_id": worker_id}, "none", lambda _: None)
-
-    unregister_worker, unregister_worker_async = paired(_unregister_worker)
-
-    def _list_workers(self) -> Op[list[dict[str, Any]]]:
-        """Registered workers with their heartbeat age in seconds."""
-        return Op("worker_list", {}, "all", list)
-
-    list_workers, list_workers_async = paired(_list_workers)
 
     # -- inspecting and acting on jobs --------------------------------------
     def _list_jobs(
@@ -602,7 +456,7 @@ class JobManager(FlowOperations, HasConnector):  # FlowOperations: flow control 
     def _delete_old_batches(params: dict[str, Any]) -> Plan[int]:
         total = 0
         while True:
-            deleted: int = yield Op("job_delete_old", params, "one", _first("deleted"))
+            deleted: int = yield Op("job_delete_old", params, "one", first_column("deleted"))
             total += deleted
             if deleted < params["batch_size"]:
                 return total
@@ -649,7 +503,7 @@ class JobManager(FlowOperations, HasConnector):  # FlowOperations: flow control 
                     f"estimate_above must be a number of rows >= 0 (or None: always exact), "
                     f"got {estimate_above!r}"
                 )
-            rows = yield Op("job_table_rows", {}, "one", _first("rows"))
+            rows = yield Op("job_table_rows", {}, "one", first_column("rows"))
             if rows is not None and rows > estimate_above:
                 percent = min(100.0, 100.0 * COUNT_SAMPLE_ROWS / max(rows, 1))
                 sampled = {**params, "rows": rows, "sample_percent": percent}
@@ -763,46 +617,3 @@ class JobManager(FlowOperations, HasConnector):  # FlowOperations: flow control 
 
     _retry_job_sync, retry_job_async = paired(_retry_job)
     retry_job = either_colour(_retry_job_sync, retry_job_async)
-
-    # -- readiness (migration 0006) ------------------------------------------------
-    def _promote_due_jobs(self, limit: int = 1000) -> Op[int]:
-        """Make up to `limit` scheduled jobs whose time has come (database clock) claimable.
-
-        The stager (stager.py) calls this in every worker; claims never look at
-        scheduled jobs themselves. Returns how many were promoted.
-        """
-        return Op("job_promote_due", {"limit": int(limit)}, "one", _first("promoted"))
-
-    promote_due_jobs, promote_due_jobs_async = paired(_promote_due_jobs)
-
-    def _database_now(self) -> Op[float]:
-        """The database's clock, as Unix time: the one clock of every time decision."""
-        return Op("database_now", {}, "one", lambda row: float(row["now"]))
-
-    database_now, database_now_async = paired(_database_now)
-
-    def _get_outcome_stats(self, minutes: int = 60) -> Op[list[dict[str, Any]]]:
-        """Outcomes recorded per minute and queue over the last `minutes` (database clock):
-        dicts of minute, queue_name, outcome (succeeded, failed, retried, ...) and count."""
-        return Op("outcome_stats_recent", {"minutes": int(minutes)}, "all", list)
-
-    get_outcome_stats, get_outcome_stats_async = paired(_get_outcome_stats)
-
-    def _prune_outcome_stats(self, hours: float = OUTCOME_STATS_HOURS) -> Op[int]:
-        """Forget per-minute outcome counts older than `hours`; how many rows went."""
-        return Op("outcome_stats_prune", {"hours": int(hours)}, "one", _first("deleted"))
-
-    prune_outcome_stats, prune_outcome_stats_async = paired(_prune_outcome_stats)
-
-    def _count_running_jobs_by_worker(self) -> Op[dict[int, int]]:
-        """How many jobs each worker is running now (workers running none are absent)."""
-        return Op(
-            "worker_running_counts",
-            {},
-            "all",
-            lambda rows: {int(row["worker_id"]): int(row["running"]) for row in rows},
-        )
-
-    count_running_jobs_by_worker, count_running_jobs_by_worker_async = paired(
-        _count_running_jobs_by_worker
-    )

@@ -29,8 +29,9 @@ from collections.abc import Callable
 from procrastinate_core import exceptions
 from procrastinate_core.connectors.errors import is_connection_error, sqlstate_of
 from procrastinate_core.jobs import Status
-from procrastinate_core.manager import JobManager, JobOutcome
+from procrastinate_core.manager import JobManager
 from procrastinate_core.service import Backoff, Service, TestSignal
+from procrastinate_core.worker_operations import JobOutcome
 
 logger = logging.getLogger(__name__)
 

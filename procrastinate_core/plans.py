@@ -86,6 +86,11 @@ async def run_plan_async(plan: Plan[T], connector: BaseConnector) -> T:
             value, error = None, exc
 
 
+def first_column(column: str) -> Callable[[Any], Any]:
+    """Reads one column of a single-row result (None when no row came back)."""
+    return lambda row: None if row is None else row[column]
+
+
 class HasConnector:
     """What `paired()` methods need from their object."""
 

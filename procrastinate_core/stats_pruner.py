@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from procrastinate_core.manager import OUTCOME_STATS_HOURS, JobManager
+from procrastinate_core.manager import JobManager
 from procrastinate_core.service import Backoff, Service
+from procrastinate_core.worker_operations import OUTCOME_STATS_HOURS
 
 logger = logging.getLogger(__name__)
 

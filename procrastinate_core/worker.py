@@ -28,12 +28,12 @@ from procrastinate_core.abort_watcher import AbortWatcher
 from procrastinate_core.job_context import AbortReason
 from procrastinate_core.job_runner import JobRunner, RunningJob
 from procrastinate_core.jobs import Job
-from procrastinate_core.manager import JobOutcome
 from procrastinate_core.notification_listener import NotificationListener
 from procrastinate_core.options import WorkerOptions
 from procrastinate_core.outcome_recorder import OutcomeRecorder
 from procrastinate_core.service import SERVICE_STOP_TIMEOUT, Service, Supervisor
 from procrastinate_core.stager import Stager
+from procrastinate_core.worker_operations import JobOutcome
 from procrastinate_core.worker_services import WorkerCallbacks, WorkerSignals, build_services
 from procrastinate_core.worker_stop import (
     SHUTDOWN_DB_TIMEOUT,

@@ -39,8 +39,8 @@ import procrastinate_core as pc
 from procrastinate_core import exceptions, sql
 from procrastinate_core.connectors.base import BaseConnector
 from procrastinate_core.jobs import Status
-from procrastinate_core.manager import JobOutcome
 from procrastinate_core.testing import InMemoryConnector
+from procrastinate_core.worker_operations import JobOutcome
 from tests.django import contract as django_contract
 
 DEAD_URL = "postgresql://ghost:s3cret-pw@127.0.0.1:1/nowhere?connect_timeout=2"

@@ -17,8 +17,8 @@ import pytest
 import procrastinate_core as pc
 from procrastinate_core import exceptions
 from procrastinate_core.jobs import RETRYABLE_STATUSES, Status
-from procrastinate_core.manager import JobOutcome
 from procrastinate_core.testing import InMemoryConnector
+from procrastinate_core.worker_operations import JobOutcome
 
 
 async def _scenario(app: pc.App, seed: int) -> list[Any]:

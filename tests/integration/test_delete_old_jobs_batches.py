@@ -49,7 +49,9 @@ async def test_async_and_in_memory_alike():
     for _ in range(5):
         await app.configure_task("t").defer_async()
     for job in await m.fetch_jobs_async(w, None, 10):
-        await m.finish_jobs_async([pc.manager.JobOutcome(job.id, w, 1, pc.Status.SUCCEEDED)])  # type: ignore[arg-type]
+        await m.finish_jobs_async(
+            [pc.worker_operations.JobOutcome(job.id, w, 1, pc.Status.SUCCEEDED)]
+        )  # type: ignore[arg-type]
     assert await m.delete_old_jobs_async(0, batch_size=2) == 5
     assert await m.list_jobs_async() == []
 

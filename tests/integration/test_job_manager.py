@@ -6,7 +6,7 @@ import pytest
 
 from procrastinate_core import exceptions
 from procrastinate_core.jobs import Status
-from procrastinate_core.manager import JobOutcome
+from procrastinate_core.worker_operations import JobOutcome
 
 
 @pytest.fixture

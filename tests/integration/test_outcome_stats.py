@@ -12,7 +12,8 @@ import pytest
 
 from procrastinate_core import sql
 from procrastinate_core.jobs import Status
-from procrastinate_core.manager import JobManager, JobOutcome
+from procrastinate_core.manager import JobManager
+from procrastinate_core.worker_operations import JobOutcome
 from tests.django import contract as django_contract
 from tests.integration import test_connector_contract as contract
 

@@ -18,10 +18,10 @@ import pytest
 
 import procrastinate_core as pc
 from procrastinate_core import exceptions
-from procrastinate_core.manager import JobOutcome
 from procrastinate_core.periodic_deferrer import PeriodicDeferrer
 from procrastinate_core.stager import Stager, StagerConfig
 from procrastinate_core.testing import InMemoryConnector
+from procrastinate_core.worker_operations import JobOutcome
 from tests.django import contract as django_contract
 from tests.integration import test_connector_contract as contract
 from tests.integration.test_flow_control_contract import claim, finish

@@ -19,8 +19,9 @@ import pytest
 import procrastinate_core as pc
 from procrastinate_core import sql
 from procrastinate_core.jobs import Status
-from procrastinate_core.manager import JobManager, JobOutcome
+from procrastinate_core.manager import JobManager
 from procrastinate_core.testing import InMemoryConnector
+from procrastinate_core.worker_operations import JobOutcome
 from tests.django import contract as django_contract
 from tests.integration import test_connector_contract as contract
 from tests.support.waiting import wait_until, wait_until_async

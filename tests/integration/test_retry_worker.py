@@ -237,7 +237,7 @@ async def test_stalled_jobs_of_a_dead_worker_are_rerun_by_live_workers(async_app
         job = await wait_status(async_app, job_id, "succeeded", timeout=10)
     assert (job.attempts, job.claims) == (1, 2)
     assert [w["id"] for w in await manager.list_workers_async()] == []
-    from procrastinate_core.manager import JobOutcome
+    from procrastinate_core.worker_operations import JobOutcome
 
     late = JobOutcome(job_id=job_id, worker_id=dead, attempt=1, status=Status.FAILED)
     assert await manager.finish_jobs_async([late]) == set()

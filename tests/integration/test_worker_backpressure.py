@@ -93,8 +93,8 @@ async def test_a_result_over_the_limit_fails_its_job_once_and_holds_back_no_othe
 async def test_a_refused_outcome_is_isolated_by_splitting_its_batch(async_app, caplog) -> None:
     """The database refuses one outcome of a batch of 11: the batch is split (log2 steps,
     never resent whole in a loop), the 10 others are written, the bad one fails once."""
-    from procrastinate_core.manager import JobOutcome
     from procrastinate_core.outcome_recorder import OutcomeRecorder
+    from procrastinate_core.worker_operations import JobOutcome
 
     @async_app.task
     async def noop() -> None:

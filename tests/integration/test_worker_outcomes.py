@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 
 from procrastinate_core.jobs import Status
-from procrastinate_core.manager import JobOutcome
 from procrastinate_core.outcome_recorder import OutcomeRecorder
+from procrastinate_core.worker_operations import JobOutcome
 
 
 async def test_a_poison_outcome_does_not_block_the_others(async_app, caplog):
