@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 from procrastinate_core import exceptions
 from procrastinate_core.job_context import AbortReason, JobContext
-from procrastinate_core.manager import JobManager, QueueStats
+from procrastinate_core.job_reads import QueueStats
+from procrastinate_core.manager import JobManager
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry

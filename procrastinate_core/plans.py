@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Generator
 from typing import Any, Concatenate, Generic, Literal, ParamSpec, TypeVar
 
 from procrastinate_core.connectors.base import BaseConnector
+from procrastinate_core.jobs import Job
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -95,6 +96,12 @@ class HasConnector:
     """What `paired()` methods need from their object."""
 
     connector: BaseConnector
+
+    def _to_job(self, row: dict[str, Any]) -> Job:
+        return Job.from_row(row, self.connector.json_loads)
+
+    def _jobs(self, rows: list[dict[str, Any]]) -> list[Job]:
+        return [self._to_job(row) for row in rows]
 
     def wrap_error(self, exc: Exception) -> Exception:
         """Hook to translate errors (the manager turns unique violations into AlreadyEnqueued)."""

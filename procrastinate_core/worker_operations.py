@@ -64,12 +64,6 @@ class JobOutcome:
 class WorkerOperations(HasConnector):
     """The JobManager's operations for workers and their services."""
 
-    def _to_job(self, row: dict[str, Any]) -> Job:
-        return Job.from_row(row, self.connector.json_loads)
-
-    def _jobs(self, rows: list[dict[str, Any]]) -> list[Job]:
-        return [self._to_job(row) for row in rows]
-
     # -- the worker's side -----------------------------------------------------
     def _fetch_jobs(
         self, worker_id: int, queues: Iterable[str] | None, limit: int
