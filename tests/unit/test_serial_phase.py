@@ -119,6 +119,8 @@ def test_serial_tests_run_after_the_others_two_at_a_time_and_alone_ones_last(tmp
     # Both workers ran serial tests (side by side, the guard allowing two at a time).
     assert len({pid for _, name, pid in events if name.startswith("test_serial")}) == 2
     assert len({pid for _, name, pid in events if name.startswith("test_alone")}) == 1
+    # An exclusive group runs on one worker, back to back, instead of waiting on its lock.
+    assert len({pid for _, name, pid in events if name.startswith("test_exclusive")}) == 1
 
 
 @pytest.mark.parametrize("dist", ["loadfile"])
