@@ -48,9 +48,35 @@ RECOVERY_WINDOW = 2 + 0.5
 CONNECTORS = ["psycopg", "aiopg"]
 
 
+#: The fixtures that start worker processes.
+HARNESSES = {"harness", "psycopg_harness", "private_harness"}
+#: Scenarios that load the machine themselves (a worker started every second, 600 jobs;
+#: three or four workers starting at once), or that need a second worker to start and
+#: take work before the first has run out of it.
+ALONE = {
+    "test_f10_many_workers_racing_with_churn",
+    "test_limits_and_a_paused_queue_with_a_worker_killed",
+    "test_lock_chains_retries_and_schedules_with_a_worker_killed",
+}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Scenarios with worker processes run in the serial phases (tests/support/serial_phase.py).
+
+    Their timings (2 s stalled_worker_timeout, a job started within 1 s of its
+    defer) hold on a machine that is not busy with the rest of the suite; two
+    such scenarios mostly wait, so they may share the machine. Those that
+    restart the private server (one per test process: running them on one
+    worker starts it once) or load the machine run alone. The tests here
+    without workers (defer-side races, rejected arguments) run with the others.
+    """
     for item in items:
-        if "tests/faults" in str(item.fspath):
+        if "tests/faults" not in str(item.fspath):
+            continue
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if "private_server" in fixtures or getattr(item, "originalname", "") in ALONE:
+            item.add_marker(pytest.mark.serial(alone=True))
+        elif fixtures & HARNESSES:
             item.add_marker(pytest.mark.serial)
 
 

@@ -22,8 +22,6 @@ import procrastinate_core as pc
 from procrastinate_core import exceptions
 from tests.integration.test_connector_contract import REAL, Case, url_of
 
-pytestmark = pytest.mark.serial
-
 THREADS = 10
 DEFERS_PER_THREAD = 10
 
