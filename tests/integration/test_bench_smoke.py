@@ -18,8 +18,9 @@ import pytest
 from tests.support.database import TestServer
 
 ROOT = Path(__file__).resolve().parents[2]
-# Its defer_async_c50 scenario opens 50 connections: two at once exhaust the server's 100.
-pytestmark = pytest.mark.exclusive("fifty_connections")
+# The defer_async_c50 scenario (in "--scenario all") opens 50 connections: two at once
+# exhaust the server's 100. Only the tests that run it are exclusive.
+FIFTY_CONNECTIONS = pytest.mark.exclusive("fifty_connections")
 
 
 def run_bench(pg_server: TestServer, tmp_path: Path, systems: list[str]) -> list[dict[str, Any]]:
@@ -69,6 +70,7 @@ def check_rows(rows: list[dict[str, Any]], systems: list[str]) -> None:
                 assert extra["rss_first_mib"] > 0 and extra["rss_last_mib"] > 0, row
 
 
+@FIFTY_CONNECTIONS
 def test_bench_runs_every_scenario_for_ours_and_the_floor(
     pg_server: TestServer, tmp_path: Path
 ) -> None:
@@ -76,6 +78,7 @@ def test_bench_runs_every_scenario_for_ours_and_the_floor(
     check_rows(run_bench(pg_server, tmp_path, systems), systems)
 
 
+@FIFTY_CONNECTIONS
 def test_bench_runs_every_scenario_for_the_peers(pg_server: TestServer, tmp_path: Path) -> None:
     for module in ("procrastinate", "pgqueuer", "asyncpg"):
         pytest.importorskip(
