@@ -74,3 +74,15 @@ def test_periodic_unknown_option_is_refused(app):
 
     with pytest.raises(exceptions.ConfigurationError, match="unknown option"):
         app.periodic(cron="* * * * *", schedule_in={"seconds": 1})(t)
+
+
+def test_a_periodic_task_with_a_unique_key_is_refused_naming_the_alternatives(app):
+    """Its ticks could not carry the key: refused at decoration, never silently dropped."""
+
+    @app.task(name="digest", unique_key="digest")
+    def digest(timestamp):
+        pass
+
+    with pytest.raises(exceptions.ConfigurationError, match="unique_key=.*queueing_lock"):
+        app.periodic(cron="* * * * *")(digest)
+    assert app.periodic_tasks == []
