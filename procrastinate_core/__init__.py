@@ -13,10 +13,11 @@ from procrastinate_core.app import App
 from procrastinate_core.blueprints import Blueprint
 from procrastinate_core.connectors.base import BaseConnector
 from procrastinate_core.connectors.psycopg import PsycopgConnector, SyncPsycopgConnector
+from procrastinate_core.deferrer import JobDeferrer
 from procrastinate_core.job_context import JobContext
 from procrastinate_core.jobs import Job, Status
 from procrastinate_core.retry import BaseRetryStrategy, RetryDecision, RetryStrategy
-from procrastinate_core.tasks import JobDeferrer, Task
+from procrastinate_core.tasks import Task
 
 if TYPE_CHECKING:
     from procrastinate_core.connectors.aiopg import AiopgConnector

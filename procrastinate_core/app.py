@@ -13,10 +13,11 @@ from typing import Any
 from procrastinate_core import builtin_tasks, exceptions, flow, validation
 from procrastinate_core.blueprints import Blueprint
 from procrastinate_core.connectors.base import BaseConnector
+from procrastinate_core.deferrer import JobDeferrer
 from procrastinate_core.manager import JobManager
 from procrastinate_core.options import WorkerOptions
 from procrastinate_core.schema import SchemaManager
-from procrastinate_core.tasks import JobDeferrer, make_job
+from procrastinate_core.tasks import make_job
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,8 @@ from procrastinate_core.job_context import JobContext
 if TYPE_CHECKING:
     from procrastinate_core.app import App
     from procrastinate_core.blueprints import Blueprint
-    from procrastinate_core.tasks import JobDeferrer, Task
+    from procrastinate_core.deferrer import JobDeferrer
+    from procrastinate_core.tasks import Task
 
 PREFIX = "builtin:procrastinate_core.builtin_tasks."
 #: procrastinate's prefix for the same builtins, registered as aliases.

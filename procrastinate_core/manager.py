@@ -21,7 +21,7 @@ from procrastinate_core.plans import HasConnector, Op, Plan, either_colour, firs
 from procrastinate_core.worker_operations import JobOutcome, WorkerOperations
 
 if TYPE_CHECKING:
-    from procrastinate_core.tasks import DeferHook
+    from procrastinate_core.deferrer import DeferHook
 
 QUEUEING_LOCK_CONSTRAINT = "pcq_jobs_queueing_lock_uniq"
 #: Finished jobs deleted per transaction by delete_old_jobs (and remove_old_jobs).

@@ -99,7 +99,7 @@ def _stored_carrier(value: Any) -> dict[str, str] | None:
 
 
 class _DeferSpan:
-    """One traced defer (tasks.DeferTrace): the template to insert, and its span."""
+    """One traced defer (deferrer.DeferTrace): the template to insert, and its span."""
 
     def __init__(self, job: Job, span: Any) -> None:
         self.job = job
