@@ -327,6 +327,9 @@ WITH open AS (
     WHERE status = 'todo' AND waiting_for = 'limit'
     UNION ALL
     SELECT queue_name, task_name, lock, status FROM pcq_jobs
+    WHERE status = 'todo' AND waiting_for = 'rate'
+    UNION ALL
+    SELECT queue_name, task_name, lock, status FROM pcq_jobs
     WHERE status = 'todo' AND waiting_for = 'pause'
     UNION ALL
     SELECT queue_name, task_name, lock, status FROM pcq_jobs
