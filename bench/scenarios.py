@@ -320,34 +320,53 @@ async def _latency(system: System, dsn: str, n: int, gap: float = 0.02) -> Outco
             warmup = 3
             for i in range(warmup):  # the worker is listening once these ran
                 await defer(-1 - i)
-            await _wait_lines(record, warmup, 60.0, workers)
+            await _wait_started(record, set(range(-warmup, 0)), 60.0, workers)
             origin = time.perf_counter()
             for i in range(n):
                 sent[i] = time.time()
                 await defer(i)
                 await asyncio.sleep(max(0.0, origin + (i + 1) * gap - time.perf_counter()))
-            await _wait_lines(record, warmup + n, 30.0 + n * gap, workers)
+            await _wait_started(record, set(range(n)), 30.0 + n * gap, workers)
     finally:
         workers.kill()
-    started: dict[int, float] = {}
-    with open(record) as f:
-        for line in f:
-            number, moment = line.split()
-            started[int(number)] = float(moment)
+    started, repeats = _read_starts(record)
     os.unlink(record)
     stats = _percentiles([(started[i] - sent[i]) * 1000 for i in sent])
+    stats["started_twice"] = repeats
     return Outcome(stats["p50"], n, stats)
 
 
-async def _wait_lines(path: str, count: int, timeout: float, workers: Workers) -> None:
+def _read_starts(path: str) -> tuple[dict[int, float], int]:
+    """First start of each job number, and how many starts repeated one already seen.
+
+    A broker that delivers at least once may run a job twice (a redelivery), so the
+    latency counts each job's first start and waits for every number, not for a
+    line count; a half-written last line is not read yet.
+    """
+    started: dict[int, float] = {}
+    repeats = 0
+    with open(path) as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break
+            number, moment = line.split()
+            if int(number) in started:
+                repeats += 1
+            else:
+                started[int(number)] = float(moment)
+    return started, repeats
+
+
+async def _wait_started(path: str, numbers: set[int], timeout: float, workers: Workers) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        with open(path) as f:
-            if sum(1 for _ in f) >= count:
-                return
+        started, _ = _read_starts(path)
+        if numbers <= started.keys():
+            return
         workers.check_alive()
         if time.monotonic() > deadline:
-            raise RuntimeError(f"only some of {count} jobs started within {timeout:.0f}s")
+            missing = len(numbers - started.keys())
+            raise RuntimeError(f"{missing} of {len(numbers)} jobs not started in {timeout:.0f}s")
         await asyncio.sleep(0.01)
 
 
