@@ -100,7 +100,10 @@ class JobReads(HasConnector):
             "worker_id": worker_id,
             "limit": limit,
         }
-        return Op("job_list", params, "all", self._jobs)
+        # Unfinished jobs are the newest rows: job_list would walk every finished one
+        # first (ORDER BY id on the pkey); job_list_unfinished reads only them.
+        unfinished = params["status"] in (Status.TODO.value, Status.DOING.value)
+        return Op("job_list_unfinished" if unfinished else "job_list", params, "all", self._jobs)
 
     list_jobs, list_jobs_async = paired(_list_jobs)
 

@@ -310,6 +310,8 @@ class InMemoryStore(FlowTables):  # flow control (#13): in_memory_flow.py
         ]
         return rows if p.get("limit") is None else rows[: p["limit"]]
 
+    job_list_unfinished = job_list  # the same filters; only the plan differs
+
     def job_table_rows(self, p: dict[str, Any]) -> list[dict[str, Any]]:
         # No planner statistics here, and counting is cheap: count_job_rows stays exact.
         return [{"rows": None}]

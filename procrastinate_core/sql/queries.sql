@@ -251,6 +251,9 @@ SELECT status FROM pcq_jobs WHERE id = %(job_id)s;
 
 -- name: job_list
 -- Returns the jobs matching every filter that is not null, oldest first.
+-- With status 'todo' or 'doing', job_list_unfinished below (the same filters)
+-- is used instead: here the planner walks pcq_jobs_pkey from the oldest id and
+-- would read every finished job before the first unfinished one.
 SELECT id, queue_name, task_name, priority, lock, queueing_lock,
        args::text AS args, status, scheduled_at, attempts, worker_id,
        abort_requested, created_at, started_at, finished_at,
@@ -260,6 +263,29 @@ WHERE (%(id)s::bigint IS NULL OR id = %(id)s::bigint)
   AND (%(queue)s::text IS NULL OR queue_name = %(queue)s::text)
   AND (%(task)s::text IS NULL OR task_name = %(task)s::text)
   AND (%(status)s::text IS NULL OR status = %(status)s::text)
+  AND (%(lock)s::text IS NULL OR lock = %(lock)s::text)
+  AND (%(queueing_lock)s::text IS NULL OR queueing_lock = %(queueing_lock)s::text)
+  AND (%(worker_id)s::bigint IS NULL OR worker_id = %(worker_id)s::bigint)
+ORDER BY id
+LIMIT %(limit)s::bigint;
+
+-- name: job_list_unfinished
+-- job_list for status 'todo' or 'doing': the literal status IN (...) lets the
+-- planner read pcq_jobs_unfinished_idx (migration 0013), in id order, and stop
+-- after `limit` rows; the finished rows are never read. At 5,000,000 finished
+-- jobs, the first 50 of 40,000 todo: 0.5 s by job_list, 0.1 ms here:
+--   Limit -> Index Scan using pcq_jobs_unfinished_idx on pcq_jobs
+--              Filter: (status = 'todo'::text)
+SELECT id, queue_name, task_name, priority, lock, queueing_lock,
+       args::text AS args, status, scheduled_at, attempts, worker_id,
+       abort_requested, created_at, started_at, finished_at,
+       result::text AS result, error::text AS error, trace_context::text AS trace_context
+FROM pcq_jobs
+WHERE (%(id)s::bigint IS NULL OR id = %(id)s::bigint)
+  AND (%(queue)s::text IS NULL OR queue_name = %(queue)s::text)
+  AND (%(task)s::text IS NULL OR task_name = %(task)s::text)
+  AND status IN ('todo', 'doing')
+  AND status = %(status)s::text
   AND (%(lock)s::text IS NULL OR lock = %(lock)s::text)
   AND (%(queueing_lock)s::text IS NULL OR queueing_lock = %(queueing_lock)s::text)
   AND (%(worker_id)s::bigint IS NULL OR worker_id = %(worker_id)s::bigint)
