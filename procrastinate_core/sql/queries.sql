@@ -328,8 +328,8 @@ WHERE c.oid = 'pcq_jobs'::regclass;
 
 -- name: job_count_by_sampled
 -- Returns (name, status, count, estimated) like job_count_by, for a table too
--- big to count: waiting and running jobs are counted exactly, one partial index
--- per reason as in queue_stats (estimated false); finished ones are estimated
+-- big to count: waiting and running jobs are counted exactly, read through
+-- pcq_jobs_unfinished_idx (estimated false); finished ones are estimated
 -- from a sample of %(sample_percent)s %% of the table's pages (TABLESAMPLE
 -- SYSTEM), each sampled row standing for %(rows)s / (rows sampled) jobs
 -- (estimated true). REPEATABLE: every call reads the same pages (cached, and
@@ -337,29 +337,11 @@ WHERE c.oid = 'pcq_jobs'::regclass;
 -- sampled at the same rate. A group with fewer finished jobs than about one
 -- in 20,000 may be missed. Plan at 10,000,000 finished jobs, 5,000 waiting
 -- (0.2 %%: about 20,000 rows from 480 pages): Sample Scan on pcq_jobs plus an
--- Index Scan on each partial index; 33-52 ms on the shared 2-core machine
+-- Index Scan on pcq_jobs_unfinished_idx; 33-52 ms on the shared 2-core machine
 -- (job_count_by: a Seq Scan, 2.9-3.7 s).
 WITH open AS (
     SELECT queue_name, task_name, lock, status FROM pcq_jobs
-    WHERE status = 'todo' AND waiting_for IS NULL
-    UNION ALL
-    SELECT queue_name, task_name, lock, status FROM pcq_jobs
-    WHERE status = 'todo' AND waiting_for = 'schedule'
-    UNION ALL
-    SELECT queue_name, task_name, lock, status FROM pcq_jobs
-    WHERE status = 'todo' AND waiting_for = 'lock'
-    UNION ALL
-    SELECT queue_name, task_name, lock, status FROM pcq_jobs
-    WHERE status = 'todo' AND waiting_for = 'limit'
-    UNION ALL
-    SELECT queue_name, task_name, lock, status FROM pcq_jobs
-    WHERE status = 'todo' AND waiting_for = 'rate'
-    UNION ALL
-    SELECT queue_name, task_name, lock, status FROM pcq_jobs
-    WHERE status = 'todo' AND waiting_for = 'pause'
-    UNION ALL
-    SELECT queue_name, task_name, lock, status FROM pcq_jobs
-    WHERE status = 'doing'
+    WHERE status IN ('todo', 'doing')
 ),
 sample AS MATERIALIZED (
     SELECT queue_name, task_name, lock, status
@@ -488,27 +470,13 @@ SELECT version FROM pcq_migrations ORDER BY version;
 -- of the oldest job that could run now (queue latency) and of the longest-running one. Reads the todo and doing
 -- rows only (their partial indexes), never the finished ones, so its cost does
 -- not grow with history.
--- Waiting jobs are read one reason at a time, each branch matching one partial
--- index of migrations 0006/0008/0012 exactly (no index covers every todo row, and a
--- plain status = 'todo' would scan the table: 440 ms at 10,000,000 finished jobs).
+-- Waiting jobs are read through pcq_jobs_unfinished_idx (migration 0013),
+-- whatever they wait for; before it, one UNION branch per waiting reason read
+-- each reason's partial index (a plain scan for status = 'todo' read the whole
+-- table: 440 ms at 10,000,000 finished jobs).
 WITH todo AS (
     SELECT queue_name, scheduled_at, created_at, waiting_for FROM pcq_jobs
-    WHERE status = 'todo' AND waiting_for IS NULL
-    UNION ALL
-    SELECT queue_name, scheduled_at, created_at, waiting_for FROM pcq_jobs
-    WHERE status = 'todo' AND waiting_for = 'schedule'
-    UNION ALL
-    SELECT queue_name, scheduled_at, created_at, waiting_for FROM pcq_jobs
-    WHERE status = 'todo' AND waiting_for = 'lock'
-    UNION ALL
-    SELECT queue_name, scheduled_at, created_at, waiting_for FROM pcq_jobs
-    WHERE status = 'todo' AND waiting_for = 'limit'
-    UNION ALL
-    SELECT queue_name, scheduled_at, created_at, waiting_for FROM pcq_jobs
-    WHERE status = 'todo' AND waiting_for = 'rate'
-    UNION ALL
-    SELECT queue_name, scheduled_at, created_at, waiting_for FROM pcq_jobs
-    WHERE status = 'todo' AND waiting_for = 'pause'
+    WHERE status IN ('todo', 'doing') AND status = 'todo'
 ),
 waiting AS (
     SELECT queue_name,

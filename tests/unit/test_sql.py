@@ -37,30 +37,3 @@ def test_the_nondurable_defer_is_the_defer_plus_its_setting():
     assert nondurable.count(gate) == 1
     statement = nondurable[nondurable.index("SELECT id") :].replace(gate, "")
     assert statement.strip() == durable[durable.index("SELECT id") :].strip()
-
-
-def _waiting_reasons_of_the_schema() -> set[str]:
-    """The reasons the latest migration's CHECK on pcq_jobs.waiting_for allows."""
-    found: set[str] = set()
-    for migration in sql.migrations():
-        match = re.search(r"CHECK \(waiting_for IN \(([^)]*)\)\)", migration.sql)
-        if match:
-            found = set(re.findall(r"'(\w+)'", match.group(1)))
-    return found
-
-
-def test_queries_reading_waiting_jobs_by_reason_cover_every_reason():
-    """Queries that read waiting jobs one reason at a time (one UNION branch per partial
-    index) must have a branch for each reason, or the jobs of a new one go uncounted."""
-    reasons = _waiting_reasons_of_the_schema()
-    assert {"schedule", "lock", "limit", "rate", "pause"} <= reasons
-    checked = 0
-    for name, text in sql.queries().items():
-        if "waiting_for IS NULL" not in text or "UNION ALL" not in text:
-            continue
-        branches = set(re.findall(r"waiting_for = '(\w+)'", text))
-        if len(branches) < 2:
-            continue
-        checked += 1
-        assert branches == reasons, f"{name}: branches {sorted(branches)}, schema {sorted(reasons)}"
-    assert checked >= 2  # queue_stats and job_count_by_sampled at least

@@ -1,15 +1,19 @@
-"""list_jobs(status='todo' | 'doing') reads only unfinished jobs (#12 point 3, migration 0013).
+"""Reads of unfinished jobs go through pcq_jobs_unfinished_idx (#12 point 3, migration 0013).
 
 Unfinished jobs are the newest rows. Ordered by id, a status filter made the
 planner walk the primary key from the oldest job and filter, so listing the
 waiting jobs read every finished one first (0.5 s at 5,000,000 finished jobs).
 These tests put the finished rows first, as a real table has them, and check
-both the answer and that the plan never reads them.
+both the answer and that the plan never reads them. queue_stats and the
+admin's sampled counts read the same index for every waiting reason (they
+read one partial index per reason before, and a reason added later went
+uncounted until its branch was written).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import psycopg
@@ -93,3 +97,66 @@ def test_the_index_holds_only_unfinished_jobs(app, db_conn):
     unfinished, pkey = sizes
     # One or two pages for 6 entries, against the pkey's dozens for FINISHED.
     assert unfinished * 10 < pkey
+
+
+def _reasons_of_the_schema() -> set[str]:
+    """The waiting reasons the latest migration's CHECK on pcq_jobs.waiting_for allows."""
+    found: set[str] = set()
+    for migration in sql.migrations():
+        match = re.search(r"CHECK \(waiting_for IN \(([^)]*)\)\)", migration.sql)
+        if match:
+            found = set(re.findall(r"'(\w+)'", match.group(1)))
+    return found
+
+
+def _one_job_per_reason(app: pc.App, db_conn: psycopg.Connection[Any]) -> int:
+    """Waiting jobs of every reason the schema allows, and one running; how many wait."""
+
+    @app.task(name="limited", concurrency_limit=1)
+    def limited() -> None: ...
+
+    @app.task(name="throttled", rate_limit="1/h")
+    def throttled() -> None: ...
+
+    app.configure_task("later", schedule_in={"hours": 1}).defer()
+    app.configure_task("locked", lock="L").defer()
+    app.configure_task("locked", lock="L").defer()  # behind the lock's head
+    limited.defer(), limited.defer()  # the second waits for the slot
+    throttled.defer(), throttled.defer()  # the second waits for the window
+    app.job_manager.pause_queue("held")
+    app.configure_task("paused", queue="held").defer()
+    running = app.configure_task("running").defer()
+    db_conn.execute("UPDATE pcq_jobs SET status = 'doing' WHERE id = %s", [running])
+    db_conn.execute(
+        "INSERT INTO pcq_jobs (queue_name, task_name, args, status, attempts, finished_at) "
+        "SELECT 'default', 'old', '{}', 'succeeded', 1, now() FROM generate_series(1, 2000)"
+    )
+    db_conn.execute("ANALYZE pcq_jobs")
+    reasons = {r for (r,) in db_conn.execute("SELECT DISTINCT waiting_for FROM pcq_jobs")}
+    # A reason added to the schema must be added here, or this test fails: the
+    # counts below are checked for every reason there is.
+    assert reasons == _reasons_of_the_schema() | {None}, reasons
+    return db_conn.execute("SELECT count(*) FROM pcq_jobs WHERE status = 'todo'").fetchone()[0]
+
+
+def test_queue_stats_count_the_jobs_of_every_waiting_reason(app, db_conn):
+    waiting = _one_job_per_reason(app, db_conn)
+    stats = app.job_manager.get_queue_stats()
+    assert sum(s.todo for s in stats) == waiting == 8
+    assert sum(s.doing for s in stats) == 1
+    plan = _plan(db_conn, "queue_stats")
+    assert {scan.get("Index Name") for scan in _scans(plan)} <= {
+        "pcq_jobs_unfinished_idx",
+        "pcq_jobs_running_idx",
+    }, plan
+
+
+def test_sampled_counts_count_the_jobs_of_every_waiting_reason(app, db_conn):
+    waiting = _one_job_per_reason(app, db_conn)
+    rows = app.job_manager.count_job_rows("queue", estimate_above=0)
+    assert sum(r["count"] for r in rows if r["status"] == "todo") == waiting
+    assert not any(r["estimated"] for r in rows if r["status"] in ("todo", "doing"))
+    params = {"group_by": "queue", "queue": None, "task": None, "status": None, "lock": None}
+    plan = _plan(db_conn, "job_count_by_sampled", rows=2011, sample_percent=1.0, **params)
+    scans = {(scan["Node Type"], scan.get("Index Name")) for scan in _scans(plan)}
+    assert ("Seq Scan", None) not in scans, plan
