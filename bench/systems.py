@@ -149,6 +149,16 @@ class OursNonDurable(Ours):
         return task.configure(durable=False)
 
 
+class OursFastClaims(Ours):
+    """Ours with workers started with durable_claims=False (docs/durability.md): the
+    claim's commit does not wait for its WAL flush, one of the two flushes between a
+    defer and its task. Worker scenarios only (defers are ours')."""
+
+    name = "ours-fast-claims"
+    only_scenarios = ("drain_c10", "drain_c50", "latency")
+    worker_options: dict[str, Any] = {"durable_claims": False}
+
+
 # -- the procrastinate library --------------------------------------------------
 class Procrastinate(System):
     name = "procrastinate"
@@ -286,6 +296,7 @@ def asyncpg_params(dsn: str) -> dict[str, Any]:
 SYSTEMS: dict[str, type[System]] = {
     "ours": Ours,
     "ours-nondurable": OursNonDurable,
+    "ours-fast-claims": OursFastClaims,
     "procrastinate": Procrastinate,
     "pgqueuer": PgQueuer,
 }

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench import mixed
-from bench.systems import TASK_NAME, Ours, Procrastinate, asyncpg_params, job_arg
+from bench.systems import TASK_NAME, Ours, OursFastClaims, Procrastinate, asyncpg_params, job_arg
 
 
 def _recorder(path: str | None) -> Callable[[int], None] | None:
@@ -44,14 +44,24 @@ def _exit_with_parent() -> None:
     os._exit(3)
 
 
-async def run_ours(dsn: str, concurrency: int, record: Any, is_mixed: bool = False) -> None:
+async def run_ours(
+    dsn: str, concurrency: int, record: Any, is_mixed: bool = False, **options: Any
+) -> None:
     import procrastinate_core as pc
 
     connector = pc.PsycopgConnector(conninfo=dsn, min_size=1, max_size=max(2, concurrency + 2))
     app = mixed.make_app("ours", connector) if is_mixed else Ours.make_app(connector, record)
     async with app.open_async():
         await _go()
-        await app.run_worker_async(concurrency=concurrency, install_signal_handlers=False)
+        await app.run_worker_async(
+            concurrency=concurrency, install_signal_handlers=False, **options
+        )
+
+
+async def run_ours_fast_claims(
+    dsn: str, concurrency: int, record: Any, is_mixed: bool = False
+) -> None:
+    await run_ours(dsn, concurrency, record, is_mixed, **OursFastClaims.worker_options)
 
 
 async def run_procrastinate(
@@ -107,6 +117,7 @@ async def run_chancy(dsn: str, concurrency: int, record: Any) -> None:
 
 RUNNERS = {
     "ours": run_ours,
+    "ours-fast-claims": run_ours_fast_claims,
     "procrastinate": run_procrastinate,
     "pgqueuer": run_pgqueuer,
     "oban": run_oban,

@@ -64,6 +64,9 @@ class WorkerOptions:
     shutdown_timeout_action: ShutdownTimeoutAction = ShutdownTimeoutAction.REQUEUE
     #: A job whose worker died while running it this many times ends failed (poison job).
     max_stalled_recoveries: int = 3
+    #: False: a claim commits without waiting for its WAL flush (one flush less between a
+    #: defer and its task); a server crash may then lose a claim and run its job again.
+    durable_claims: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "queues", validation.check_queues(self.queues, where="worker"))
@@ -123,6 +126,11 @@ class WorkerOptions:
             raise exceptions.ConfigurationError(
                 f"max_stalled_recoveries={self.max_stalled_recoveries!r}: expected an int >= 1 "
                 "(how many times a job may lose its worker before it ends failed)"
+            )
+
+        if not isinstance(self.durable_claims, bool):
+            raise exceptions.ConfigurationError(
+                f"durable_claims={self.durable_claims!r}: expected True or False"
             )
 
     @classmethod

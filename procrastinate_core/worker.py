@@ -356,7 +356,9 @@ class Worker:
         stalled once this worker unregisters)."""
         assert self.worker_id is not None
         claim = asyncio.ensure_future(
-            self.app.job_manager.fetch_jobs_async(self.worker_id, self.options.queues, limit)
+            self.app.job_manager.fetch_jobs_async(
+                self.worker_id, self.options.queues, limit, durable=self.options.durable_claims
+            )
         )
         racing: set[asyncio.Future[Any]] = {claim, self._stop_waiter()}
         interrupted = False

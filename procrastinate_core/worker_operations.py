@@ -66,9 +66,13 @@ class WorkerOperations(HasConnector):
 
     # -- the worker's side -----------------------------------------------------
     def _fetch_jobs(
-        self, worker_id: int, queues: Iterable[str] | None, limit: int
+        self, worker_id: int, queues: Iterable[str] | None, limit: int, durable: bool = True
     ) -> Op[list[Job]]:
-        """Claim up to `limit` ready jobs for a worker, best first."""
+        """Claim up to `limit` ready jobs for a worker, best first.
+
+        `durable=False` (the worker's `durable_claims`): the claim's commit does not
+        wait for its WAL flush, the larger half of the time from a defer to its task.
+        A claim lost in a server crash leaves its job `todo`, to run again."""
         params = {
             "worker_id": worker_id,
             "queues": list(queues) if queues else None,
@@ -80,7 +84,9 @@ class WorkerOperations(HasConnector):
             jobs.sort(key=lambda job: (-job.priority, job.id or 0))
             return jobs
 
-        return Op("job_fetch_many", params, "all", parse)
+        return Op(
+            "job_fetch_many" if durable else "job_fetch_many_nondurable", params, "all", parse
+        )
 
     fetch_jobs, fetch_jobs_async = paired(_fetch_jobs)
 

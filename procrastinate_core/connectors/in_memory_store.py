@@ -94,6 +94,8 @@ class InMemoryStore(FlowTables):  # flow control (#13): in_memory_flow.py
             )
         return [self.job_row(job) for job in chosen]
 
+    job_fetch_many_nondurable = job_fetch_many  # durability is the server's business
+
     def job_promote_due(self, p: dict[str, Any]) -> list[dict[str, Any]]:
         now = self.clock()
         due = sorted(

@@ -57,6 +57,36 @@ RETURNING j.id, j.queue_name, j.task_name, j.priority, j.lock, j.queueing_lock,
           j.result::text AS result, j.error::text AS error,
           j.trace_context::text AS trace_context;
 
+-- name: job_fetch_many_nondurable
+-- job_fetch_many for a worker with durable_claims=False: the same claim, committed
+-- with synchronous_commit off in its own transaction only (set_config local, an
+-- InitPlan run once per statement, no extra round trip). A server crash within
+-- about 3 x wal_writer_delay of the commit may lose the claim: its jobs are
+-- `todo` again and run again (docs/durability.md).
+WITH candidate AS (
+    SELECT j.id
+    FROM pcq_jobs AS j
+    WHERE j.status = 'todo'
+      AND j.waiting_for IS NULL
+      AND (%(queues)s::text[] IS NULL OR j.queue_name = ANY (%(queues)s::text[]))
+      AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off'
+    ORDER BY j.priority DESC, j.id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE pcq_jobs AS j
+SET status = 'doing',
+    worker_id = %(worker_id)s,
+    attempts = j.attempts + 1,
+    started_at = now()
+FROM candidate
+WHERE j.id = candidate.id
+RETURNING j.id, j.queue_name, j.task_name, j.priority, j.lock, j.queueing_lock,
+          j.args::text AS args, j.status, j.scheduled_at, j.attempts, j.worker_id,
+          j.abort_requested, j.created_at, j.started_at, j.finished_at,
+          j.result::text AS result, j.error::text AS error,
+          j.trace_context::text AS trace_context;
+
 -- name: job_finish_many
 -- Records the outcomes of a JSON array of finished attempts, each fenced on
 -- (job, worker, attempt, still running); returns the ids actually recorded.

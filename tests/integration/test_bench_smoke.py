@@ -74,7 +74,7 @@ def check_rows(rows: list[dict[str, Any]], systems: list[str]) -> None:
 def test_bench_runs_every_scenario_for_ours_and_the_floor(
     pg_server: TestServer, tmp_path: Path
 ) -> None:
-    systems = ["ours", "ours-nondurable", "sql-floor"]
+    systems = ["ours", "ours-nondurable", "ours-fast-claims", "sql-floor"]
     check_rows(run_bench(pg_server, tmp_path, systems), systems)
 
 

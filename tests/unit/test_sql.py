@@ -37,3 +37,13 @@ def test_the_nondurable_defer_is_the_defer_plus_its_setting():
     assert nondurable.count(gate) == 1
     statement = nondurable[nondurable.index("SELECT id") :].replace(gate, "")
     assert statement.strip() == durable[durable.index("SELECT id") :].strip()
+
+
+def test_the_nondurable_claim_is_the_claim_plus_its_setting():
+    """job_fetch_many_nondurable must claim exactly what job_fetch_many claims."""
+    gate = "\n      AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off'"
+    durable = sql.query("job_fetch_many")
+    nondurable = sql.query("job_fetch_many_nondurable")
+    assert nondurable.count(gate) == 1
+    statement = nondurable[nondurable.index("WITH candidate") :].replace(gate, "")
+    assert statement.strip() == durable[durable.index("WITH candidate") :].strip()
