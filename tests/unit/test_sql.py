@@ -1,6 +1,8 @@
 import re
 from importlib import resources
 
+import pytest
+
 from procrastinate_core import sql
 
 
@@ -29,21 +31,25 @@ def test_migrations_are_numbered_and_record_themselves():
         assert f"VALUES ({m.version}, '{m.name}')" in m.sql
 
 
-def test_the_nondurable_defer_is_the_defer_plus_its_setting():
-    """job_defer_many_nondurable must insert exactly what job_defer_many inserts."""
-    gate = "\nWHERE (SELECT set_config('synchronous_commit', 'off', true)) = 'off'"
-    durable = sql.query("job_defer_many")
-    nondurable = sql.query("job_defer_many_nondurable")
+@pytest.mark.parametrize(
+    ("durable_name", "gate", "start"),
+    [
+        (
+            "job_defer_many",
+            "\nWHERE (SELECT set_config('synchronous_commit', 'off', true)) = 'off'",
+            "SELECT id",
+        ),
+        (
+            "job_fetch_many",
+            "\n      AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off'",
+            "WITH candidate",
+        ),
+    ],
+)
+def test_each_nondurable_query_is_its_durable_twin_plus_the_setting(durable_name, gate, start):
+    """A _nondurable query must do exactly what its durable twin does (defer, claim)."""
+    durable = sql.query(durable_name)
+    nondurable = sql.query(f"{durable_name}_nondurable")
     assert nondurable.count(gate) == 1
-    statement = nondurable[nondurable.index("SELECT id") :].replace(gate, "")
-    assert statement.strip() == durable[durable.index("SELECT id") :].strip()
-
-
-def test_the_nondurable_claim_is_the_claim_plus_its_setting():
-    """job_fetch_many_nondurable must claim exactly what job_fetch_many claims."""
-    gate = "\n      AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off'"
-    durable = sql.query("job_fetch_many")
-    nondurable = sql.query("job_fetch_many_nondurable")
-    assert nondurable.count(gate) == 1
-    statement = nondurable[nondurable.index("WITH candidate") :].replace(gate, "")
-    assert statement.strip() == durable[durable.index("WITH candidate") :].strip()
+    statement = nondurable[nondurable.index(start) :].replace(gate, "")
+    assert statement.strip() == durable[durable.index(start) :].strip()
