@@ -50,6 +50,11 @@ def after(now: datetime.datetime, seconds: float | None) -> datetime.datetime | 
     return None if seconds is None else now + datetime.timedelta(seconds=seconds)
 
 
+def minute_of(at: datetime.datetime) -> datetime.datetime:
+    """The minute an outcome is counted in (pcq_outcome_stats' date_trunc('minute', ...))."""
+    return at.replace(second=0, microsecond=0)
+
+
 def _as_text(value: Any) -> str | None:
     return None if value is None else json.dumps(value)
 
