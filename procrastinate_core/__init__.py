@@ -7,6 +7,7 @@ but only import their driver when used.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 from typing import TYPE_CHECKING, Any
 
 from procrastinate_core.app import App
@@ -23,6 +24,11 @@ if TYPE_CHECKING:
     from procrastinate_core.connectors.aiopg import AiopgConnector
     from procrastinate_core.connectors.psycopg2 import Psycopg2Connector
     from procrastinate_core.connectors.sqlalchemy import SQLAlchemyPsycopg2Connector
+
+try:
+    __version__ = importlib.metadata.version("procrastinate-core")
+except importlib.metadata.PackageNotFoundError:  # run from a source tree that is not installed
+    __version__ = "0+unknown"
 
 _LAZY = {
     "AiopgConnector": "procrastinate_core.connectors.aiopg",

@@ -169,6 +169,13 @@ class App(Blueprint):
         )
 
     # -- opening and closing -------------------------------------------------
+    def check_connection(self) -> bool:
+        """Whether the database answers and holds the schema (procrastinate's App method)."""
+        return self.job_manager.check_connection()
+
+    async def check_connection_async(self) -> bool:
+        return await self.job_manager.check_connection_async()
+
     def open(self, pool_or_engine: Any = None) -> App:
         """Open for sync use (`with app.open():`); pass your own pool or engine to share it."""
         self.connector.get_sync_connector().open(pool_or_engine)

@@ -42,13 +42,16 @@ class Blueprint:
 
     # -- tasks -------------------------------------------------------------
     def _register_task(self, task: Task[Any, Any, Any]) -> None:
-        for name in (task.name, *task.aliases):
+        """Every name of the task, or none: a refused alias leaves the registry as it was."""
+        names = (task.name, *task.aliases)
+        for name in names:
             existing = self.tasks.get(name)
             if existing is not None and existing is not task:
-                raise exceptions.ConfigurationError(
+                raise exceptions.TaskAlreadyRegistered(
                     f"task name {name!r} is already used by {existing.func.__module__}."
                     f"{existing.func.__qualname__}; give one of them another name= or alias"
                 )
+        for name in names:
             self.tasks[name] = task
 
     @overload
@@ -123,6 +126,12 @@ class Blueprint:
 
     def add_task_alias(self, task: Task[Any, Any, Any], alias: str) -> None:
         """Let jobs deferred under an old name run this task."""
+        existing = self.tasks.get(alias)
+        if existing is not None and existing is not task:
+            raise exceptions.TaskAlreadyRegistered(
+                f"alias {alias!r} is already the name of {existing.func.__module__}."
+                f"{existing.func.__qualname__}; choose another alias"
+            )
         task.aliases.append(alias)
         self._register_task(task)
 
@@ -131,6 +140,18 @@ class Blueprint:
         if not namespace or ":" in namespace:
             raise exceptions.ConfigurationError(
                 f"namespace={namespace!r}: expected a non-empty name without ':'"
+            )
+        # Every new name is checked before any task is renamed: a clash leaves both
+        # blueprints as they were.
+        taken = sorted(
+            f"{namespace}:{name}"
+            for name, task in blueprint.tasks.items()
+            if self.tasks.get(f"{namespace}:{name}") not in (None, task)
+        )
+        if taken:
+            raise exceptions.TaskAlreadyRegistered(
+                f"namespace {namespace!r}: {', '.join(taken)} already registered here; "
+                "use another namespace"
             )
         for task in dict.fromkeys(blueprint.tasks.values()):
             task.blueprint = self
@@ -170,7 +191,7 @@ class Blueprint:
             )
             for existing in self.periodic_tasks:
                 if existing.key == periodic_task.key:
-                    raise exceptions.ConfigurationError(
+                    raise exceptions.TaskAlreadyRegistered(
                         f"periodic task {task.name!r} with periodic_id={periodic_id!r} is "
                         "declared twice; give each schedule its own periodic_id"
                     )

@@ -4,6 +4,7 @@ ProcrastinateException
 ├── ConfigurationError            bad option, setting or cron: names it and the fix
 │   ├── SyncConnectorConfigurationError   async-only work asked of a sync connector
 │   ├── InvalidCronExpression
+│   ├── TaskAlreadyRegistered     a task name, alias or periodic schedule already taken
 │   └── MiddlewareKindMismatch    a sync middleware on an async task (or the reverse)
 ├── MissingDriverError (also ImportError)  optional driver not installed: names the extra
 ├── ArgumentSerializationError (also TypeError)  job arguments that cannot be stored as JSON
@@ -44,6 +45,11 @@ class SyncConnectorConfigurationError(ConfigurationError):
 
 class InvalidCronExpression(ConfigurationError, ValueError):
     """A periodic task's cron expression cannot be parsed or never matches."""
+
+
+class TaskAlreadyRegistered(ConfigurationError):
+    """A task name (or alias, or periodic schedule) is already taken: procrastinate's name
+    for this refusal, kept so that `except exceptions.TaskAlreadyRegistered` works here."""
 
 
 class MiddlewareKindMismatch(ConfigurationError):

@@ -113,3 +113,9 @@ def test_read_schema_equals_sum_of_migrations(pg_server, db_conn, empty_db_name)
 
 def test_check_connection(app):
     assert app.job_manager.check_connection() is True
+
+
+async def test_check_connection_on_the_app(app, async_app):
+    """procrastinate's App.check_connection[_async], on a real database with the schema."""
+    assert app.check_connection() is True
+    assert await async_app.check_connection_async() is True
