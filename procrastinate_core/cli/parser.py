@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import typing
-from typing import Any
 
 from procrastinate_core.cli import logs, shell, worker_flags
 from procrastinate_core.cli.environment import Commands, Parser, add_command, add_option
@@ -244,5 +242,5 @@ def build_parser(*, with_app_option: bool = True, prog: str | None = None) -> Pa
     _add_defer(parser, subparsers)
     _add_schema(parser, subparsers)
     _add_healthchecks(parser, subparsers)
-    shell.add_shell_parser(typing.cast(Any, subparsers))  # its parser is a Parser too
+    shell.add_shell_parser(parser, subparsers)
     return parser

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from procrastinate_core import exceptions
-from procrastinate_core.cli import flow_commands
+from procrastinate_core.cli import environment, flow_commands
 from procrastinate_core.jobs import RETRY_RULE, RETRYABLE_STATUSES, Job, Status
 from procrastinate_core.options import WorkerOptions
 
@@ -35,7 +35,21 @@ class ShellUsageError(Exception):
 
 
 class CommandParser(argparse.ArgumentParser):
-    """An argparse parser that raises instead of exiting (the prompt must survive a typo)."""
+    """An argparse parser that raises instead of exiting (the prompt must survive a typo).
+
+    It remembers its on/off flags (`action="store_true"`) as they are added, for
+    procrastinate's spelling, where a bare `details` means `--details`.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.switches: set[str] = set()
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        if kwargs.get("action") == "store_true":
+            self.switches.add(action.dest)
+        return action
 
     def error(self, message: str) -> Any:
         raise ShellUsageError(f"{self.prog}: {message}", self.format_usage())
@@ -110,16 +124,14 @@ def _build_command_parsers() -> dict[str, CommandParser]:
 COMMAND_PARSERS = _build_command_parsers()
 
 
-def procrastinate_style(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:
+def procrastinate_style(parser: CommandParser, argv: Sequence[str]) -> list[str]:
     """procrastinate's shell spelling turned into ours: `key=value` -> `--key value`, and a
     bare word naming one of the command's on/off flags (`details`) -> `--details`.
 
     Everything else (our `--queue other`, positional job ids) passes unchanged, so
     both spellings work, even mixed.
     """
-    switches = {
-        action.dest for action in parser._actions if isinstance(action, argparse._StoreTrueAction)
-    }
+    switches = parser.switches
     translated: list[str] = []
     for token in argv:
         key, equals, value = token.partition("=")
@@ -357,9 +369,11 @@ class Shell(cmd.Cmd):
         return True
 
 
-def add_shell_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_shell_parser(root: environment.Parser, subparsers: environment.Commands) -> None:
     commands = ", ".join(COMMAND_PARSERS)
-    parser = subparsers.add_parser(
+    parser = environment.add_command(
+        root,
+        subparsers,
         "shell",
         allow_abbrev=False,
         help="inspect and act on jobs (interactive, or one command)",
