@@ -102,6 +102,9 @@ class JobManager(FlowOperations, WorkerOperations, JobReads, HasConnector):
         return exc
 
     # -- deferring -----------------------------------------------------------
+    # job_defer_many (and its non-durable twin) answer a held queueing lock with a
+    # row instead of an error; a batch without one cannot conflict and goes
+    # through job_insert_many, the same INSERT as a plain, plan-cached statement.
     def _batch_defer_jobs(
         self, jobs: Sequence[Job], connection: Any = None, args_json: Sequence[str] | None = None
     ) -> Op[list[Job]]:
@@ -119,7 +122,8 @@ class JobManager(FlowOperations, WorkerOperations, JobReads, HasConnector):
                 for job, job_id in zip(jobs, ids, strict=True)
             ]
 
-        return Op("job_defer_many", {"jobs": payload}, "all", parse, connection)
+        query = _insert_query("job_defer_many", any(job.queueing_lock for job in jobs))
+        return Op(query, {"jobs": payload}, "all", parse, connection)
 
     batch_defer_jobs, batch_defer_jobs_async = paired(_batch_defer_jobs)
 
@@ -139,7 +143,7 @@ class JobManager(FlowOperations, WorkerOperations, JobReads, HasConnector):
             raise _already_enqueued(
                 f"{len(args_json)} jobs in one batch share queueing_lock {template.queueing_lock!r}"
             )
-        query = query or "job_defer_many"
+        query = _insert_query(query or "job_defer_many", template.queueing_lock is not None)
         chunks = serialization.chunked(args_json, DEFER_CHUNK_BYTES)
         if len(chunks) == 1:
             payload = serialization.template_payload(template, args_json)
@@ -393,3 +397,16 @@ class JobManager(FlowOperations, WorkerOperations, JobReads, HasConnector):
 
     _retry_job_sync, retry_job_async = paired(_retry_job)
     retry_job = either_colour(_retry_job_sync, retry_job_async)
+
+
+def _insert_query(query: str, has_queueing_lock: bool) -> str:
+    """The statement for a batch: job_defer_many[_nondurable], or its plain twin."""
+    if has_queueing_lock:
+        return query
+    return _PLAIN_INSERTS[query]
+
+
+_PLAIN_INSERTS = {
+    "job_defer_many": "job_insert_many",
+    "job_defer_many_nondurable": "job_insert_many_nondurable",
+}

@@ -69,6 +69,8 @@ class InMemoryStore(FlowTables, InMemoryReads):  # flow control: in_memory_flow.
 
     # No WAL here: a non-durable defer is a defer (durable=False, docs/durability.md).
     job_defer_many_nondurable = job_defer_many
+    job_insert_many = job_defer_many  # the same rows; only the server's plan differs
+    job_insert_many_nondurable = job_defer_many
 
     def job_fetch_many(self, p: dict[str, Any]) -> list[dict[str, Any]]:
         now = self.clock()

@@ -40,6 +40,11 @@ def test_migrations_are_numbered_and_record_themselves():
             "SELECT id",
         ),
         (
+            "job_insert_many",
+            "\nWHERE (SELECT set_config('synchronous_commit', 'off', true)) = 'off'",
+            "INSERT INTO",
+        ),
+        (
             "job_fetch_many",
             "\n      AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off'",
             "WITH candidate",
@@ -53,3 +58,15 @@ def test_each_nondurable_query_is_its_durable_twin_plus_the_setting(durable_name
     assert nondurable.count(gate) == 1
     statement = nondurable[nondurable.index(start) :].replace(gate, "")
     assert statement.strip() == durable[durable.index(start) :].strip()
+
+
+def test_the_plain_insert_is_the_one_of_pcq_insert_jobs():
+    """job_insert_many inserts exactly what pcq_insert_jobs (migration 0011) inserts."""
+
+    def insert(text: str) -> str:
+        body = text[text.index("INSERT INTO pcq_jobs") : text.index("RETURNING id")]
+        lines = [line.split("--")[0] for line in body.splitlines()]
+        return " ".join(" ".join(lines).split()).replace("%(jobs)s::jsonb", "jobs")
+
+    [migration] = [m for m in sql.migrations() if m.version == 11]
+    assert insert(sql.query("job_insert_many")) == insert(migration.sql)
