@@ -59,6 +59,13 @@ def _indexes(node: dict[str, Any]) -> set[str | None]:
     return found
 
 
+#: What reads finished rows: the table itself (a Seq Scan has no index) and the indexes
+#: that hold finished jobs. Every other index of pcq_jobs is partial over waiting or
+#: running jobs (pcq_jobs_unfinished_idx, or e.g. pcq_jobs_running_idx for 'doing',
+#: which the planner may prefer on a small table): reading one of those is the point.
+READS_FINISHED = {None, "pcq_jobs_pkey", "pcq_jobs_finished_idx", "pcq_jobs_unique_idx"}
+
+
 def _scans(node: dict[str, Any]) -> list[dict[str, Any]]:
     found = [node] if "Relation Name" in node else []
     for child in node.get("Plans", []):
@@ -92,9 +99,9 @@ def test_the_plan_reads_the_unfinished_index_and_no_finished_row(app, db_conn):
     _table(app, db_conn)
     for status in ("todo", "doing"):
         plan = _plan(db_conn, "job_list_unfinished", status=status, limit=50)
-        # Only the index of the 6 unfinished rows is read (an index or a bitmap scan),
-        # never the table itself nor its pkey, whatever FINISHED is.
-        assert _indexes(plan) == {"pcq_jobs_unfinished_idx"}, plan
+        # Only an index of unfinished rows is read (an index or a bitmap scan), never
+        # the table itself nor its pkey, whatever FINISHED is.
+        assert _indexes(plan).isdisjoint(READS_FINISHED), plan
         visited = sum(s.get("Rows Removed by Filter", 0) + s["Actual Rows"] for s in _scans(plan))
         assert visited <= 6, plan
 
@@ -157,7 +164,7 @@ def test_queue_stats_count_the_jobs_of_every_waiting_reason(app, db_conn):
     assert sum(s.todo for s in stats) == waiting == 8
     assert sum(s.doing for s in stats) == 1
     plan = _plan(db_conn, "queue_stats")
-    assert _indexes(plan) <= {"pcq_jobs_unfinished_idx", "pcq_jobs_running_idx"}, plan
+    assert _indexes(plan).isdisjoint(READS_FINISHED), plan
 
 
 def test_sampled_counts_count_the_jobs_of_every_waiting_reason(app, db_conn):
@@ -167,4 +174,5 @@ def test_sampled_counts_count_the_jobs_of_every_waiting_reason(app, db_conn):
     assert not any(r["estimated"] for r in rows if r["status"] in ("todo", "doing"))
     params = {"group_by": "queue", "queue": None, "task": None, "status": None, "lock": None}
     plan = _plan(db_conn, "job_count_by_sampled", rows=FINISHED, sample_percent=1.0, **params)
-    assert None not in _indexes(plan), plan  # the sample is a Sample Scan, not a Seq Scan
+    # the sample is a Sample Scan (not listed); the exact part reads no finished row
+    assert _indexes(plan).isdisjoint(READS_FINISHED), plan
