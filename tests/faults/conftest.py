@@ -133,8 +133,13 @@ class Harness:
         *,
         wait_ready: bool = True,
         env: dict[str, str] | None = None,
+        expected_exit: int | None = 0,
         **options: Any,
     ) -> WorkerProcess:
+        """A worker subprocess; with wait_ready, once its row is registered.
+
+        `expected_exit`: the exit code the test expects (a worker its task kills may
+        die before the registration is seen, which then counts as ready)."""
         opts = {**FAST, "name": role, **options}
         log_path = self.tmp / f"{role}-{len(self.workers)}.log"
         environment = {
@@ -154,7 +159,7 @@ class Harness:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        worker = WorkerProcess(proc, log_path, role)
+        worker = WorkerProcess(proc, log_path, role, expected_exit)
         self.workers.append(worker)
         if wait_ready:
             wait_until(
@@ -164,6 +169,11 @@ class Harness:
 
     def _registered(self, worker: WorkerProcess) -> bool:
         if worker.proc.poll() is not None:
+            if (
+                worker.expected_exit not in (None, 0)
+                and worker.proc.returncode == worker.expected_exit
+            ):
+                return True  # it started, took its job and died of it, as the test expects
             raise AssertionError(
                 f"worker {worker.role} exited with {worker.proc.returncode}:\n{worker.logs()}"
             )

@@ -75,8 +75,9 @@ def test_f26_a_job_that_kills_its_worker_fails_after_the_recovery_bound(
         assert deaths < 3, f"the job killed a worker a {deaths + 1}th time:\n{harness.describe()}"
         # concurrency 1: the poison job (deferred first) is the victim's only job. Jobs
         # running beside it would die with it and count a recovery too (docs/worker.md).
-        w = harness.start_worker(f"victim{deaths}", concurrency=1, max_stalled_recoveries=3)
-        w.expected_exit = exit_code
+        w = harness.start_worker(
+            f"victim{deaths}", concurrency=1, max_stalled_recoveries=3, expected_exit=exit_code
+        )
         assert w.wait(30) == exit_code, w.logs()[-3000:]
         deaths += 1
         wait_until(
