@@ -44,6 +44,37 @@ class FlowOperations(HasConnector):
 
     defer_flow, defer_flow_async = paired(_defer_flow)
 
+    def _defer_periodic_flow(
+        self,
+        template: Job,
+        flow_options: flow.FlowOptions,
+        periodic_id: str,
+        defer_timestamp: int,
+        args_json: str,
+    ) -> Op[flow.DeferResult | None]:
+        """Defer one periodic tick of a task with a unique key, unless any worker already did.
+
+        None when another worker (or this one, earlier) deferred the tick; else what
+        became of its job: a unique conflict skips the tick (it is recorded, nothing
+        raises), as a held queueing lock does.
+        """
+        params = {
+            "task_name": template.task_name,
+            "periodic_id": periodic_id,
+            "defer_timestamp": defer_timestamp,
+            "jobs": flow.payload(template, flow_options, [template.task_kwargs], [args_json]),
+        }
+
+        def parse(rows: list[dict[str, Any]]) -> flow.DeferResult | None:
+            if not rows:
+                return None
+            [row] = rows
+            return flow.DeferResult(row["id"], row["outcome"], row["conflict_id"])
+
+        return Op("periodic_defer_flow", params, "all", parse)
+
+    defer_periodic_flow, defer_periodic_flow_async = paired(_defer_periodic_flow)
+
     def _set_paused(self, kind: Literal["queue", "task"], name: str, paused: bool) -> Plan[int]:
         """Pause or resume, holding or releasing its jobs in bounded batches; how many."""
         if not isinstance(name, str) or not name:

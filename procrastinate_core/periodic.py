@@ -81,16 +81,6 @@ class PeriodicTask:
                 f"periodic task {task.name!r}: task_kwargs may not contain 'timestamp', "
                 "which the periodic deferrer sets to the tick's time"
             )
-        if task.flow.unique_key is not None:
-            # A tick is deferred without it (periodic_defer inserts one row per tick,
-            # deduplicated across workers by pcq_periodic_defers): refused rather than
-            # silently not applied.
-            raise exceptions.ConfigurationError(
-                f"{where}: the task has unique_key=, which periodic jobs do not carry. Each "
-                "tick is already deferred once across workers; to keep one tick waiting use "
-                "@app.periodic(..., queueing_lock=...), to keep ticks from overlapping "
-                "give the task concurrency_limit=1 (or a lock)."
-            )
         # The options a tick is deferred with, checked now rather than at each tick.
         if "queue" in configure_kwargs:
             validation.check_name("queue", configure_kwargs["queue"], where=where)

@@ -1,8 +1,9 @@
 """PeriodicDeferrer: defers one job per tick of each periodic task, across all workers.
 
-Every worker runs one. Each tick is deferred through `periodic_defer`, whose
-insert into pcq_periodic_defers (primary key: task, periodic_id, tick) lets
-exactly one worker win. At start, the latest tick missed within
+Every worker runs one. Each tick is deferred through `periodic_defer` (or,
+for a task with a unique key, `periodic_defer_flow`), whose insert into
+pcq_periodic_defers (primary key: task, periodic_id, tick) lets exactly one
+worker win. At start, the latest tick missed within
 `App(periodic_defaults={"max_delay": s})` seconds is caught up once; older
 ones are skipped. Errors are logged and retried: the deferrer never stops
 its worker.
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from croniter import croniter
 
 from procrastinate_core import exceptions, flow
+from procrastinate_core.jobs import Job
 from procrastinate_core.manager import JobManager
 from procrastinate_core.periodic import DatabaseClock, PeriodicTask, read_clock
 from procrastinate_core.service import Backoff, Service
@@ -127,11 +129,14 @@ class PeriodicDeferrer(Service):
         task_kwargs = dict(kwargs.pop("task_kwargs", None) or {})
         deferrer = task.configure(**kwargs)
         job = deferrer.make_new_job(**task_kwargs, timestamp=tick)
-        # the task's concurrency and rate limits hold for its periodic jobs too (#13)
-        limits = flow.limit_fields(deferrer.flow, task.name, job.task_kwargs)
-        job_id = await self.job_manager.defer_periodic_job_async(
-            job, periodic_task.periodic_id, tick, limits
-        )
+        if deferrer.flow is not None and deferrer.flow.unique_key is not None:
+            job_id = await self._defer_unique_tick(periodic_task, job, deferrer.flow, tick)
+        else:
+            # the task's concurrency and rate limits hold for its periodic jobs too (#13)
+            limits = flow.limit_fields(deferrer.flow, task.name, job.task_kwargs)
+            job_id = await self.job_manager.defer_periodic_job_async(
+                job, periodic_task.periodic_id, tick, limits
+            )
         if job_id is None:
             return 0
         logger.info(
@@ -147,6 +152,39 @@ class PeriodicDeferrer(Service):
             },
         )
         return 1
+
+    async def _defer_unique_tick(
+        self, periodic_task: PeriodicTask, job: Job, flow_options: flow.FlowOptions, tick: int
+    ) -> int | None:
+        """A tick of a task with a unique key: deferred through pcq_defer_flow (0015).
+
+        The job id, or None when another worker deferred the tick or the key's holder
+        keeps its place (on_conflict 'ignore', or 'raise': there is no caller to raise
+        to, so the tick is recorded and skipped, and logged).
+        """
+        args_json = self.job_manager.connector.json_dumps(job.task_kwargs)
+        result = await self.job_manager.defer_periodic_flow_async(
+            job, flow_options, periodic_task.periodic_id, tick, args_json
+        )
+        if result is None:
+            return None
+        if result.outcome in ("inserted", "replaced"):
+            return result.job_id
+        logger.info(
+            "Skipped periodic job %s for tick %d: job %s holds its unique key",
+            job.task_name,
+            tick,
+            result.conflict_id,
+            extra={
+                "action": "periodic_skipped",
+                "task_name": job.task_name,
+                "periodic_id": periodic_task.periodic_id,
+                "tick": tick,
+                "outcome": result.outcome,
+                "conflict_id": result.conflict_id,
+            },
+        )
+        return None
 
     def seconds_to_next_tick(self) -> float:
         now = self.clock()

@@ -7,7 +7,7 @@ waiting jobs of a key when a holder leaves or a job enters it), the pause
 gate and pcq_set_paused, and pcq_defer_flow (unique keys with on_conflict,
 per item; all_or_nothing inserts nothing when one conflicts); 0012's 'rate'
 waiting reason, pcq_rate_starts, pcq_rate_keys and pcq_settle_rates. The
-named queries job_defer_flow_many, paused_set, paused_list,
+named queries job_defer_flow_many, periodic_defer_flow, paused_set, paused_list,
 job_promote_rate and rate_starts_prune are methods here; InMemoryStore
 inherits them.
 """
@@ -271,6 +271,21 @@ class FlowTables(InMemoryTables):
         for channel, payload in sent:
             notify(channel, payload)
         return rows
+
+    def periodic_defer_flow(self, p: dict[str, Any]) -> list[dict[str, Any]]:
+        """pcq_periodic_defer_flow (0015): the tick recorded first, then its job's defer."""
+        key = (p["task_name"], p.get("periodic_id") or "", int(p["defer_timestamp"]))
+        if key in self.periodic_defers:
+            return []
+        self.periodic_defers[key] = None
+        try:
+            [row] = self.job_defer_flow_many({"jobs": p["jobs"], "all_or_nothing": False})
+        except BaseException:
+            del self.periodic_defers[key]  # one statement: the tick's row goes with it
+            raise
+        if row["outcome"] in ("inserted", "replaced"):
+            self.periodic_defers[key] = row["id"]
+        return [{"id": row["id"], "outcome": row["outcome"], "conflict_id": row["conflict_id"]}]
 
     def paused_set(self, p: dict[str, Any]) -> list[dict[str, Any]]:
         kind, name, batch = p["kind"], p["name"], p["batch"]

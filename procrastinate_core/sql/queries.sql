@@ -521,6 +521,17 @@ FROM tick
 ON CONFLICT (queueing_lock) WHERE status = 'todo' AND queueing_lock IS NOT NULL DO NOTHING
 RETURNING id;
 
+-- name: periodic_defer_flow
+-- Defers the job of one periodic tick of a task with a unique key (or other
+-- flow-control fields, as a one-item job_defer_flow_many array in %(jobs)s)
+-- unless that tick was already deferred: pcq_periodic_defer_flow (migration
+-- 0015) records the tick first, then defers through pcq_defer_flow_guarded.
+-- No row: the tick was deferred before. One row: id, outcome, conflict_id.
+-- Plan: the primary key of pcq_periodic_defers, then job_defer_flow_many's.
+SELECT id, outcome, conflict_id
+FROM pcq_periodic_defer_flow(%(task_name)s, %(periodic_id)s, %(defer_timestamp)s,
+                             %(jobs)s::jsonb);
+
 -- name: periodic_defers_prune
 -- Forgets ticks older than %(before)s (a Unix timestamp); returns how many.
 WITH deleted AS (

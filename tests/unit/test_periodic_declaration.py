@@ -76,13 +76,12 @@ def test_periodic_unknown_option_is_refused(app):
         app.periodic(cron="* * * * *", schedule_in={"seconds": 1})(t)
 
 
-def test_a_periodic_task_with_a_unique_key_is_refused_naming_the_alternatives(app):
-    """Its ticks could not carry the key: refused at decoration, never silently dropped."""
+def test_a_periodic_task_with_a_unique_key_is_accepted(app):
+    """Its ticks carry the key (migration 0015; tests/integration/test_periodic_unique.py)."""
 
-    @app.task(name="digest", unique_key="digest")
+    @app.task(name="digest", unique_key="digest", on_conflict="ignore")
     def digest(timestamp):
         pass
 
-    with pytest.raises(exceptions.ConfigurationError, match="unique_key=.*queueing_lock"):
-        app.periodic(cron="* * * * *")(digest)
-    assert app.periodic_tasks == []
+    app.periodic(cron="* * * * *")(digest)
+    assert [p.task.name for p in app.periodic_tasks] == ["digest"]
