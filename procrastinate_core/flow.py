@@ -7,7 +7,8 @@ is in one of `unique_states`. Both are decided by the database at defer time
 (pcq_defer_flow) and by its triggers afterwards, so they hold across every
 worker and every process that defers. A job with a rate key waits (as 'rate',
 migration 0012) until it is granted one of the `rate_limit` starts its key
-may make per `rate_period` seconds, counted on the database clock. Pause and resume are JobManager
+may make per `rate_period` seconds, counted on the database clock; with both
+limits, the grant first, then a slot (migration 0016). Pause and resume are JobManager
 operations (they change no job option); see docs/flow-control.md.
 
 This module only validates options and builds the defer payload; the SQL is
@@ -183,11 +184,6 @@ def _build(
             f"rate_key={rkey!r} needs rate_limit=N (how many of its jobs may start per "
             "rate_period seconds), or a string such as rate_limit='10/m'"
         )
-    if limit is not None and concurrency_limit is not None:
-        raise exceptions.ConfigurationError(
-            f"concurrency_limit={concurrency_limit} and rate_limit={rate_limit!r} cannot be "
-            "combined on one job yet; use one or the other (docs/flow-control.md)"
-        )
     return FlowOptions(
         concurrency_key=key,
         concurrency_limit=concurrency_limit,
@@ -252,7 +248,7 @@ def _check_rate(rate_limit: Any, rate_period: Any) -> tuple[int | None, float | 
 
 
 def check_with_job(flow: FlowOptions, job: Job) -> None:
-    """A job has a lock or a concurrency limit, not both (a lock is the limit of 1)."""
+    """A lock excludes a concurrency limit (it is the ordered limit of 1) and a rate limit."""
     if flow.concurrency_limit is not None and job.lock is not None:
         raise exceptions.ConfigurationError(
             f"task {job.task_name!r}: lock={job.lock!r} and concurrency_limit="
@@ -262,7 +258,8 @@ def check_with_job(flow: FlowOptions, job: Job) -> None:
     if flow.rate_limit is not None and job.lock is not None:
         raise exceptions.ConfigurationError(
             f"task {job.task_name!r}: lock={job.lock!r} and rate_limit={flow.rate_limit} "
-            "cannot be combined on one job yet; use one or the other (docs/flow-control.md)"
+            "cannot be combined (a lock keeps defer order, which rate grants cannot); for "
+            "one at a time under a rate limit use concurrency_limit=1 (docs/flow-control.md)"
         )
 
 

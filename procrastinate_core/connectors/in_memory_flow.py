@@ -6,7 +6,8 @@ the 'limit' waiting reason and pcq_settle_limits (slots given to the best
 waiting jobs of a key when a holder leaves or a job enters it), the pause
 gate and pcq_set_paused, and pcq_defer_flow (unique keys with on_conflict,
 per item; all_or_nothing inserts nothing when one conflicts); 0012's 'rate'
-waiting reason, pcq_rate_starts, pcq_rate_keys and pcq_settle_rates. The
+waiting reason, pcq_rate_starts, pcq_rate_keys and pcq_settle_rates (with 0016's
+order for a job with both limits: the rate grant, then a slot). The
 named queries job_defer_flow_many, periodic_defer_flow, paused_set, paused_list,
 job_promote_rate and rate_starts_prune are methods here; InMemoryStore
 inherits them.
@@ -43,12 +44,12 @@ def _waits_for_slot(job: Mapping[str, Any] | None) -> bool:
 
 
 def _granted(job: Mapping[str, Any] | None) -> bool:
-    """Granted a start and not claimed yet (ready, or ready but paused)."""
+    """Granted a start and not claimed yet (ready, paused, or waiting for a slot: 0016)."""
     return (
         job is not None
         and job.get("rate_key") is not None
         and job["status"] == "todo"
-        and job.get("waiting_for") in _HOLDING_WAITS
+        and job.get("waiting_for") in (*_HOLDING_WAITS, "limit")
     )
 
 
@@ -72,10 +73,11 @@ class FlowTables(InMemoryTables):
     # -- the schema's behaviour --------------------------------------------------
     def _wait_reason(self, job: Mapping[str, Any]) -> str | None:
         reason = super()._wait_reason(job)
-        if reason is None and job["status"] == "todo" and job.get("concurrency_key") is not None:
-            return "limit"
+        # the rate grant first, then a slot (migration 0016)
         if reason is None and job["status"] == "todo" and job.get("rate_key") is not None:
             return "rate"
+        if reason is None and job["status"] == "todo" and job.get("concurrency_key") is not None:
+            return "limit"
         return reason
 
     @staticmethod
@@ -83,9 +85,9 @@ class FlowTables(InMemoryTables):
         """What job_promote_due gives a due job: its lock, slot or rate grant to wait for."""
         if job["lock"] is not None:
             return "lock"
-        if job.get("concurrency_key") is not None:
-            return "limit"
-        return "rate" if job.get("rate_key") is not None else None
+        if job.get("rate_key") is not None:
+            return "rate"
+        return "limit" if job.get("concurrency_key") is not None else None
 
     def _is_paused(self, job: Mapping[str, Any]) -> bool:
         return ("queue", job["queue_name"]) in self.paused or (
@@ -163,7 +165,8 @@ class FlowTables(InMemoryTables):
         granted = sum(1 for j in self.jobs.values() if j.get("rate_key") == key and _granted(j))
         free: int = max(int(waiting[0]["rate_limit"]) - len(starts) - granted, 0)
         for job in waiting[:free]:
-            self._update(job, waiting_for=None)
+            # a job with a concurrency key then waits for a slot (0016)
+            self._update(job, waiting_for="limit" if job.get("concurrency_key") else None)
         if any(j.get("rate_key") == key and _waits_for_rate(j) for j in self.jobs.values()):
             self.rate_keys[key] = min(starts, default=now) + period
         else:

@@ -631,9 +631,10 @@ promoted AS (
     UPDATE pcq_jobs AS j
     -- what pcq_job_wait_reason gives a job that is due: the statement
     -- trigger then settles its lock, concurrency slot or rate grant
+    -- (a job with a rate and a concurrency limit: the grant first, 0016)
     SET waiting_for = CASE WHEN j.lock IS NOT NULL THEN 'lock'
-                           WHEN j.concurrency_key IS NOT NULL THEN 'limit'
-                           WHEN j.rate_key IS NOT NULL THEN 'rate' END
+                           WHEN j.rate_key IS NOT NULL THEN 'rate'
+                           WHEN j.concurrency_key IS NOT NULL THEN 'limit' END
     FROM due
     WHERE j.id = due.id
     RETURNING j.id

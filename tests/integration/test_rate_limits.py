@@ -208,8 +208,6 @@ def test_rate_options_are_checked_before_any_sql():
         app.task(name="both", lock="L", rate_limit=1)(lambda: None)
     with pytest.raises(exceptions.ConfigurationError, match="cannot be combined"):
         plain.configure(lock="L", rate_limit=1)
-    with pytest.raises(exceptions.ConfigurationError, match="cannot be combined"):
-        plain.configure(concurrency_limit=1, rate_limit=1)
     with pytest.raises(exceptions.ConfigurationError, match="function returned 7"):
         plain.configure(rate_key=lambda **_: 7, rate_limit=1).defer()
     assert app.connector.jobs == {}  # type: ignore[attr-defined]
