@@ -29,8 +29,11 @@ LIMIT = 4
 PERIOD = 1.5  # seconds
 
 
-def _defer_rated(harness: Harness, key: str, count: int, seconds: float) -> list[int]:
-    """Jobs with a rate key, inserted as JobDeferrer does (job_defer_flow_many)."""
+def _defer_rated(
+    harness: Harness, key: str, count: int, seconds: float, slots: int | None = None
+) -> list[int]:
+    """Jobs with a rate key (and `slots` running at once, if given), inserted as
+    JobDeferrer does (job_defer_flow_many)."""
     jobs = [
         {
             "queue_name": "default",
@@ -39,6 +42,8 @@ def _defer_rated(harness: Harness, key: str, count: int, seconds: float) -> list
             "rate_key": key,
             "rate_limit": LIMIT,
             "rate_period": PERIOD,
+            "concurrency_key": None if slots is None else key,
+            "concurrency_limit": slots,
             "unique_states": ["todo", "doing"],
             "on_conflict": "raise",
         }
@@ -132,4 +137,54 @@ def test_rate_limits_with_a_worker_killed(harness: Harness) -> None:
         expect_success=everything,
         expected_tracebacks=("CancelledError",),
         zombies=harness.finished_by(victim.pid),  # finished, then killed before its outcome
+    )
+
+
+def test_rate_and_concurrency_limits_on_one_key_with_a_worker_killed(harness: Harness) -> None:
+    """3 workers x concurrency 4; 16 jobs of one key with at most 4 starts per 1.5 s and
+    at most 2 running at once (migration 0016); one worker SIGKILLed while it runs one."""
+    slots = 2
+    jobs = _defer_rated(harness, "RC", 16, 0.4, slots=slots)
+    victim = harness.start_worker("A", concurrency=4)
+    victim.expected_exit = -signal.SIGKILL
+    harness.start_worker("B", concurrency=4)
+    wait_until(
+        lambda: (
+            harness.one(
+                "SELECT count(*) FROM fault_ledger WHERE pid = %s AND finished_at IS NULL",
+                (victim.pid,),
+            )
+            >= 1
+        ),
+        timeout=30,
+        what="the victim running a limited job",
+    )
+    victim.signal(signal.SIGKILL)
+    victim.wait(5)
+    killed_at = harness.one("SELECT clock_timestamp()")
+    harness.start_worker("C", concurrency=4)
+    harness.wait_status(jobs, "succeeded", timeout=RECOVERY_WINDOW + 90)
+    harness.stop_all()
+
+    every_start = _starts(harness, "RC", from_ledger=False)
+    assert _most_in_a_window(every_start) <= LIMIT, "a claim broke the window"
+    # Never more than `slots` bodies at once (a killed attempt ran until the kill).
+    spans = harness.all(
+        "SELECT started_at, coalesce(finished_at, %s) FROM fault_ledger WHERE job_id = ANY(%s)",
+        (killed_at, jobs),
+    )
+    edges = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])
+    running = peak = 0
+    for _, step in edges:  # an end sorts before a start at the same instant
+        running += step
+        peak = max(peak, running)
+    assert peak <= slots, f"{peak} jobs of the key ran at once"
+    assert harness.all(
+        "SELECT job_id FROM fault_ledger WHERE finished_at IS NULL AND job_id = ANY(%s)",
+        (jobs,),
+    ), "the kill interrupted no limited job: it proved nothing about recovery"
+    harness.check(
+        expect_success=jobs,
+        expected_tracebacks=("CancelledError",),
+        zombies=harness.finished_by(victim.pid),
     )
