@@ -170,10 +170,12 @@ class PeriodicDeferrer(Service):
             return None
         if result.outcome in ("inserted", "replaced"):
             return result.job_id
+        holder = "its queueing lock" if result.outcome == "queueing_lock" else "its unique key"
         logger.info(
-            "Skipped periodic job %s for tick %d: job %s holds its unique key",
+            "Skipped periodic job %s for tick %d: %s is held (by job %s)",
             job.task_name,
             tick,
+            holder,
             result.conflict_id,
             extra={
                 "action": "periodic_skipped",
