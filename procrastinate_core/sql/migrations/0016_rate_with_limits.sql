@@ -18,7 +18,7 @@
 -- this path, the grant first tries each such key's lock without waiting
 -- (re-entrant: the nested settle then finds it held by itself); a job whose
 -- key is busy is not granted in this pass, and its rate key is looked at
--- again by the stager RETRY_GRANT later (pcq_rate_keys).
+-- again by the stager 50 ms later (its pcq_rate_keys row).
 --
 -- This file replaces whole, from 0012: the CHECK pcq_jobs_rate_valid,
 -- pcq_job_wait_reason, pcq_jobs_rate_granted_idx, pcq_settle_rates,
