@@ -144,7 +144,7 @@ def test_rate_and_concurrency_limits_on_one_key_with_a_worker_killed(harness: Ha
     """3 workers x concurrency 4; 16 jobs of one key with at most 4 starts per 1.5 s and
     at most 2 running at once (migration 0016); one worker SIGKILLed while it runs one."""
     slots = 2
-    jobs = _defer_rated(harness, "RC", 16, 0.4, slots=slots)
+    jobs = _defer_rated(harness, "RC", 16, 0.8, slots=slots)
     victim = harness.start_worker("A", concurrency=4)
     victim.expected_exit = -signal.SIGKILL
     harness.start_worker("B", concurrency=4)
