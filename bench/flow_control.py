@@ -18,6 +18,9 @@ same run (shape and clean rounds alternate):
   limit 100 each (never binding: the cost of settling a key at each finish);
 - `rated_drain`: the drained jobs themselves carry 10 rate keys whose limit
   never binds (the cost of a grant at defer and a recorded start at claim);
+- `rated_limited_drain`: both at once on each drained job (migration 0016):
+  10 rate keys that never bind and 10 concurrency keys of limit 100 (a grant,
+  then a slot, then a recorded start, and a slot handed over at each finish);
 - `rate_bound`: up to 600 jobs carry one rate key that binds, a sixth of
   them per second (100/s: far under what the worker drains clean): its
   figure is the achieved rate of starts (from the first to the last, on the
@@ -46,7 +49,15 @@ from procrastinate_core import sql
 from procrastinate_core.options import WorkerOptions
 from procrastinate_core.worker import Worker
 
-SHAPES = ("limited", "paused", "rated", "limited_drain", "rated_drain", "rate_bound")
+SHAPES = (
+    "limited",
+    "paused",
+    "rated",
+    "limited_drain",
+    "rated_drain",
+    "rated_limited_drain",
+    "rate_bound",
+)
 #: shapes whose free jobs must drain at >= 0.9 of the clean rate (issue #13, point 6)
 BESIDE = ("limited", "paused", "rated")
 RATE_KEYS = 10
@@ -136,21 +147,26 @@ def _prepare(dsn: str, shape: str, free: int, backlog: int) -> None:
                 for n in range(backlog)
             ]
             _defer_many(conn, jobs, flow_fields=True)
-        if shape in ("rated_drain", "rate_bound"):
-            keys, limit = (RATE_KEYS, 1_000_000) if shape == "rated_drain" else (1, rate_of(free))
-            jobs = [
-                {
-                    "queue_name": "default",
-                    "task_name": "noop",
-                    "args": {},
-                    "rate_key": f"D{n % keys}",
-                    "rate_limit": limit,
-                    "rate_period": 1.0,
-                    "unique_states": ["todo", "doing"],
-                    "on_conflict": "raise",
-                }
-                for n in range(free)
-            ]
+        if shape in ("rated_drain", "rated_limited_drain", "rate_bound"):
+            keys, limit = (1, rate_of(free)) if shape == "rate_bound" else (RATE_KEYS, 1_000_000)
+            slots: dict[str, Any] = {}
+            jobs = []
+            for n in range(free):
+                if shape == "rated_limited_drain":
+                    slots = {"concurrency_key": f"K{n % 10}", "concurrency_limit": 100}
+                jobs.append(
+                    {
+                        "queue_name": "default",
+                        "task_name": "noop",
+                        "args": {},
+                        "rate_key": f"D{n % keys}",
+                        "rate_limit": limit,
+                        "rate_period": 1.0,
+                        **slots,
+                        "unique_states": ["todo", "doing"],
+                        "on_conflict": "raise",
+                    }
+                )
             _defer_many(conn, jobs, flow_fields=True)
         elif shape == "limited_drain":
             jobs = [
@@ -189,7 +205,7 @@ def rate_of(jobs: int) -> int:
 
 _LEFT = "SELECT count(*) FROM pcq_jobs WHERE queue_name = 'default' AND status <> 'succeeded'"
 #: the drained jobs' own waiting reason, if they wait (polled through its partial index)
-_OWN_WAIT = {"limited_drain": "limit", "rate_bound": "rate"}
+_OWN_WAIT = {"limited_drain": "limit", "rated_limited_drain": "limit", "rate_bound": "rate"}
 
 
 def _pending(shape: str) -> tuple[str, dict[str, str]]:

@@ -41,9 +41,13 @@ async def _scenario(app: pc.App, seed: int) -> list[Any]:
                 # readiness (#12): a job scheduled for later waits, even in a lock's line
                 "schedule_in": rng.choice([None, None, None, {"hours": 1}]),
             }
-            if options["lock"] is None and rng.random() < 0.3:
+            draw = rng.random()
+            if options["lock"] is None and draw < 0.3:
                 # rate limits (#13): an hour-long window, so the answers do not depend on time
                 options.update(rate_key=rng.choice(["R1", "R2"]), rate_limit=2, rate_period=3600)
+            if options["lock"] is None and 0.15 < draw < 0.45:
+                # concurrency limits, some with a rate limit too (migration 0016)
+                options.update(concurrency_key=rng.choice(["K1", "K2"]), concurrency_limit=1)
             deferrer = app.configure_task(rng.choice(["t1", "t2"]), **options)
             try:
                 if op == "defer":
