@@ -109,7 +109,8 @@ class FlowTables(InMemoryTables):
             keys.add(new["concurrency_key"])  # type: ignore[index]
         for key in sorted(keys):
             self._settle_limit(key)
-        # pcq_rate_after_insert / _update / _delete (migration 0012)
+        # 0012's rate triggers on insert, update and delete (0017 and 0019 fold the
+        # insert and delete ones into pcq_record_inserted_jobs / pcq_forget_deleted_jobs)
         if (
             new is not None
             and new["status"] == "doing"
