@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from tests.support.database import TestServer
@@ -149,3 +150,27 @@ def test_bench_django_scenario(pg_server: TestServer) -> None:
         if line.startswith("| django")
     }
     assert set(table) == {"django-ours", "django-tasks-db"}, proc.stdout
+
+
+def test_trigger_ab_builds_both_schemas_and_times_both(pg_server: TestServer) -> None:
+    """bench/trigger_ab.py on tiny sizes: both sides ran every statement, and left no database."""
+    from bench import trigger_ab
+
+    made = trigger_ab._databases(pg_server.conninfo(), 18)
+    try:
+        assert len(made) == 2
+        for times in (
+            trigger_ab.defers(made, reps=2, per_rep=5, sync="off"),
+            trigger_ab.cycles(made, reps=2, jobs=20, delete=True),
+        ):
+            assert set(times) == set(made) and all(
+                len(v) == 2 and min(v) > 0 for v in times.values()
+            )
+        with psycopg.connect(made["before 0018"]) as conn:  # the side before 0018 lacks it
+            assert conn.execute("SELECT max(version) FROM pcq_migrations").fetchone() == (17,)
+    finally:
+        trigger_ab._drop(pg_server.conninfo(), made)
+    with pg_server.admin() as admin:
+        names = [psycopg.conninfo.conninfo_to_dict(target)["dbname"] for target in made.values()]
+        left = admin.execute("SELECT count(*) FROM pg_database WHERE datname = ANY(%s)", [names])
+        assert left.fetchone() == (0,)
