@@ -75,7 +75,7 @@ RETURNING id, NULL::text AS conflict;
 -- With 1,000,000 rate-held rows (migration 0012, 10 keys) beside 10,000 ready
 -- ones: the same plan, 1.6 ms for 50 jobs warm; recording the starts of
 -- claimed rate-limited jobs adds about 0.3 ms (a claim of other jobs skips
--- that step: migration 0020; before it, a trigger of its own cost every
+-- that step: migration 0018; before it, a trigger of its own cost every
 -- claim statement 0.05-0.2 ms).
 WITH candidate AS (
     SELECT j.id

@@ -1,17 +1,21 @@
 -- 0018: the update trigger runs only the steps its rows need. Written so
 -- that running it again is harmless.
 --
--- Every claim and every batch of outcomes is an UPDATE of pcq_jobs, and
--- 0008's pcq_record_updated_jobs joined its transition tables once per step
+-- Every claim and every batch of outcomes is an UPDATE of pcq_jobs. 0008's
+-- pcq_record_updated_jobs joined its transition tables once per step
 -- (history events, abort events and their NOTIFY, the pause gate's queues
 -- and tasks, locks, concurrency keys, the wake-up NOTIFY) whatever the rows
--- were: a claim of plain jobs ran ten joins to do one insert of events. Here
--- one join says which steps have rows to work on (for locks and keys: whether
--- any row has one at all), and the others are skipped; each step that runs is
--- 0008's, unchanged (lines marked `-- [0018]` are the new ones). A step
--- skipped had no row to act on, so it would have done nothing: no event, no
--- advisory lock (pcq_paused_among locks only the queues and tasks it is
--- given), no settling, no notification.
+-- were: a claim of plain jobs ran ten joins to do one insert of events; and
+-- 0012's pcq_jobs_rate_updated (0016's pcq_rate_after_update), a statement
+-- trigger of its own that fired first, looked at both transition tables of
+-- every UPDATE to find, most of the time, no rate-limited row. Here one join
+-- says which steps have rows to work on (for locks, keys and rate keys:
+-- whether any row has one at all), the rate step is this function's first
+-- (the same order of work), and the steps without rows are skipped; each step
+-- that runs is 0008's or 0016's, unchanged (lines marked `-- [0018]` are the
+-- new ones). A step skipped had no row to act on, so it would have done
+-- nothing: no event, no advisory lock (pcq_paused_among locks only the queues
+-- and tasks it is given), no settling, no notification.
 
 CREATE OR REPLACE FUNCTION pcq_record_updated_jobs() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -33,9 +37,32 @@ BEGIN
            coalesce(bool_or(n.status = 'todo' AND n.waiting_for IS NULL
                             AND NOT (o.status = 'todo' AND o.waiting_for IS NULL)), false) AS made_ready,
            coalesce(bool_or(n.lock IS NOT NULL OR o.lock IS NOT NULL), false) AS locks,
-           coalesce(bool_or(n.concurrency_key IS NOT NULL OR o.concurrency_key IS NOT NULL), false) AS limits
+           coalesce(bool_or(n.concurrency_key IS NOT NULL OR o.concurrency_key IS NOT NULL), false) AS limits,
+           coalesce(bool_or(n.rate_key IS NOT NULL OR o.rate_key IS NOT NULL), false) AS rates  -- [0018]
     INTO facts
     FROM new_jobs AS n JOIN old_jobs AS o USING (id);
+    -- [0018] 0016's pcq_rate_after_update (a trigger of its own, which fired first):
+    -- claims of rate-limited jobs record their start; jobs entering 'rate', and
+    -- granted jobs leaving without a start, settle their keys.
+    IF facts.rates THEN  -- [0018]
+        INSERT INTO pcq_rate_starts (rate_key, started_at, expires_at, job_id)
+        SELECT n.rate_key, n.started_at, n.started_at + make_interval(secs => n.rate_period), n.id
+        FROM new_jobs AS n JOIN old_jobs AS o USING (id)
+        WHERE n.rate_key IS NOT NULL AND n.status = 'doing' AND o.status <> 'doing';
+        PERFORM pcq_settle_rates(ARRAY(
+            SELECT o.rate_key FROM new_jobs AS n JOIN old_jobs AS o USING (id)
+            WHERE o.rate_key IS NOT NULL AND o.status = 'todo'
+              AND coalesce(o.waiting_for, 'pause') IN ('pause', 'limit')  -- 0016
+              AND NOT (n.status = 'doing'
+                       OR (n.status = 'todo'
+                           AND coalesce(n.waiting_for, 'pause') IN ('pause', 'limit')  -- 0016
+                           AND n.rate_key IS NOT DISTINCT FROM o.rate_key))
+            UNION
+            SELECT n.rate_key FROM new_jobs AS n JOIN old_jobs AS o USING (id)
+            WHERE n.status = 'todo' AND n.waiting_for = 'rate'
+              AND NOT (o.status = 'todo' AND o.waiting_for = 'rate' AND o.rate_key IS NOT DISTINCT FROM n.rate_key)
+        ), false);
+    END IF;  -- [0018]
     IF facts.changed THEN  -- [0018]
     INSERT INTO pcq_events (job_id, type, attempt, worker_id)
     SELECT n.id,
@@ -151,5 +178,8 @@ BEGIN
     RETURN NULL;
 END;
 $$;
+
+DROP TRIGGER IF EXISTS pcq_jobs_rate_updated ON pcq_jobs;  -- [0018]
+DROP FUNCTION IF EXISTS pcq_rate_after_update();
 
 INSERT INTO pcq_migrations (version, name) VALUES (18, 'lean_update_trigger');
