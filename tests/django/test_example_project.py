@@ -7,10 +7,12 @@ import http.cookiejar
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -190,7 +192,11 @@ def test_form_post_defers_a_job_the_worker_runs_and_the_admin_shows(
 
 
 def test_without_a_database_setting_it_starts_an_embedded_postgresql(tmp_path: Path) -> None:
-    pgdata = tmp_path / "pgdata"
+    # Not under tmp_path: as root, pgserver runs the server as another user and opens
+    # the folder's parents to it, and any pytest session starting meanwhile (xdist
+    # workers, the tests that run pytest) closes /tmp/pytest-of-root again (0700),
+    # so pg_ctl failed with "Permission denied" now and then.
+    pgdata = Path(tempfile.mkdtemp(prefix="pcq-example-")) / "pgdata"
     running = RunningExample(_clean_env(EXAMPLE_PGDATA=str(pgdata)), tmp_path / "runexample.log")
     try:
         running.wait_ready(timeout=120)
@@ -199,3 +205,4 @@ def test_without_a_database_setting_it_starts_an_embedded_postgresql(tmp_path: P
         assert running.stop() == 0
     finally:
         running.kill()
+        shutil.rmtree(pgdata.parent, ignore_errors=True)
