@@ -27,10 +27,32 @@ def pg_server() -> TestServer:
 
 
 @pytest.fixture(scope="session")
-def worker_database(pg_server: TestServer) -> Iterator[WorkerDatabase]:
-    database = WorkerDatabase(pg_server)
-    yield database
-    database.drop()
+def _worker_databases() -> Iterator[dict[str, WorkerDatabase]]:
+    """This process's databases by name, dropped when the session ends (and only then)."""
+    databases: dict[str, WorkerDatabase] = {}
+    yield databases
+    for database in databases.values():
+        database.drop()
+
+
+@pytest.fixture(scope="session")
+def worker_database(
+    pg_server: TestServer, _worker_databases: dict[str, WorkerDatabase]
+) -> WorkerDatabase:
+    """This process's database on pg_server, made once per session.
+
+    A session fixture that depends on a parametrized one (tests/pgbouncer
+    overrides pg_server with one per pool mode) is torn down each time the
+    next test on this process has another parameter, which under xdist is
+    often: the database lives in the registry instead, so a switch costs a
+    lookup, not a DROP DATABASE (each one a checkpoint the whole server waits
+    on: some 550 per run before).
+    """
+    name = WorkerDatabase.name_on(pg_server)
+    if name not in _worker_databases:
+        # The server itself, not a bouncer in front of it (the reset goes direct).
+        _worker_databases[name] = WorkerDatabase(getattr(pg_server, "direct", pg_server))
+    return _worker_databases[name]
 
 
 @pytest.fixture

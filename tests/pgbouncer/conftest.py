@@ -29,18 +29,33 @@ def _missing(reason: str) -> None:
     pytest.skip(f"{reason}; install it (apt-get install pgbouncer) to run the PgBouncer tests")
 
 
-@pytest.fixture(scope="session", params=MODES, ids=[f"pgbouncer-{mode}" for mode in MODES])
-def pg_server(request: pytest.FixtureRequest, pg_server: Any) -> Iterator[PooledServer]:
-    """The suite's server behind a private PgBouncer in the mode of this run."""
-    binary = pgbouncer_binary()
-    if binary is None:
-        _missing("pgbouncer is not installed")
-    assert binary is not None
-    bouncer = Bouncer(binary, request.param, pg_server.params)
-    try:
-        yield PooledServer(pg_server, bouncer)
-    finally:
+@pytest.fixture(scope="session")
+def _bouncers() -> Iterator[dict[str, Bouncer]]:
+    """This process's bouncers by pool mode, each started once and stopped when the session ends.
+
+    Not in pg_server: a parametrized session fixture is torn down whenever the
+    next test on this process has the other mode (often, under xdist), and a
+    bouncer per switch cost a start and a stop each time.
+    """
+    running: dict[str, Bouncer] = {}
+    yield running
+    for bouncer in running.values():
         bouncer.stop()
+
+
+@pytest.fixture(scope="session", params=MODES, ids=[f"pgbouncer-{mode}" for mode in MODES])
+def pg_server(
+    request: pytest.FixtureRequest, pg_server: Any, _bouncers: dict[str, Bouncer]
+) -> PooledServer:
+    """The suite's server behind a private PgBouncer in the mode of this run."""
+    mode = request.param
+    if mode not in _bouncers:
+        binary = pgbouncer_binary()
+        if binary is None:
+            _missing("pgbouncer is not installed")
+        assert binary is not None
+        _bouncers[mode] = Bouncer(binary, mode, pg_server.params)
+    return PooledServer(pg_server, _bouncers[mode])
 
 
 @pytest.fixture

@@ -178,7 +178,7 @@ class WorkerDatabase:
 
     def __init__(self, server: TestServer) -> None:
         self.server = server
-        self.name = f"{server.prefix}_worker"
+        self.name = self.name_on(server)
         self.template = server.ensure_template()
         self.server.drop_database(self.name)
         self.server.create_named_database(self.name, self.template)
@@ -186,6 +186,11 @@ class WorkerDatabase:
             self.pristine = catalog(conn)
         #: How many times the database was cloned again (see recreate), for the curious.
         self.recreated = 0
+
+    @staticmethod
+    def name_on(server: TestServer) -> str:
+        """This process's database name on server (a bouncer in front shares it)."""
+        return f"{server.prefix}_worker"
 
     def reset(self) -> None:
         try:
