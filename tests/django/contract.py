@@ -1,5 +1,5 @@
 """The Django connector as a case of the connector contract suite
-(tests/integration/test_connector_contract.py).
+(tests/integration/connector_cases.py).
 
 `build(dsn)` registers a Django database alias for the contract test's
 database (configuring Django with tests/django/settings.py if nothing did yet)

@@ -1,6 +1,6 @@
 """F12 (queueing_lock races) and F14 (non-JSON arguments), for every real connector.
 
-The connectors are the contract suite's CASES (tests/integration/test_connector_contract.py):
+The connectors are the contract suite's CASES (tests/integration/connector_cases.py):
 PsycopgConnector, SyncPsycopgConnector, AiopgConnector, Psycopg2Connector,
 SQLAlchemyPsycopg2Connector and the Django connector. F13 (Django rollback
 after defer) is covered by tests/django/test_transactions.py (see docs/reliability.md).
@@ -20,7 +20,7 @@ import pytest
 
 import procrastinate_core as pc
 from procrastinate_core import exceptions
-from tests.integration.test_connector_contract import REAL, Case, url_of
+from tests.integration.connector_cases import REAL, Case, url_of
 
 THREADS = 10
 DEFERS_PER_THREAD = 10

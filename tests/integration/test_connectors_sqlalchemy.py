@@ -11,7 +11,7 @@ import sqlalchemy
 import procrastinate_core as pc
 from procrastinate_core import exceptions
 from procrastinate_core.contrib.sqlalchemy import SQLAlchemyPsycopg2Connector
-from tests.integration.test_connector_contract import url_of
+from tests.integration.connector_cases import url_of
 
 ENVIRONMENT = {
     "host": "PGHOST",

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_connector_contract import url_of
+from tests.integration.connector_cases import url_of
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 PAGES = [

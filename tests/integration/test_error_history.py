@@ -1,28 +1,17 @@
+# ruff: noqa: F811  (fixtures from connector_cases are imported, then requested by name)
 """Every attempt's error is kept (migration 0009), on every connector, and bounded."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 from procrastinate_core.manager import JobManager
 from procrastinate_core.worker_operations import JobOutcome
-from tests.django import contract as django_contract
-from tests.integration import test_connector_contract as contract
-
-
-@pytest.fixture(params=contract.CASES, ids=[case.name for case in contract.CASES])
-def every_connector(request: pytest.FixtureRequest) -> contract.Harness:
-    return contract._make_harness(request)
-
-
-@pytest.fixture(autouse=True)
-def _forget_django_aliases() -> Iterator[None]:
-    yield
-    django_contract.forget_all()
+from tests.integration.connector_cases import (  # noqa: F401 - fixtures
+    _forget_django_aliases,
+    every_connector,
+)
 
 
 def _error(n: int) -> dict[str, Any]:

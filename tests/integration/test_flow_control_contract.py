@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (fixtures from connector_cases are imported, then requested by name)
 """Flow control (#13, migration 0008) on every connector: concurrency limits, paused
 queues and tasks, unique jobs (the in-memory connector mirrors each).
 
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import datetime
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -22,22 +22,13 @@ from procrastinate_core.jobs import Status
 from procrastinate_core.manager import JobManager
 from procrastinate_core.testing import InMemoryConnector
 from procrastinate_core.worker_operations import JobOutcome
-from tests.django import contract as django_contract
-from tests.integration import test_connector_contract as contract
+from tests.integration.connector_cases import (  # noqa: F401 - fixtures
+    _forget_django_aliases,
+    every_connector,
+)
 from tests.support.waiting import wait_until, wait_until_async
 
 UTC = datetime.timezone.utc
-
-
-@pytest.fixture(params=contract.CASES, ids=[case.name for case in contract.CASES])
-def every_connector(request: pytest.FixtureRequest) -> contract.Harness:
-    return contract._make_harness(request)
-
-
-@pytest.fixture(autouse=True)
-def _forget_django_aliases() -> Iterator[None]:
-    yield
-    django_contract.forget_all()
 
 
 async def claim(

@@ -18,7 +18,7 @@ import pytest
 
 import procrastinate_core as pc
 from procrastinate_core import exceptions, manager, validation
-from tests.integration.test_connector_contract import (  # noqa: F401 - fixtures
+from tests.integration.connector_cases import (  # noqa: F401 - fixtures
     _forget_django_aliases,
     async_harness,
     harness,

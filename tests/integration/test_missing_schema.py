@@ -17,7 +17,7 @@ from procrastinate_core import exceptions
 from procrastinate_core.cli import main
 from procrastinate_core.connectors import errors
 from tests.acceptance import cli_app
-from tests.integration.test_connector_contract import REAL, Case, url_of
+from tests.integration.connector_cases import REAL, Case, url_of
 
 
 @pytest.fixture(autouse=True)

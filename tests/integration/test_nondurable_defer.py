@@ -18,7 +18,7 @@ import pytest
 
 import procrastinate_core as pc
 from procrastinate_core import exceptions, manager
-from tests.integration.test_connector_contract import (
+from tests.integration.connector_cases import (
     REAL,
     TRANSACTIONAL,
     Harness,

@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (fixtures from connector_cases are imported, then requested by name)
 """Rate limits (#13 point 2, migration 0012) on every connector, then PostgreSQL-only checks.
 
 A job's readiness is checked the way a worker sees it: by what a claim
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import datetime
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -22,24 +22,15 @@ from procrastinate_core.periodic_deferrer import PeriodicDeferrer
 from procrastinate_core.stager import Stager, StagerConfig
 from procrastinate_core.testing import InMemoryConnector
 from procrastinate_core.worker_operations import JobOutcome
-from tests.django import contract as django_contract
-from tests.integration import test_connector_contract as contract
+from tests.integration.connector_cases import (  # noqa: F401 - fixtures
+    _forget_django_aliases,
+    every_connector,
+)
 from tests.integration.test_flow_control_contract import claim, finish
 from tests.support.waiting import wait_until, wait_until_async
 
 UTC = datetime.timezone.utc
 HOUR = 3600
-
-
-@pytest.fixture(params=contract.CASES, ids=[case.name for case in contract.CASES])
-def every_connector(request: pytest.FixtureRequest) -> contract.Harness:
-    return contract._make_harness(request)
-
-
-@pytest.fixture(autouse=True)
-def _forget_django_aliases() -> Iterator[None]:
-    yield
-    django_contract.forget_all()
 
 
 async def test_a_key_starts_at_most_n_per_period_whatever_happens_to_the_jobs(every_connector):

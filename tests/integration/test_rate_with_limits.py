@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (fixtures from connector_cases are imported, then requested by name)
 """A rate limit and a concurrency limit on one job (#13, migration 0016), on every
 connector: the grant first, then a slot; a granted job waiting for a slot counts
 against the window until it starts, and gives its grant back if it leaves unstarted.
@@ -9,27 +10,17 @@ hour long, so nothing expires during a test however slow the machine.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import psycopg
 import pytest
 
-from tests.django import contract as django_contract
-from tests.integration import test_connector_contract as contract
+from tests.integration.connector_cases import (  # noqa: F401 - fixtures
+    _forget_django_aliases,
+    every_connector,
+)
 from tests.integration.test_flow_control_contract import claim, finish
 
 HOUR = 3600
-
-
-@pytest.fixture(params=contract.CASES, ids=[case.name for case in contract.CASES])
-def every_connector(request: pytest.FixtureRequest) -> contract.Harness:
-    return contract._make_harness(request)
-
-
-@pytest.fixture(autouse=True)
-def _forget_django_aliases() -> Iterator[None]:
-    yield
-    django_contract.forget_all()
 
 
 async def test_both_limits_bound_a_key_and_every_exit_settles_both(every_connector):

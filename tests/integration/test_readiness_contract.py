@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (fixtures from connector_cases are imported, then requested by name)
 """Readiness as data (#12, migration 0006): every path that frees a lock or brings a
 job's time promotes the next job, on every connector (the in-memory one mirrors it).
 
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import datetime
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -22,31 +22,17 @@ from procrastinate_core.jobs import Status
 from procrastinate_core.manager import JobManager
 from procrastinate_core.testing import InMemoryConnector
 from procrastinate_core.worker_operations import JobOutcome
-from tests.django import contract as django_contract
-from tests.integration import test_connector_contract as contract
+from tests.integration.connector_cases import (  # noqa: F401 - fixtures
+    _forget_django_aliases,
+    async_connector,
+    every_connector,
+)
 from tests.support.waiting import wait_until, wait_until_async
 
 UTC = datetime.timezone.utc
 
 
 # The contract suite's cases: one connector per case, with a view of its database.
-@pytest.fixture(params=contract.CASES, ids=[case.name for case in contract.CASES])
-def every_connector(request: pytest.FixtureRequest) -> contract.Harness:
-    return contract._make_harness(request)
-
-
-@pytest.fixture(params=contract.ASYNC, ids=[case.name for case in contract.ASYNC])
-def async_connector(request: pytest.FixtureRequest) -> contract.Harness:
-    return contract._make_harness(request)
-
-
-@pytest.fixture(autouse=True)
-def _forget_django_aliases() -> Iterator[None]:
-    """Django aliases point at this test's database, which is dropped after it."""
-    yield
-    django_contract.forget_all()
-
-
 async def claim(
     m: JobManager, worker: int, limit: int = 10, queues: list[str] | None = None
 ) -> list[int]:

@@ -1,5 +1,5 @@
-"""The connector contract suite (tests/integration/test_connector_contract.py), every real
-connector through PgBouncer.
+"""The connector contract suite (tests/integration/test_connector_contract.py and
+test_connector_contract_workers.py), every real connector through PgBouncer.
 
 Its tests are imported as they are; what changes is the connectors: each
 Case is rebuilt to connect through the bouncer of this run (see conftest.py's
@@ -20,9 +20,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.integration import test_connector_contract as contract
-from tests.integration.test_connector_contract import *  # noqa: F403 - the contract's tests and fixtures
-from tests.integration.test_connector_contract import _forget_django_aliases  # noqa: F401 - autouse
+from tests.integration import connector_cases as contract
+from tests.integration import test_connector_contract, test_connector_contract_workers
+from tests.integration.connector_cases import *  # noqa: F403 - the contract's fixtures
+from tests.integration.connector_cases import _forget_django_aliases  # noqa: F401 - autouse
 from tests.pgbouncer.bouncer import Bouncer, PooledServer
 
 #: Set for each test by `_this_bouncer`: the mode and the direct DSN of the run.
@@ -66,8 +67,9 @@ def _rebind(test: Any) -> Any:
     return clone
 
 
-for _name in [name for name in dir(contract) if name.startswith("test_")]:
-    globals()[_name] = _rebind(getattr(contract, _name))
+for _part in (test_connector_contract, test_connector_contract_workers):
+    for _name in [name for name in dir(_part) if name.startswith("test_")]:
+        globals()[_name] = _rebind(getattr(_part, _name))
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.test_connector_contract import url_of
+from tests.integration.connector_cases import url_of
 from tests.integration.test_docs_examples import blocks
 from tests.pgbouncer.bouncer import Bouncer
 

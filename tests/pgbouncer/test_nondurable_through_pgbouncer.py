@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from tests.integration import test_nondurable_defer as nondurable
-from tests.integration.test_connector_contract import (  # noqa: F401 - autouse fixture
+from tests.integration.connector_cases import (  # noqa: F401 - autouse fixture
     Harness,
     _forget_django_aliases,
     _make_harness,
