@@ -86,7 +86,9 @@ class SchemaManager(HasConnector):
             if migration.version in applied:
                 continue
             try:
-                yield Script(migration.sql)
+                # Appliers take turns (migration_lock.sql), so the check below
+                # sees a concurrent applier's migration once it has committed.
+                yield Script(sql.migration_lock() + migration.sql)
             except exceptions.ConnectorException as exc:
                 applied = yield from self._applied()
                 if migration.version in applied:

@@ -33,6 +33,12 @@ def query(name: str) -> str:
         raise KeyError(f"no query named {name!r} in queries.sql") from None
 
 
+@functools.cache
+def migration_lock() -> str:
+    """The statement each migration's transaction starts with (see migration_lock.sql)."""
+    return resources.files(__package__).joinpath("migration_lock.sql").read_text("utf-8")
+
+
 @dataclasses.dataclass(frozen=True)
 class Migration:
     version: int

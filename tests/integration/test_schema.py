@@ -8,6 +8,7 @@ import pytest
 import procrastinate_core as pc
 from procrastinate_core import exceptions, sql
 from procrastinate_core.schema import read_schema
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
@@ -80,6 +81,53 @@ def test_concurrent_appliers_both_succeed(pg_server, empty_db_name):
     assert errors == []
     applied = sorted(v for r in results for v in r)
     assert applied == list(range(1, latest() + 1))
+
+
+def test_an_applier_waits_for_the_one_migrating_and_then_skips_what_it_applied(
+    pg_server, empty_db_name
+):
+    """Appliers take turns (sql/migration_lock.sql); the test above only finds a lost race.
+
+    Without turns, two appliers could run one migration at once, deadlock on
+    its DDL, and the loser raised SchemaError before the winner had committed.
+    Here a session holds the turn with migration 0001 applied but uncommitted:
+    the applier must wait for it (on the advisory lock, before any DDL), then
+    apply everything after 0001, counting 0001 as the other's.
+    """
+    dsn = pg_server.conninfo(empty_db_name)
+    holder = psycopg.connect(dsn)  # a transaction, like an applier's migration
+    holder.execute(sql.migration_lock() + sql.migrations()[0].sql)
+    results: list[list[int]] = []
+    errors: list[BaseException] = []
+
+    def apply() -> None:
+        app = pc.App(connector=pc.SyncPsycopgConnector(conninfo=dsn, min_size=1))
+        try:
+            with app.open():
+                results.append(app.schema_manager.apply_schema())
+        except Exception as exc:  # asserted below
+            errors.append(exc)
+
+    applier = threading.Thread(target=apply)
+    applier.start()
+    try:
+        with psycopg.connect(dsn, autocommit=True) as watcher:
+            wait_until(
+                lambda: (
+                    watcher.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND wait_event_type = 'Lock' AND wait_event = 'advisory'"
+                    ).fetchone()
+                    == (1,)
+                ),
+                what="the applier waiting for its turn",
+            )
+    finally:
+        holder.commit()
+        holder.close()
+        applier.join(timeout=60)
+    assert errors == []
+    assert results == [list(range(2, latest() + 1))]
 
 
 def _catalog(conn):

@@ -1,0 +1,12 @@
+-- Run first in each migration's transaction (schema.SchemaManager.apply_schema):
+-- appliers of one database take turns. Without it two appliers (two
+-- `migrate` runs, a deploy starting several workers with apply on start) ran
+-- one migration at once, could deadlock on its DDL, and the loser's check
+-- "did someone else apply it?" came before the winner had committed: a
+-- SchemaError for a migration that was about to succeed. With it the second
+-- applier waits, then its run of the same migration fails on the first's
+-- pcq_migrations row (or its DDL) and rolls back whole, and the check that
+-- follows finds the version applied. A transaction-level lock: nothing is
+-- left held after a crash, and PgBouncer's transaction mode keeps it.
+-- 5275: the key space of our advisory locks (5276-5280 are the flow-control ones).
+SELECT pg_advisory_xact_lock(5275, 0);
