@@ -9,25 +9,19 @@ cancel_job_by_id, get_job_status) runs inside the same transaction.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
-from urllib.parse import quote
 
 import psycopg
 import pytest
 
 import procrastinate_core as pc
 from procrastinate_core import exceptions
-
-
-def _url(params: dict[str, str]) -> str:
-    auth = quote(params.get("user", ""), safe="")
-    host = params.get("host", "")
-    port = params.get("port", "5432")
-    if host.startswith("/"):
-        return f"postgresql://{auth}@/{params['dbname']}?host={quote(host, safe='')}&port={port}"
-    return f"postgresql://{auth + '@' if auth else ''}{host}:{port}/{params['dbname']}"
+from tests.integration.connector_cases import (
+    psycopg2_transaction,
+    psycopg3_transaction,
+    sqlalchemy_transaction,
+    url_of,
+)
 
 
 def _statuses(db_conn: Any) -> dict[int, str]:
@@ -75,61 +69,31 @@ def _check(db_conn: Any, committed: bool, ids: list[int], committed_id: int) -> 
         assert statuses == {committed_id: "todo"}
 
 
-@contextlib.contextmanager
-def _psycopg_sync(db_dsn: str, commit: bool) -> Iterator[Any]:
-    with psycopg.connect(db_dsn) as conn:
-        with conn.transaction(force_rollback=not commit):
-            yield conn
-
-
-@contextlib.contextmanager
-def _psycopg2(db_dsn: str, commit: bool) -> Iterator[Any]:
-    import psycopg2
-
-    conn = psycopg2.connect(db_dsn)
-    try:
-        yield conn
-        conn.commit() if commit else conn.rollback()
-    finally:
-        conn.close()
-
-
-@contextlib.contextmanager
-def _sqlalchemy(db_dsn: str, commit: bool) -> Iterator[Any]:
-    import psycopg2
-    import sqlalchemy
-
-    engine = sqlalchemy.create_engine(
-        "postgresql+psycopg2://", creator=lambda: psycopg2.connect(db_dsn)
-    )
-    try:
-        with engine.connect() as conn:
-            transaction = conn.begin()
-            yield conn
-            transaction.commit() if commit else transaction.rollback()
-    finally:
-        engine.dispose()
-
-
 SYNC_CASES = {
     "sync_psycopg": (
-        lambda p: pc.SyncPsycopgConnector(conninfo=_url(p), min_size=1, max_size=2),
-        _psycopg_sync,
+        lambda p: pc.SyncPsycopgConnector(conninfo=url_of(p), min_size=1, max_size=2),
+        psycopg3_transaction,
     ),
-    "psycopg2": (lambda p: pc.Psycopg2Connector(dsn=_url(p), minconn=1, maxconn=2), _psycopg2),
-    "sqlalchemy": (lambda p: pc.SQLAlchemyPsycopg2Connector(dsn=_url(p), pool_size=2), _sqlalchemy),
+    "psycopg2": (
+        lambda p: pc.Psycopg2Connector(dsn=url_of(p), minconn=1, maxconn=2),
+        psycopg2_transaction,
+    ),
+    "sqlalchemy": (
+        lambda p: pc.SQLAlchemyPsycopg2Connector(dsn=url_of(p), pool_size=2),
+        sqlalchemy_transaction,
+    ),
 }
 
 
 @pytest.mark.parametrize("commit", [True, False], ids=["commit", "rollback"])
 @pytest.mark.parametrize("case", sorted(SYNC_CASES))
-def test_outbox_on_the_callers_sync_connection(case, commit, db_params, db_dsn, db_conn):
+def test_outbox_on_the_callers_sync_connection(case, commit, db_params, db_conn):
     build, transaction = SYNC_CASES[case]
     app = pc.App(connector=build(db_params))
     send = _declare(app)
     with app.open():
         committed_id = send.defer(n=0)
-        with transaction(db_dsn, commit) as conn:
+        with transaction(url_of(db_params), commit) as conn:
             ids = _sync_outbox(app, send, conn, committed_id)
     _check(db_conn, commit, ids, committed_id)
 
@@ -188,14 +152,12 @@ def _refusals_leave_the_transaction_usable(app: pc.App, send: Any, conn: Any) ->
 
 
 @pytest.mark.parametrize("case", sorted(SYNC_CASES))
-def test_a_refused_defer_leaves_the_callers_sync_transaction_usable(
-    case, db_params, db_dsn, db_conn
-):
+def test_a_refused_defer_leaves_the_callers_sync_transaction_usable(case, db_params, db_conn):
     build, transaction = SYNC_CASES[case]
     app = pc.App(connector=build(db_params))
     send = _declare(app)
     with app.open():
-        with transaction(db_dsn, True) as conn:
+        with transaction(url_of(db_params), True) as conn:
             held = _refusals_leave_the_transaction_usable(app, send, conn)
     rows = db_conn.execute("SELECT id, args->>'n' FROM pcq_jobs ORDER BY id").fetchall()
     assert rows[0][0] == held
