@@ -10,7 +10,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from tests.support.database import WorkerDatabase, catalog
+from tests.support.database import WorkerDatabase, catalog, fingerprint
 
 
 @pytest.fixture
@@ -67,6 +67,11 @@ def test_tables_a_test_added_are_dropped_in_place(database):
         "DELETE FROM pcq_migrations",
         "DROP TABLE pcq_periodic_defers",
         "CREATE VIEW v AS SELECT 1 AS one",
+        # Same name and signature, another body: only the row's new version tells.
+        "CREATE OR REPLACE FUNCTION pcq_forget_truncated_jobs() RETURNS trigger "
+        "LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$",
+        "ALTER TABLE pcq_jobs ALTER COLUMN queue_name SET DEFAULT 'other'",
+        "DROP INDEX pcq_jobs_unfinished_idx",
     ],
 )
 def test_any_other_change_gets_a_fresh_clone(database, change):
@@ -77,6 +82,30 @@ def test_any_other_change_gets_a_fresh_clone(database, change):
     assert database.recreated == recreated + 1
     with connect(database) as conn:
         assert catalog(conn) == database.pristine
+
+
+def test_a_reset_after_rows_only_reads_no_catalog(database):
+    """The common case stays cheap: an unchanged fingerprint, no comparison of the catalog."""
+    database.reset()  # the state is now known to be pristine
+    checks, recreated = database.full_checks, database.recreated
+    for _ in range(3):
+        with connect(database) as conn:
+            conn.execute(
+                "INSERT INTO pcq_jobs (queue_name, task_name, args) VALUES ('q', 't', '{}')"
+            )
+        database.reset()
+    assert (database.full_checks, database.recreated) == (checks, recreated)
+    with connect(database) as conn:
+        assert conn.execute("SELECT count(*) FROM pcq_jobs").fetchone() == (0,)
+
+
+def test_temporary_tables_of_ended_sessions_leave_the_fingerprint_as_it_was(database):
+    with connect(database) as conn:
+        before = fingerprint(conn)
+        with connect(database) as other:
+            other.execute("CREATE TEMP TABLE scratch (id int PRIMARY KEY, note text DEFAULT 'x')")
+            assert fingerprint(conn) == before  # another session's temporary objects
+        assert fingerprint(conn) == before
 
 
 def test_connections_a_test_left_open_do_not_block_the_reset(database):
