@@ -64,17 +64,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Scenarios with worker processes run in the serial phases (tests/support/serial_phase.py).
 
     Their timings (2 s stalled_worker_timeout, a job started within 1 s of its
-    defer) hold on a machine that is not busy with the rest of the suite; two
-    such scenarios mostly wait, so they may share the machine. Those that
-    restart the private server (one per test process: running them on one
-    worker starts it once) or load the machine run alone. The tests here
-    without workers (defer-side races, rejected arguments) run with the others.
+    defer) hold on a machine that is not busy with the rest of the suite; such
+    scenarios mostly wait, so a few may share the machine. Those that restart
+    or stop the private server do so on a cluster of their own test process's
+    (`private_server`), so they share it too. Those that load the machine run
+    alone. The tests here without workers (defer-side races, rejected
+    arguments) run with the others.
     """
     for item in items:
         if "tests/faults" not in str(item.fspath):
             continue
         fixtures = set(getattr(item, "fixturenames", ()))
-        if "private_server" in fixtures or getattr(item, "originalname", "") in ALONE:
+        if getattr(item, "originalname", "") in ALONE:
             item.add_marker(pytest.mark.serial(alone=True))
         elif fixtures & HARNESSES:
             item.add_marker(pytest.mark.serial)

@@ -1,8 +1,9 @@
-"""The suite's xdist scheduling: `serial` tests run after every other test, at most two at a
-time, `serial(alone=True)` ones last and alone; tests marked `exclusive` with the same name
-never run at the same time.
+"""The suite's xdist scheduling: `serial` tests run after every other test, at most
+SERIAL_WIDTH at a time, `serial(alone=True)` ones last and alone; tests marked `exclusive`
+with the same name never run at the same time.
 
-Each case runs a small pytest session on two xdist workers in a subprocess;
+Each case runs a small pytest session on three xdist workers in a subprocess, with a
+serial width of two (so that the width, not the number of workers, is what bounds them);
 its tests append `start`/`end` lines to one file (appends are atomic), so the
 file's order is the order things happened on both workers.
 """
@@ -17,6 +18,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+#: The serial width of the sessions run here (one worker fewer than they have).
+WIDTH = 2
 
 TESTS = """
 import os
@@ -60,7 +63,12 @@ def run_session(tmp_path: Path, *options: str) -> list[tuple[str, str, str]]:
         "[pytest]\nmarkers =\n    serial: last\n    exclusive: one at a time\n"
     )
     log = tmp_path / "order.log"
-    env = {**os.environ, "PCQ_ORDER_LOG": str(log), "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "PCQ_ORDER_LOG": str(log),
+        "PYTHONPATH": str(ROOT),
+        "PCQ_SERIAL_WIDTH": str(WIDTH),
+    }
     done = subprocess.run(
         [
             sys.executable,
@@ -69,7 +77,7 @@ def run_session(tmp_path: Path, *options: str) -> list[tuple[str, str, str]]:
             "-p",
             "tests.support.serial_phase",
             "-n",
-            "2",
+            str(WIDTH + 1),
             "-q",
             *options,
         ],
@@ -93,7 +101,7 @@ def assert_serial_tests_ran_apart(events: list[tuple[str, str, str]]) -> None:
         else:
             running.remove(name)
         serial = {n for n in running if n.startswith(("test_serial", "test_alone"))}
-        assert not serial or running == serial and len(serial) <= 2, (
+        assert not serial or running == serial and len(serial) <= WIDTH, (
             f"{sorted(running)} ran together"
         )
         alone = {n for n in running if n.startswith("test_alone")}
@@ -102,7 +110,7 @@ def assert_serial_tests_ran_apart(events: list[tuple[str, str, str]]) -> None:
         assert len(exclusive) <= 1, f"{sorted(exclusive)} share a scarce resource but ran together"
 
 
-def test_serial_tests_run_after_the_others_two_at_a_time_and_alone_ones_last(tmp_path):
+def test_serial_tests_run_after_the_others_width_at_a_time_and_alone_ones_last(tmp_path):
     events = run_session(tmp_path)
 
     def where(prefix: str) -> list[int]:
@@ -113,11 +121,11 @@ def test_serial_tests_run_after_the_others_two_at_a_time_and_alone_ones_last(tmp
     # Defined first in the file, run after; but a worker runs a test once it knows
     # the next one, so each worker's last test may come once the next phase's are
     # handed out (never beside them: assert_serial_tests_ran_apart).
-    assert sum(1 for i in parallel if i > min(serial)) <= 2 * 2  # start and end
+    assert sum(1 for i in parallel if i > min(serial)) <= (WIDTH + 1) * 2  # start and end
     assert sum(1 for i in serial if i > min(alone)) <= 2
     assert_serial_tests_ran_apart(events)
-    # Both workers ran serial tests (side by side, the guard allowing two at a time).
-    assert len({pid for _, name, pid in events if name.startswith("test_serial")}) == 2
+    # WIDTH workers ran serial tests (side by side, the guard allowing WIDTH at a time).
+    assert len({pid for _, name, pid in events if name.startswith("test_serial")}) == WIDTH
     assert len({pid for _, name, pid in events if name.startswith("test_alone")}) == 1
     # An exclusive group runs on one worker, back to back, instead of waiting on its lock.
     assert len({pid for _, name, pid in events if name.startswith("test_exclusive")}) == 1
