@@ -13,6 +13,7 @@ from asgiref.sync import sync_to_async
 import procrastinate_core as pc
 from procrastinate_core import exceptions
 from procrastinate_core.connectors.sync_bridge import SyncBridge
+from tests.support.database import HARNESS_APPLICATION
 from tests.support.waiting import wait_until_async
 
 ENVIRONMENT = {
@@ -27,9 +28,9 @@ ENVIRONMENT = {
 def _names(db_conn) -> list[str]:
     query = (
         "SELECT application_name FROM pg_stat_activity WHERE datname = current_database() AND "
-        "pid <> pg_backend_pid()"
+        "pid <> pg_backend_pid() AND application_name <> %s"
     )
-    return sorted(row[0] for row in db_conn.execute(query))
+    return sorted(row[0] for row in db_conn.execute(query, [HARNESS_APPLICATION]))
 
 
 async def test_parameters_three_ways(db_dsn, db_params, monkeypatch):

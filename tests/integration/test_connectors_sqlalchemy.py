@@ -12,6 +12,7 @@ import procrastinate_core as pc
 from procrastinate_core import exceptions
 from procrastinate_core.contrib.sqlalchemy import SQLAlchemyPsycopg2Connector
 from tests.integration.connector_cases import url_of
+from tests.support.database import HARNESS_APPLICATION
 
 ENVIRONMENT = {
     "host": "PGHOST",
@@ -22,7 +23,7 @@ ENVIRONMENT = {
 }
 OTHERS = (
     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> "
-    "pg_backend_pid()"
+    f"pg_backend_pid() AND application_name <> '{HARNESS_APPLICATION}'"
 )
 
 
@@ -53,7 +54,8 @@ def test_create_engine_arguments_pass_through(db_params, db_conn):
         # The probe connection went back to the engine's pool, tagged as ours.
         names = db_conn.execute(
             "SELECT application_name FROM pg_stat_activity WHERE datname = current_database() "
-            "AND pid <> pg_backend_pid()"
+            "AND pid <> pg_backend_pid() AND application_name <> %s",
+            [HARNESS_APPLICATION],
         ).fetchall()
         assert names == [("procrastinate_core",)]
     finally:

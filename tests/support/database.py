@@ -65,6 +65,11 @@ class TestServer:
             query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
             if template:
                 query += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+            if conn.info.server_version >= 150000:
+                # PostgreSQL 15's default (WAL_LOG) writes every block of the template
+                # to the WAL: ~140 ms of CPU per clone here, against ~60 ms for a copy
+                # of its files (and ~170 clones in a run).
+                query += sql.SQL(" STRATEGY FILE_COPY")
             conn.execute(query)
 
     def drop_database(self, name: str) -> None:
@@ -150,6 +155,9 @@ WHERE database = current_database()
 UNION ALL
 SELECT NULL, 'publication ' || pubname FROM pg_publication
 """
+
+#: The application_name of the harness's own connection to a worker database.
+HARNESS_APPLICATION = "pcq-test-harness"
 
 #: Kept by the reset: the schema's own record of its migrations.
 _KEPT_TABLES = {"public.pcq_migrations"}
@@ -246,6 +254,7 @@ class WorkerDatabase:
         self.full_checks = 0
         #: The fingerprint, migrations and tables of the last state found pristine.
         self._clean: tuple[str, str, list[str]] | None = None
+        self._conn: psycopg.Connection[Any] | None = None
 
     @staticmethod
     def name_on(server: TestServer) -> str:
@@ -263,36 +272,67 @@ class WorkerDatabase:
     def recreate(self) -> None:
         self.recreated += 1
         self._clean = None
+        self._close()
         self.server.drop_database(self.name)
         self.server.create_named_database(self.name, self.template)
 
     def drop(self) -> None:
         self._clean = None
+        self._close()
         self.server.drop_database(self.name)
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        """The harness's own connection to the database, kept open from one reset to the next.
+
+        A new backend per reset cost the server ~6 ms of CPU (fork, caches
+        filled again), some 2,000 times a run. Tests that count the database's
+        backends leave it out by its application_name (HARNESS_APPLICATION).
+        """
+        conn = self._conn
+        if conn is None or conn.closed or conn.broken:
+            conn = psycopg.connect(
+                self.server.conninfo(self.name, application_name=HARNESS_APPLICATION),
+                autocommit=True,
+            )
+            conn.execute("SET lock_timeout = '5s'")
+            self._conn = conn
+        return conn
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     def _empty(self) -> bool:
         """Empties the database in place; False when only a fresh clone will do."""
-        with psycopg.connect(self.server.conninfo(self.name), autocommit=True) as conn:
-            conn.execute("SET lock_timeout = '5s'")
-            conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
-            clean = self._clean
-            if (
-                clean is not None
-                and fingerprint(conn) == clean[0]
-                and _migrations(conn) == clean[1]
-            ):
-                tables = clean[2]
-            else:
-                self._clean = None
-                if not self._as_pristine(conn):
-                    return False
-                tables = _tables(conn)
-                self._clean = (fingerprint(conn), _migrations(conn), tables)
-            if tables:
-                _clear(conn, tables)
+        try:
+            conn = self._connection()
+            conn.execute("SELECT 1")  # raises if a test ended this backend
+        except psycopg.OperationalError:
+            self._close()  # a test ended every other backend of the database: ours too
+            conn = self._connection()
+        try:
+            return self._empty_on(conn)
+        except psycopg.Error:
+            self._close()
+            raise
+
+    def _empty_on(self, conn: psycopg.Connection[Any]) -> bool:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        clean = self._clean
+        if clean is not None and (fingerprint(conn), _migrations(conn)) == clean[:2]:
+            tables = clean[2]
+        else:
+            self._clean = None
+            if not self._as_pristine(conn):
+                return False
+            tables = _tables(conn)
+            self._clean = (fingerprint(conn), _migrations(conn), tables)
+        if tables:
+            _clear(conn, tables)
         return True
 
     def _as_pristine(self, conn: psycopg.Connection[Any]) -> bool:
