@@ -55,6 +55,10 @@ def _run_and_check(pgbouncer: Bouncer, env: dict[str, str], before: set[str]) ->
             "pytest",
             *TESTS,
             "-q",
+            # One process: pyproject's "-n 4" would start four workers (and four
+            # Django test databases, each migrated) for these few tests.
+            "-n",
+            "0",
             "-p",
             "no:randomly",
             "-p",
