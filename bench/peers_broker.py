@@ -6,9 +6,11 @@ worker started in-process (`app.Worker(...)`); dramatiq's `actor.send` /
 their workers count finished tasks in shared memory (inherited by Celery's
 forked prefork children) and print the count; the bench waits for it to reach n
 (bench/broker_runs.py). Every system uses only its own keys and queues:
-Redis db `REDIS_DB` with the `pcqbench-w18` key prefix / dramatiq namespace,
-and RabbitMQ queues named `pcqbench_w18_*` on the default vhost, which the
-bench purges before each run and deletes at the end.
+Redis db `REDIS_DB` with a key prefix of its own (`pcqbench-w18:<system>:`;
+dramatiq's namespace `pcqbench-w18-dramatiq`), and RabbitMQ queues named
+`pcqbench_w18_*` on the default vhost, which the bench purges before each run
+and deletes at the end. Two systems on one Redis never touch each other's keys,
+so two benches may run at once (the smoke tests do, on the test workers).
 """
 
 from __future__ import annotations
@@ -119,6 +121,11 @@ class Celery(BrokerSystem):
     def queue(self) -> str:
         return f"pcqbench_w18_{self.name.replace('-', '_')}"
 
+    @property
+    def key_prefix(self) -> str:
+        """This system's Redis keys (kombu's bindings too): a reset deletes these only."""
+        return f"{PREFIX}:{self.name}:"
+
     def app(self) -> Any:
         """A Celery app configured as Celery's docs advise for many short tasks."""
         import celery
@@ -127,7 +134,7 @@ class Celery(BrokerSystem):
         options: dict[str, Any] = {}
         if self.transport == "redis":
             broker = REDIS_URL
-            options["global_keyprefix"] = f"{PREFIX}:"
+            options["global_keyprefix"] = self.key_prefix
         else:
             broker = AMQP_URL
             if self.confirm:
@@ -157,7 +164,7 @@ class Celery(BrokerSystem):
 
     def reset(self) -> None:
         if self.transport == "redis":
-            _delete_prefixed(f"{PREFIX}:")
+            _delete_prefixed(self.key_prefix)
             return
         with self.app().connection_for_write() as conn:
             with contextlib.suppress(Exception):  # not declared yet: nothing to purge
@@ -166,7 +173,7 @@ class Celery(BrokerSystem):
     def cleanup(self) -> None:
         """Delete what this system created in the broker (at the end of a run)."""
         if self.transport == "redis":
-            _delete_prefixed(f"{PREFIX}:")
+            _delete_prefixed(self.key_prefix)
             return
         with self.app().connection_for_write() as conn:
             with contextlib.suppress(Exception):
@@ -176,7 +183,7 @@ class Celery(BrokerSystem):
 
     def stored(self) -> int:
         if self.transport == "redis":
-            return int(_redis().llen(f"{PREFIX}:{self.queue}"))
+            return int(_redis().llen(f"{self.key_prefix}{self.queue}"))
         with self.app().connection_for_write() as conn:
             _, count, _ = conn.default_channel.queue_declare(self.queue, passive=True)
             return int(count)

@@ -174,3 +174,29 @@ def test_trigger_ab_builds_both_schemas_and_times_both(pg_server: TestServer) ->
         names = [psycopg.conninfo.conninfo_to_dict(target)["dbname"] for target in made.values()]
         left = admin.execute("SELECT count(*) FROM pg_database WHERE datname = ANY(%s)", [names])
         assert left.fetchone() == (0,)
+
+
+def test_the_redis_peers_never_share_a_key() -> None:
+    """The smoke tests bench several peers at once on one Redis: a reset deletes one's keys only.
+
+    With one prefix for both Celery-on-Redis systems, the reset of one (before
+    each scenario) deleted the other's queued messages mid-drain ("0 of 40 jobs
+    done").
+    """
+    from bench import peers_broker
+
+    prefixes = {
+        name: system.key_prefix if hasattr(system, "key_prefix") else f"{system.namespace}:"
+        for name, system in (
+            (cls.name, cls())
+            for cls in (
+                peers_broker.CeleryRedisPrefork,
+                peers_broker.CeleryRedisThreads,
+                peers_broker.Dramatiq,
+            )
+        )
+    }
+    assert len(set(prefixes.values())) == 3, prefixes
+    for name, prefix in prefixes.items():
+        for other, other_prefix in prefixes.items():
+            assert other == name or not other_prefix.startswith(prefix), (name, other)
