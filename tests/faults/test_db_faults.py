@@ -14,7 +14,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.faults.conftest import Harness, PrivateServer
+from tests.faults.conftest import Harness
+from tests.faults.private_server import PrivateServer
 from tests.faults.proxy import Proxy
 from tests.support.waiting import wait_until
 
