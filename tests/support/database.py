@@ -170,40 +170,38 @@ _KEPT_TABLES = {"public.pcq_migrations"}
 # last state _CATALOG found pristine, the full comparison runs (and may find
 # nothing: a TRUNCATE rewrites pg_class rows too). About 1 ms of server time,
 # against 10-20 ms for _CATALOG on a fresh connection, after every test.
-_FINGERPRINT = """
-WITH temp_ns AS (
-    SELECT oid FROM pg_namespace WHERE nspname LIKE 'pg_temp%' OR nspname LIKE 'pg_toast_temp%'
-), rel AS (
-    SELECT oid, xmin FROM pg_class WHERE relnamespace NOT IN (SELECT oid FROM temp_ns)
+#: Each catalog's rows counted: (FROM clause, its alias). `rel` is pg_class less temporary objects.
+_FINGERPRINTED = [
+    ("rel", "rel"),
+    ("pg_attribute AS a JOIN rel ON rel.oid = a.attrelid", "a"),
+    ("pg_attrdef AS d JOIN rel ON rel.oid = d.adrelid", "d"),
+    ("pg_index AS i JOIN rel ON rel.oid = i.indexrelid", "i"),
+    ("pg_constraint AS c WHERE c.connamespace NOT IN (SELECT oid FROM temp_ns)", "c"),
+    ("pg_trigger AS t JOIN rel ON rel.oid = t.tgrelid", "t"),
+    ("pg_rewrite AS r JOIN rel ON rel.oid = r.ev_class", "r"),
+    ("pg_proc AS p WHERE p.pronamespace NOT IN (SELECT oid FROM temp_ns)", "p"),
+    ("pg_type AS y WHERE y.typnamespace NOT IN (SELECT oid FROM temp_ns)", "y"),
+    ("pg_namespace AS n WHERE n.oid NOT IN (SELECT oid FROM temp_ns)", "n"),
+    ("pg_extension AS x", "x"),
+    ("pg_event_trigger AS e", "e"),
+    ("pg_publication AS u", "u"),
+    (
+        "pg_db_role_setting AS s "
+        "WHERE s.setdatabase = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        "s",
+    ),
+]
+_FINGERPRINT = (
+    "WITH temp_ns AS (SELECT oid FROM pg_namespace "
+    "WHERE nspname LIKE 'pg_temp%' OR nspname LIKE 'pg_toast_temp%'), "
+    "rel AS (SELECT oid, xmin FROM pg_class WHERE relnamespace NOT IN (SELECT oid FROM temp_ns)) "
+    "SELECT concat_ws(' ', "
+    + ", ".join(
+        f"(SELECT count(*) || ':' || coalesce(sum({alias}.xmin::text::bigint), 0) FROM {source})"
+        for source, alias in _FINGERPRINTED
+    )
+    + ", (SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database()))"
 )
-SELECT concat_ws(' ',
-    (SELECT count(*) || ':' || coalesce(sum(xmin::text::bigint), 0) FROM rel),
-    (SELECT count(*) || ':' || coalesce(sum(a.xmin::text::bigint), 0)
-     FROM pg_attribute AS a JOIN rel ON rel.oid = a.attrelid),
-    (SELECT count(*) || ':' || coalesce(sum(d.xmin::text::bigint), 0)
-     FROM pg_attrdef AS d JOIN rel ON rel.oid = d.adrelid),
-    (SELECT count(*) || ':' || coalesce(sum(i.xmin::text::bigint), 0)
-     FROM pg_index AS i JOIN rel ON rel.oid = i.indexrelid),
-    (SELECT count(*) || ':' || coalesce(sum(xmin::text::bigint), 0) FROM pg_constraint
-     WHERE connamespace NOT IN (SELECT oid FROM temp_ns)),
-    (SELECT count(*) || ':' || coalesce(sum(t.xmin::text::bigint), 0)
-     FROM pg_trigger AS t JOIN rel ON rel.oid = t.tgrelid),
-    (SELECT count(*) || ':' || coalesce(sum(r.xmin::text::bigint), 0)
-     FROM pg_rewrite AS r JOIN rel ON rel.oid = r.ev_class),
-    (SELECT count(*) || ':' || coalesce(sum(xmin::text::bigint), 0) FROM pg_proc
-     WHERE pronamespace NOT IN (SELECT oid FROM temp_ns)),
-    (SELECT count(*) || ':' || coalesce(sum(xmin::text::bigint), 0) FROM pg_type
-     WHERE typnamespace NOT IN (SELECT oid FROM temp_ns)),
-    (SELECT count(*) || ':' || coalesce(sum(xmin::text::bigint), 0) FROM pg_namespace
-     WHERE oid NOT IN (SELECT oid FROM temp_ns)),
-    (SELECT count(*) || ':' || coalesce(sum(xmin::text::bigint), 0) FROM pg_extension),
-    (SELECT count(*) || ':' || coalesce(sum(xmin::text::bigint), 0) FROM pg_event_trigger),
-    (SELECT count(*) || ':' || coalesce(sum(xmin::text::bigint), 0) FROM pg_publication),
-    (SELECT count(*) || ':' || coalesce(sum(xmin::text::bigint), 0) FROM pg_db_role_setting
-     WHERE setdatabase = (SELECT oid FROM pg_database WHERE datname = current_database())),
-    (SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database())
-)
-"""
 
 
 def catalog(conn: psycopg.Connection[Any]) -> set[tuple[str | None, str]]:
