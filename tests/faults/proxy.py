@@ -102,6 +102,12 @@ class Proxy:
             for link in self.links:
                 for writer in (link.client, link.server):
                     writer.close()
+            # The connections' handlers (a blackholed pipe waits forever): ended here,
+            # not left pending on a stopped loop ("Task was destroyed but it is pending").
+            handlers = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in handlers:
+                task.cancel()
+            await asyncio.gather(*handlers, return_exceptions=True)
 
         self._call(close_all)
         self._loop.call_soon_threadsafe(self._loop.stop)
