@@ -1,7 +1,7 @@
 """Shared fixtures: a real PostgreSQL (local, configured, or embedded), an empty database per test.
 
 `db_name` is this process's database (one per pytest-xdist worker), emptied
-after each test (tests/support/database.py says how); `own_db_name` is a new
+after each test (tests/support/worker_database.py says how); `own_db_name` is a new
 database with the schema and `empty_db_name` a new one without it, each created
 for the test and dropped after it.
 """
@@ -17,7 +17,8 @@ import psycopg
 import pytest
 
 import procrastinate_core as pc
-from tests.support.database import TestServer, WorkerDatabase, find_server
+from tests.support.database import TestServer, find_server
+from tests.support.worker_database import WorkerDatabase
 
 pytest_plugins = ["tests.support.serial_phase"]
 

@@ -13,8 +13,8 @@ from asgiref.sync import sync_to_async
 import procrastinate_core as pc
 from procrastinate_core import exceptions
 from procrastinate_core.connectors.sync_bridge import SyncBridge
-from tests.support.database import HARNESS_APPLICATION
 from tests.support.waiting import wait_until_async
+from tests.support.worker_database import HARNESS_APPLICATION
 
 ENVIRONMENT = {
     "host": "PGHOST",

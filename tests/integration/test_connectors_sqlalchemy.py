@@ -12,7 +12,7 @@ import procrastinate_core as pc
 from procrastinate_core import exceptions
 from procrastinate_core.contrib.sqlalchemy import SQLAlchemyPsycopg2Connector
 from tests.integration.connector_cases import url_of
-from tests.support.database import HARNESS_APPLICATION
+from tests.support.worker_database import HARNESS_APPLICATION
 
 ENVIRONMENT = {
     "host": "PGHOST",

@@ -1,7 +1,7 @@
 """The test harness's own promises: each test sees an empty database with the template's schema.
 
 `db_name` is one database per test process, emptied after every test
-(tests/support/database.py); these tests dirty it in the ways other tests do
+(tests/support/worker_database.py); these tests dirty it in the ways other tests do
 and check what the next test would see.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from tests.support.database import WorkerDatabase, catalog, fingerprint
+from tests.support.worker_database import WorkerDatabase, catalog, fingerprint
 
 
 @pytest.fixture
