@@ -54,7 +54,10 @@ def pg_server(
         if binary is None:
             _missing("pgbouncer is not installed")
         assert binary is not None
-        _bouncers[mode] = Bouncer(binary, mode, pg_server.params)
+        # Every server connection checked: the reset after each test ends them all.
+        _bouncers[mode] = Bouncer(
+            binary, mode, pg_server.params, check_every_server_connection=True
+        )
     return PooledServer(pg_server, _bouncers[mode])
 
 
