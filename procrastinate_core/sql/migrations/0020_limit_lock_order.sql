@@ -9,10 +9,11 @@
 -- key R (waits for 5280) deadlocked against one worker statement retrying a
 -- running job that has both (5280 taken, then waits for 5277): PostgreSQL
 -- broke it after deadlock_timeout, failing one of them
--- (tests/integration/test_limit_lock_order.py). The update trigger now takes
--- the concurrency keys it will settle first, before any rate key, as the
--- other two triggers do: every statement takes 5277 before 5280, and waits
--- for a 5277 holding no 5280.
+-- (tests/integration/test_limit_lock_order.py); a lock name (5276) and a rate
+-- key, in two jobs of one statement, likewise. The update trigger now takes
+-- the lock names and concurrency keys it will settle first, before any rate
+-- key, as the other two triggers do: every statement takes 5276, then 5277,
+-- then 5280, and waits for none of them holding a later one.
 --
 -- This file replaces pcq_record_updated_jobs whole, from 0018; the changed
 -- lines are marked `-- [0020]`. Same work in the same order; only when the
@@ -23,6 +24,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     any_paused boolean := false;
     facts record;  -- [0018]
+    lock_names text[];  -- [0020]
     limit_keys text[];  -- [0020]
     one_key text;  -- [0020]
 BEGIN
@@ -44,11 +46,33 @@ BEGIN
            coalesce(bool_or(n.rate_key IS NOT NULL OR o.rate_key IS NOT NULL), false) AS rates  -- [0018]
     INTO facts
     FROM new_jobs AS n JOIN old_jobs AS o USING (id);
-    -- [0020] the keys the limits step below settles (the transition tables do
-    -- not change within the statement); with rate keys in the statement too,
-    -- their locks (5277) are taken now, before the rate step takes any rate
-    -- key's (5280), in pcq_settle_limits' order: pcq_settle_limits then finds
-    -- them held by this transaction.
+    -- [0020] the lock names and concurrency keys the locks and limits steps
+    -- below settle (the transition tables do not change within the
+    -- statement). With rate keys in the statement too, their advisory locks
+    -- are taken now, before the rate step takes any rate key's (5280), in the
+    -- order of the insert and delete triggers and of pcq_settle_locks and
+    -- pcq_settle_limits: lock names (5276), then concurrency keys (5277), each
+    -- sorted by (hashtext, text). The settling below finds them held already.
+    IF facts.locks THEN  -- [0020]
+        lock_names := ARRAY(
+            SELECT o.lock FROM new_jobs AS n JOIN old_jobs AS o USING (id)
+            WHERE o.lock IS NOT NULL
+              AND (o.status = 'doing'
+                   OR (o.status = 'todo' AND (o.waiting_for IS NULL OR o.waiting_for = 'pause')))
+              AND (n.status NOT IN ('todo', 'doing')
+                   OR (o.status = 'doing' AND n.status = 'todo')
+                   OR n.lock IS DISTINCT FROM o.lock
+                   OR n.waiting_for = 'schedule')
+            UNION
+            SELECT n.lock FROM new_jobs AS n JOIN old_jobs AS o USING (id)
+            WHERE n.lock IS NOT NULL AND n.status = 'todo'
+              AND n.waiting_for IS DISTINCT FROM 'schedule'
+              AND (o.status <> 'todo'
+                   OR o.waiting_for = 'schedule'
+                   OR o.lock IS DISTINCT FROM n.lock
+                   OR o.priority <> n.priority)
+        );
+    END IF;
     IF facts.limits THEN  -- [0020]
         limit_keys := ARRAY(
             SELECT o.concurrency_key FROM new_jobs AS n JOIN old_jobs AS o USING (id)
@@ -62,14 +86,20 @@ BEGIN
             WHERE n.status = 'todo' AND n.waiting_for = 'limit'
               AND NOT (o.status = 'todo' AND o.waiting_for = 'limit')
         );
-        IF facts.rates THEN
-            FOR one_key IN
-                SELECT k FROM (SELECT DISTINCT k FROM unnest(limit_keys) AS k WHERE k IS NOT NULL) AS d
-                ORDER BY hashtext(k), k
-            LOOP
-                PERFORM pg_advisory_xact_lock(5277, hashtext(one_key));
-            END LOOP;
-        END IF;
+    END IF;
+    IF facts.rates AND (facts.locks OR facts.limits) THEN  -- [0020]
+        FOR one_key IN
+            SELECT l FROM (SELECT DISTINCT l FROM unnest(lock_names) AS l WHERE l IS NOT NULL) AS d
+            ORDER BY hashtext(l), l
+        LOOP
+            PERFORM pg_advisory_xact_lock(5276, hashtext(one_key));
+        END LOOP;
+        FOR one_key IN
+            SELECT k FROM (SELECT DISTINCT k FROM unnest(limit_keys) AS k WHERE k IS NOT NULL) AS d
+            ORDER BY hashtext(k), k
+        LOOP
+            PERFORM pg_advisory_xact_lock(5277, hashtext(one_key));
+        END LOOP;
     END IF;  -- [0020]
     -- [0018] 0016's pcq_rate_after_update (a trigger of its own, which fired first):
     -- claims of rate-limited jobs record their start; jobs entering 'rate', and
@@ -155,24 +185,7 @@ BEGIN
     -- paused ready job is a head like a ready one (pausing and resuming it
     -- settles nothing).
     IF facts.locks THEN  -- [0018]
-    PERFORM pcq_settle_locks(ARRAY(
-        SELECT o.lock FROM new_jobs AS n JOIN old_jobs AS o USING (id)
-        WHERE o.lock IS NOT NULL
-          AND (o.status = 'doing'
-               OR (o.status = 'todo' AND (o.waiting_for IS NULL OR o.waiting_for = 'pause')))
-          AND (n.status NOT IN ('todo', 'doing')
-               OR (o.status = 'doing' AND n.status = 'todo')
-               OR n.lock IS DISTINCT FROM o.lock
-               OR n.waiting_for = 'schedule')
-        UNION
-        SELECT n.lock FROM new_jobs AS n JOIN old_jobs AS o USING (id)
-        WHERE n.lock IS NOT NULL AND n.status = 'todo'
-          AND n.waiting_for IS DISTINCT FROM 'schedule'
-          AND (o.status <> 'todo'
-               OR o.waiting_for = 'schedule'
-               OR o.lock IS DISTINCT FROM n.lock
-               OR o.priority <> n.priority)
-    ));
+    PERFORM pcq_settle_locks(lock_names);  -- [0020] computed above
     END IF;  -- [0018]
 
     -- Keys that lost a slot holder, or got a new waiting job.
