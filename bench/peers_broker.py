@@ -280,6 +280,12 @@ class Dramatiq(BrokerSystem):
     name = "dramatiq-redis"
     package = "dramatiq"
     namespace = f"{PREFIX}-dramatiq"
+
+    @property
+    def key_prefix(self) -> str:
+        """This system's Redis keys (dramatiq's `namespace:`): a reset deletes these only."""
+        return f"{self.namespace}:"
+
     queue = "bench"
 
     def broker(self) -> Any:
@@ -297,10 +303,10 @@ class Dramatiq(BrokerSystem):
                               broker=broker, max_retries=3)  # fmt: skip
 
     def reset(self) -> None:
-        _delete_prefixed(self.namespace)
+        _delete_prefixed(self.key_prefix)
 
     def cleanup(self) -> None:
-        _delete_prefixed(self.namespace)
+        _delete_prefixed(self.key_prefix)
 
     def stored(self) -> int:
         return int(_redis().hlen(f"{self.namespace}:{self.queue}.msgs"))

@@ -186,7 +186,7 @@ def test_the_redis_peers_never_share_a_key() -> None:
     from bench import peers_broker
 
     prefixes = {
-        name: system.key_prefix if hasattr(system, "key_prefix") else f"{system.namespace}:"
+        name: system.key_prefix
         for name, system in (
             (cls.name, cls())
             for cls in (

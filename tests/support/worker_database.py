@@ -223,14 +223,16 @@ class WorkerDatabase:
 
     def _empty(self) -> bool:
         """Empties the database in place; False when only a fresh clone will do."""
-        try:
-            conn = self._connection()
-            conn.execute("SELECT 1")  # raises if a test ended this backend
-        except psycopg.OperationalError:
-            self._close()  # a test ended every other backend of the database: ours too
-            conn = self._connection()
+        conn = self._connection()
         try:
             return self._empty_on(conn)
+        except psycopg.Error:
+            self._close()
+            if not conn.broken:
+                raise
+        # A test ended every other backend of the database, ours too: once more, anew.
+        try:
+            return self._empty_on(self._connection())
         except psycopg.Error:
             self._close()
             raise

@@ -26,6 +26,7 @@ DECLARE
     facts record;  -- [0018]
     lock_names text[];  -- [0020]
     limit_keys text[];  -- [0020]
+    family integer;  -- [0020]
     one_key text;  -- [0020]
 BEGIN
     -- The pause gate's own update (ready -> 'pause', set by pcq.holding)
@@ -88,17 +89,16 @@ BEGIN
         );
     END IF;
     IF facts.rates AND (facts.locks OR facts.limits) THEN  -- [0020]
-        FOR one_key IN
-            SELECT l FROM (SELECT DISTINCT l FROM unnest(lock_names) AS l WHERE l IS NOT NULL) AS d
-            ORDER BY hashtext(l), l
+        FOR family, one_key IN
+            SELECT f, k FROM (
+                SELECT 5276 AS f, unnest(lock_names) AS k
+                UNION
+                SELECT 5277, unnest(limit_keys)
+            ) AS held
+            WHERE k IS NOT NULL
+            ORDER BY f, hashtext(k), k
         LOOP
-            PERFORM pg_advisory_xact_lock(5276, hashtext(one_key));
-        END LOOP;
-        FOR one_key IN
-            SELECT k FROM (SELECT DISTINCT k FROM unnest(limit_keys) AS k WHERE k IS NOT NULL) AS d
-            ORDER BY hashtext(k), k
-        LOOP
-            PERFORM pg_advisory_xact_lock(5277, hashtext(one_key));
+            PERFORM pg_advisory_xact_lock(family, hashtext(one_key));
         END LOOP;
     END IF;  -- [0020]
     -- [0018] 0016's pcq_rate_after_update (a trigger of its own, which fired first):
