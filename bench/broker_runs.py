@@ -100,9 +100,15 @@ async def defer(system: BrokerSystem, scenario: str, n: int, batch: int) -> tupl
 class CountingWorkers:
     """Broker worker subprocesses that print their count of finished tasks."""
 
-    def __init__(self, system: BrokerSystem, processes: int, concurrency: int) -> None:
+    def __init__(
+        self,
+        system: BrokerSystem,
+        processes: int,
+        concurrency: int,
+        extra_args: list[str] | None = None,
+    ) -> None:
         cmd = [sys.executable, "-m", "bench.worker_proc", system.name, "-", "-c",
-               str(concurrency), "--count"]  # fmt: skip
+               str(concurrency), "--count", *(extra_args or [])]  # fmt: skip
         self.procs = [
             subprocess.Popen(
                 cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=_ROOT
@@ -164,7 +170,18 @@ async def drain(
 ) -> tuple[float, dict]:
     await asyncio.to_thread(system.reset)
     await system.preload("", n)
-    workers = CountingWorkers(system, processes, concurrency)
+    return await drain_preloaded(system, processes, concurrency, n)
+
+
+async def drain_preloaded(
+    system: BrokerSystem,
+    processes: int,
+    concurrency: int,
+    n: int,
+    extra_args: list[str] | None = None,
+) -> tuple[float, dict]:
+    """Drain the n messages already in the broker; the clock stops when n tasks succeeded."""
+    workers = CountingWorkers(system, processes, concurrency, extra_args)
     try:
         await workers.ready()
         cpu_before, broker_before = workers.cpu(), broker_cpu(system)

@@ -1,13 +1,18 @@
-"""`python -m bench.django_bench`: the Django scenario, ours against django-tasks-db.
+"""`python -m bench.django_bench`: the Django scenario, ours against the Django-integrated peers.
 
 A view (bench/django_site) writes an order and defers its job inside
-`transaction.atomic()` through Django's own connection; N requests go through
-Django's test client (the full request path, no network) one after another.
-Then the site's worker command drains them: `manage.py procrastinate worker
---concurrency C` for ours, `manage.py db_worker` for django-tasks-db (one task
-at a time per process, its only mode). The drain clock starts when the first
-job leaves the queue (so Django's start-up is not counted) and stops when none
-is waiting or running. Repetitions are interleaved and the order alternates.
+`transaction.atomic()`: ours and procrastinate (procrastinate.contrib.django)
+through Django's own connection, django-tasks-db by an ORM insert, Celery by
+`delay_on_commit` (its Django pattern: published to RabbitMQ once the
+transaction commits). N requests go through Django's test client (the full
+request path, no network) one after another. Then the site's worker drains
+them: `manage.py procrastinate worker --concurrency C` for ours and for
+procrastinate, `celery -A bench.django_site.celery_app worker --pool threads
+--concurrency C` for Celery, `manage.py db_worker` for django-tasks-db (one task
+at a time per process, its only mode). Each job confirms its order (one ORM
+UPDATE). The drain clock starts when the first job is done or leaves the queue
+(so start-up is not counted) and stops when none is left. Repetitions are
+interleaved and the order alternates.
 """
 
 from __future__ import annotations
@@ -23,14 +28,18 @@ from typing import Any
 import psycopg
 
 from bench.server import find_server, proc_cpu_seconds, scalar
-from bench.systems import Ours
+from bench.systems import Ours, Procrastinate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PENDING = {
     "ours": Ours.pending_count_sql,
+    "procrastinate": Procrastinate.pending_count_sql,
+    # Celery's queue lives in RabbitMQ: what is left is the orders not yet confirmed.
+    "celery": "SELECT count(*) FROM benchapp_order WHERE NOT confirmed",
     "django-tasks-db": "SELECT count(*) FROM django_tasks_database_dbtaskresult"
     " WHERE status IN ('READY', 'RUNNING')",
 }
+SYSTEMS = ("ours", "procrastinate", "celery", "django-tasks-db")
 
 
 class DjangoSite:
@@ -56,10 +65,51 @@ class DjangoSite:
             self.manage(dsn, "migrate", "-v", "0"), env=self.env(dsn), cwd=ROOT, check=True
         )
 
+    def unavailable(self) -> str | None:
+        """Why this site cannot run here (a missing package or broker), or None."""
+        import importlib.util
+
+        from bench.peers_broker import AMQP_HOST, AMQP_PORT, reachable
+
+        package = {"procrastinate": "procrastinate", "celery": "celery"}.get(
+            self.system, "django_tasks_db" if self.system == "django-tasks-db" else "django"
+        )
+        if importlib.util.find_spec(package) is None:
+            return f"package {package!r} not installed (pip install -e '.[bench]')"
+        if self.system == "celery" and not reachable(AMQP_HOST, AMQP_PORT):
+            return f"RabbitMQ {AMQP_HOST}:{AMQP_PORT} not reachable"
+        return None
+
     def worker_cmd(self, dsn: str, concurrency: int) -> list[str]:
-        if self.system == "ours":
+        if self.system in ("ours", "procrastinate"):
             return self.manage(dsn, "procrastinate", "worker", "--concurrency", str(concurrency))
+        if self.system == "celery":
+            return [sys.executable, "-m", "celery", "-A", "bench.django_site.celery_app",
+                    "worker", "--pool", "threads", "--concurrency", str(concurrency),
+                    "--without-gossip", "--without-mingle", "--without-heartbeat",
+                    "--loglevel", "WARNING"]  # fmt: skip
         return self.manage(dsn, "db_worker", "--interval", "0.1", "--no-startup-delay")
+
+    def broker_queue(self, action: str) -> int:
+        """Celery's queue in RabbitMQ: "count" its messages, "purge" or "delete" it."""
+        import kombu
+
+        from bench.django_site.settings import CELERY_QUEUE
+        from bench.peers_broker import AMQP_URL
+
+        with kombu.Connection(AMQP_URL) as conn:
+            channel = conn.default_channel
+            try:
+                if action == "count":
+                    return int(channel.queue_declare(CELERY_QUEUE, passive=True)[1])
+                if action == "purge":
+                    return int(channel.queue_purge(CELERY_QUEUE) or 0)
+                channel.queue_delete(CELERY_QUEUE)
+                channel.exchange_delete(CELERY_QUEUE)
+            except Exception:  # not declared yet (a first purge): nothing to do
+                if action == "count":
+                    raise
+        return 0
 
 
 def _client_main(n: int) -> None:
@@ -86,6 +136,8 @@ def _client_main(n: int) -> None:
 def run_once(server: Any, site: DjangoSite, n: int, concurrency: int) -> dict[str, float]:
     dbname = server.scratch(site)
     dsn = server.dsn(dbname)
+    if site.system == "celery":
+        site.broker_queue("purge")
     try:
         out = subprocess.run(
             [sys.executable, "-m", "bench.django_bench", "--client", str(n)],
@@ -96,6 +148,8 @@ def run_once(server: Any, site: DjangoSite, n: int, concurrency: int) -> dict[st
         seconds, cpu = map(float, out.stdout.split())
         with psycopg.connect(dsn, autocommit=True) as conn:
             stored = scalar(conn, PENDING[site.system])
+            if site.system == "celery":  # the messages must be in the broker, too
+                stored = min(stored, site.broker_queue("count"))
             if stored != n:
                 raise RuntimeError(f"{site.name}: {n} views ran but {stored} jobs stored")
             conn.execute("VACUUM ANALYZE")
@@ -131,24 +185,40 @@ def run_once(server: Any, site: DjangoSite, n: int, concurrency: int) -> dict[st
         }
     finally:
         server.drop(dbname)
+        if site.system == "celery":
+            site.broker_queue("delete")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.django_bench", description=__doc__)
     parser.add_argument("--jobs", type=int, default=2000, help="requests, then jobs drained")
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--concurrency", type=int, default=10, help="ours' worker concurrency")
-    parser.add_argument("--systems", default="ours,django-tasks-db")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=10,
+        help="the workers' concurrency (db_worker: one at a time)",
+    )
+    parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--dsn")
     parser.add_argument("--client", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.client:
         _client_main(args.client)
         return 0
-    sites = [DjangoSite(s.strip()) for s in args.systems.split(",") if s.strip()]
+    sites = []
+    for name in (s.strip() for s in args.systems.split(",") if s.strip()):
+        site = DjangoSite(name)
+        reason = site.unavailable()
+        if reason:
+            print(f"# skipped {site.name}: {reason}")
+        else:
+            sites.append(site)
     server = find_server(args.dsn, False)
     results: dict[str, list[dict[str, float]]] = {site.name: [] for site in sites}
-    print(f"# django scenario: {args.jobs} jobs, {args.reps} reps, ours at -c {args.concurrency}")
+    print(
+        f"# django scenario: {args.jobs} jobs, {args.reps} reps, workers at -c {args.concurrency}"
+    )
     try:
         for rep in range(args.reps):
             order = sites if rep % 2 == 0 else sites[::-1]

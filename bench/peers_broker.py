@@ -33,7 +33,8 @@ AMQP_PORT = int(os.environ.get("BENCH_AMQP_PORT", "5672"))
 PREFIX = "pcqbench-w18"
 REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
 AMQP_URL = f"amqp://guest:guest@{AMQP_HOST}:{AMQP_PORT}//"
-CELERY_PREFETCH_MULTIPLIER = 64  # Celery's "Optimizing" guide: large for many short tasks
+CELERY_PREFETCH_MULTIPLIER = 64
+MIXED_TASK = "bench_mixed_sync"  # Celery's "Optimizing" guide: large for many short tasks
 
 #: Finished tasks of this worker process and its forked children (set by the worker).
 DONE: Any = None
@@ -81,6 +82,10 @@ class BrokerSystem(System):
 
     def stored(self) -> int:
         """Messages waiting in the broker."""
+        raise NotImplementedError
+
+    def preload_mixed(self, n: int) -> None:
+        """The mixed workload's n messages (bench/mixed_peers.py)."""
         raise NotImplementedError
 
     package = "redis"
@@ -156,6 +161,15 @@ class Celery(BrokerSystem):
             worker_redirect_stdouts=False,
         )
         app.task(name="bench_noop")(_task_body)
+
+        # The mixed workload (bench/mixed_peers.py): retried once, at once, on failure.
+        @app.task(name=MIXED_TASK, bind=True, autoretry_for=(RuntimeError,),
+                  max_retries=1, retry_kwargs={"countdown": 0}, retry_backoff=False)  # fmt: skip
+        def bench_mixed(task: Any, i: int, blob: str) -> None:
+            from bench import mixed_tasks
+
+            mixed_tasks.body(i, blob, task.request.retries == 0)
+
         return app
 
     @property
@@ -224,6 +238,15 @@ class Celery(BrokerSystem):
     async def preload(self, dsn: str, n: int) -> None:
         await self.batch_defer(dsn, n, 1000)
 
+    def preload_mixed(self, n: int, batch: int = 500) -> None:
+        import celery
+
+        from bench.mixed import BLOB
+
+        task = self.app().tasks[MIXED_TASK]
+        for first in range(0, n, batch):
+            celery.group(task.s(i, BLOB) for i in range(first, min(n, first + batch))).apply_async()
+
     def run_worker(self, concurrency: int, go: Callable[[], None]) -> None:
         from celery import signals
 
@@ -287,6 +310,8 @@ class Dramatiq(BrokerSystem):
         return f"{self.namespace}:"
 
     queue = "bench"
+    #: the worker also runs the mixed workload's actor (set by bench/worker_proc.py --mixed)
+    with_mixed = False
 
     def broker(self) -> Any:
         import dramatiq
@@ -301,6 +326,37 @@ class Dramatiq(BrokerSystem):
 
         return dramatiq.actor(_task_body, actor_name="bench_noop", queue_name=self.queue,
                               broker=broker, max_retries=3)  # fmt: skip
+
+    def mixed_actor(self, broker: Any) -> Any:
+        """The mixed workload's actor: retried once, 1 ms later (min_backoff=0 would mean
+        dramatiq's default of 15 s); its first attempt known from CurrentMessage."""
+        import dramatiq
+        from dramatiq.middleware import CurrentMessage
+
+        if not any(isinstance(m, CurrentMessage) for m in broker.middleware):
+            broker.add_middleware(CurrentMessage())
+
+        def bench_mixed(i: int, blob: str) -> None:
+            from bench import mixed_tasks
+
+            message = CurrentMessage.get_current_message()
+            retries = message.options.get("retries", 0) if message is not None else 0
+            mixed_tasks.body(i, blob, retries == 0)
+
+        return dramatiq.actor(bench_mixed, actor_name=MIXED_TASK, queue_name=self.queue,
+                              broker=broker, max_retries=1,
+                              min_backoff=1, max_backoff=1)  # fmt: skip
+
+    def preload_mixed(self, n: int, batch: int = 500) -> None:
+        import dramatiq
+
+        from bench.mixed import BLOB
+
+        actor = self.mixed_actor(self.broker())
+        for first in range(0, n, batch):
+            dramatiq.group(
+                actor.message(i, BLOB) for i in range(first, min(n, first + batch))
+            ).run()
 
     def reset(self) -> None:
         _delete_prefixed(self.key_prefix)
@@ -346,6 +402,12 @@ class Dramatiq(BrokerSystem):
 
         broker = self.broker()
         self.actor(broker)
+        if self.with_mixed:
+            import logging
+
+            # dramatiq logs each planned failure with its traceback (and 2 KB argument)
+            logging.getLogger("dramatiq").setLevel(logging.CRITICAL)
+            self.mixed_actor(broker)
         broker.client.ping()
         worker = dramatiq.Worker(broker, worker_threads=concurrency)
         go()

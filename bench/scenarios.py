@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from bench import backlog, broker_runs, flow_control, mixed
+from bench import backlog, broker_runs, flow_control, mixed, mixed_peers
 from bench.broker_runs import applies as broker_applies
 from bench.floor import Floor
 from bench.peers_broker import BrokerSystem
@@ -77,7 +77,11 @@ def applies(system: System, scenario: str) -> bool:
         return False
     if scenario in ONLY_FOR:
         return system.name == ONLY_FOR[scenario]
-    if scenario == "mixed_c10" and system.name not in mixed.SYSTEMS:
+    if scenario == "mixed_c10" and not (
+        system.name in mixed.SYSTEMS
+        or system.name in mixed_peers.PG_PEERS
+        or isinstance(system, BrokerSystem)
+    ):
         return False
     only = getattr(system, "only_scenarios", None)  # a variant of a system (ours-nondurable)
     if only is not None and scenario not in only:
@@ -119,7 +123,10 @@ async def run(server: Server, system: System, scenario: str, sizes: Sizes) -> Ou
         if scenario == "memory":
             return await _memory(server, system, dbname, sizes)
         if scenario == "mixed_c10":
-            value, extra = await mixed.run(server, system, dbname, sizes["mixed"])
+            if system.name in mixed_peers.PG_PEERS:
+                value, extra = await mixed_peers.run_pg_peer(server, system, dbname, sizes["mixed"])
+            else:
+                value, extra = await mixed.run(server, system, dbname, sizes["mixed"])
             return Outcome(value, sizes["mixed"], extra)
         if scenario in DRAINS or scenario in FLOOR_ONLY:
             return await _drain(server, system, dbname, scenario, sizes["drain"])
@@ -411,6 +418,9 @@ async def _broker_run(system: BrokerSystem, scenario: str, sizes: Sizes) -> Outc
     if scenario == "latency":
         await asyncio.to_thread(system.reset)
         return await _latency(system, "-", sizes["latency"])
+    if scenario == "mixed_c10":
+        value, extra = await mixed_peers.run_broker(system, sizes["mixed"])
+        return Outcome(value, sizes["mixed"], extra)
     if scenario in DRAINS:
         processes, concurrency = DRAINS[scenario]
         n = sizes["drain"]

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bench import mixed
+from bench import mixed, mixed_peers
 from bench.systems import TASK_NAME, Ours, OursFastClaims, Procrastinate, asyncpg_params, job_arg
 
 
@@ -136,13 +136,17 @@ def _report_done(counter: Any) -> None:
         time.sleep(0.002)
 
 
-def run_broker(name: str, concurrency: int, record: Any, count: bool) -> None:
+def run_broker(name: str, concurrency: int, record: Any, count: bool, is_mixed: bool) -> None:
     """A Celery or dramatiq worker in this process; its tasks bump a shared counter."""
-    from bench import peers_broker
+    from bench import mixed_tasks, peers_broker
 
     system = peers_broker.BROKER_SYSTEMS[name]()
-    peers_broker.RECORD = record
     peers_broker.DONE = peers_broker.new_counter()
+    if is_mixed:  # the mixed tasks record and count their successes
+        mixed_tasks.RECORD, mixed_tasks.DONE = record, peers_broker.DONE
+        system.with_mixed = True  # type: ignore[attr-defined]
+    else:
+        peers_broker.RECORD = record
 
     def go() -> None:
         print("ready", flush=True)
@@ -166,7 +170,14 @@ def main() -> None:
     parser.add_argument("--mixed", action="store_true", help="the mixed tasks (bench/mixed.py)")
     args = parser.parse_args()
     if args.system in BROKER_SYSTEMS:
-        run_broker(args.system, args.concurrency, _recorder(args.record), args.count)
+        run_broker(args.system, args.concurrency, _recorder(args.record), args.count, args.mixed)
+        return
+    if args.mixed and args.system in mixed_peers.PG_PEERS:
+        asyncio.run(
+            mixed_peers.run_worker(
+                args.system, args.dsn, args.concurrency, _recorder(args.record), _go
+            )
+        )
         return
     runner = RUNNERS[args.system]
     if args.mixed:
