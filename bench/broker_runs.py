@@ -25,6 +25,7 @@ from bench.server import proc_cpu_seconds
 from bench.systems import System
 
 NOT_FOR_BROKERS = {"defer_async_c50", "drain_batched", "memory"}
+KILL_GRACE = 3.0
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -36,7 +37,7 @@ def applies(system: System, scenario: str) -> bool:
     return True
 
 
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
     out, todo = [], [pid]
     while todo:
         current = todo.pop()
@@ -50,7 +51,7 @@ def _descendants(pid: int) -> list[int]:
 
 
 def tree_cpu_seconds(pid: int) -> float:
-    return sum(proc_cpu_seconds(p) for p in _descendants(pid))
+    return sum(proc_cpu_seconds(p) for p in descendants(pid))
 
 
 def broker_pids(process_name: str) -> list[int]:
@@ -150,14 +151,16 @@ class CountingWorkers:
                 raise RuntimeError(f"worker {proc.args!r} exited with code {proc.returncode}")
 
     def kill(self) -> None:
+        """SIGTERM, then SIGKILL to the whole tree after KILL_GRACE seconds: the figures are
+        taken by then, and Celery's warm shutdown of an idle threads pool took ~10 s."""
         for proc in self.procs:
             if proc.poll() is None:
                 proc.terminate()
         for proc in self.procs:
             try:
-                proc.wait(timeout=15)
+                proc.wait(timeout=KILL_GRACE)
             except subprocess.TimeoutExpired:
-                for pid in reversed(_descendants(proc.pid)):
+                for pid in reversed(descendants(proc.pid)):
                     try:
                         os.kill(pid, 9)
                     except OSError:

@@ -27,6 +27,7 @@ from typing import Any
 
 import psycopg
 
+from bench.broker_runs import KILL_GRACE
 from bench.server import find_server, proc_cpu_seconds, scalar
 from bench.systems import Ours, Procrastinate
 
@@ -172,8 +173,8 @@ def run_once(server: Any, site: DjangoSite, n: int, concurrency: int) -> dict[st
                 worker_cpu = proc_cpu_seconds(worker.pid) - cpu_start
             finally:
                 worker.terminate()
-                try:
-                    worker.wait(timeout=15)
+                try:  # the figures are taken: an idle Celery worker's warm shutdown takes ~10 s
+                    worker.wait(timeout=KILL_GRACE)
                 except subprocess.TimeoutExpired:
                     worker.kill()
                     worker.wait()

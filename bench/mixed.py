@@ -86,16 +86,14 @@ async def preload(system: System, dsn: str, n: int, batch: int = 500) -> None:
                 await task.batch_defer_async(*({"i": i, "blob": BLOB} for i in chunk))
 
 
-async def run(
-    server: Server, system: System, dbname: str, n: int
-) -> tuple[float, dict[str, float]]:
+async def drain(system: System, dsn: str, n: int, record: str | None = None) -> tuple[float, float]:
+    """One worker process of `system` at CONCURRENCY on the mixed tasks (worker_proc
+    --mixed), from "go" until nothing of the system is pending: (seconds, worker CPU)."""
     from bench.scenarios import Workers  # scenarios imports this module
 
-    dsn = server.dsn(dbname)
-    await preload(system, dsn, n)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE")
-    workers = Workers(system, dsn, 1, CONCURRENCY, extra_args=["--mixed"])
+    workers = Workers(system, dsn, 1, CONCURRENCY, record=record, extra_args=["--mixed"])
     try:
         await workers.ready()
         worker_cpu = workers.cpu()
@@ -108,11 +106,19 @@ async def run(
                 if time.perf_counter() > deadline:
                     raise RuntimeError(f"{n} mixed jobs not drained after {deadline - start:.0f}s")
                 await asyncio.sleep(0.02)
-            seconds = time.perf_counter() - start
-            worker_cpu = workers.cpu() - worker_cpu
-            succeeded, retried = poll.execute(CHECKS[system.name]).fetchone()
+            return time.perf_counter() - start, workers.cpu() - worker_cpu
     finally:
         workers.kill()
+
+
+async def run(
+    server: Server, system: System, dbname: str, n: int
+) -> tuple[float, dict[str, float]]:
+    dsn = server.dsn(dbname)
+    await preload(system, dsn, n)
+    seconds, worker_cpu = await drain(system, dsn, n)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        succeeded, retried = conn.execute(CHECKS[system.name]).fetchone()
     planned = len(range(0, n, FAIL_EVERY))
     if succeeded != n or retried != planned:
         raise RuntimeError(

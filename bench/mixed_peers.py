@@ -35,12 +35,11 @@ import asyncio
 import json
 import os
 import tempfile
-import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
-from bench import mixed_tasks
+from bench import mixed, mixed_tasks
 from bench.mixed import ARG_BYTES, BLOB, CONCURRENCY
 from bench.systems import asyncpg_params
 
@@ -215,35 +214,14 @@ def check_record(name: str, path: str, n: int) -> None:
 
 async def run_pg_peer(server: Any, system: Any, dbname: str, n: int) -> tuple[float, dict]:
     """A PostgreSQL peer: preload, drain until its table has nothing left, check the record."""
-    import psycopg
-
-    from bench.scenarios import Workers
-    from bench.server import scalar
-
     dsn = server.dsn(dbname)
     await PRELOADS[system.name](dsn, n)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("VACUUM ANALYZE")
     fd, record = tempfile.mkstemp(prefix="pcq-bench-mixed-")
     os.close(fd)
-    workers = Workers(system, dsn, 1, CONCURRENCY, record=record, extra_args=["--mixed"])
     try:
-        await workers.ready()
-        worker_cpu = workers.cpu()
-        with psycopg.connect(dsn, autocommit=True) as poll:
-            start = time.perf_counter()
-            workers.go()
-            deadline = start + 60 + n / 10
-            while scalar(poll, f"SELECT ({system.pending_sql}) AS bench_poll"):
-                workers.check_alive()
-                if time.perf_counter() > deadline:
-                    raise RuntimeError(f"{n} mixed jobs not drained after {deadline - start:.0f}s")
-                await asyncio.sleep(0.02)
-            seconds = time.perf_counter() - start
-            worker_cpu = workers.cpu() - worker_cpu
+        seconds, worker_cpu = await mixed.drain(system, dsn, n, record)
         check_record(system.name, record, n)
     finally:
-        workers.kill()
         os.unlink(record)
     return n / seconds, {"worker_cpu_ms_per_job": worker_cpu * 1000 / n}
 

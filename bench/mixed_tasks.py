@@ -20,11 +20,16 @@ def body(i: int, blob: str, first_attempt: bool) -> None:
     """Every tenth job fails on its first attempt; a success is recorded once."""
     if i % FAIL_EVERY == 0 and first_attempt:
         raise RuntimeError(f"job {i}: planned failure, retried once")
-    if RECORD is not None:
-        RECORD(i)
-    if DONE is not None:
-        with DONE.get_lock():
-            DONE.value += 1
+    succeeded(i, RECORD, DONE)
+
+
+def succeeded(i: int, record: Callable[[int], None] | None, done: Any) -> None:
+    """Note job i's success: a line in the record file, one more in the shared count."""
+    if record is not None:
+        record(i)
+    if done is not None:
+        with done.get_lock():
+            done.value += 1
 
 
 def _chancy_queued_job() -> Any:

@@ -23,6 +23,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from bench.mixed_tasks import succeeded
 from bench.systems import AsyncDefer, System, _timed_batches, _timed_loop
 
 REDIS_HOST = os.environ.get("BENCH_REDIS_HOST", "127.0.0.1")
@@ -51,11 +52,7 @@ def reachable(host: str, port: int) -> bool:
 
 
 def _task_body(i: int) -> None:
-    if RECORD is not None:
-        RECORD(i)
-    if DONE is not None:
-        with DONE.get_lock():
-            DONE.value += 1
+    succeeded(i, RECORD, DONE)
 
 
 def new_counter() -> Any:

@@ -10,6 +10,7 @@ milliseconds per job (client or worker process, PostgreSQL backends) come along.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import statistics
@@ -226,14 +227,19 @@ class Workers:
                 raise RuntimeError(f"worker {proc.args!r} exited with code {proc.returncode}")
 
     def kill(self) -> None:
+        """SIGTERM, then SIGKILL to the process and its children after broker_runs.KILL_GRACE
+        seconds (the figures are taken by then; an idle Celery worker's warm shutdown took
+        ~10 s, and a prefork pool's children must not outlive it)."""
         for proc in self.procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         for proc in self.procs:
             try:
-                proc.wait(timeout=10)
+                proc.wait(timeout=broker_runs.KILL_GRACE)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                for pid in reversed(broker_runs.descendants(proc.pid)):
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
                 proc.wait()
 
 
