@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 import importlib
 import logging
 import time
@@ -65,13 +66,22 @@ class RunningJob:
             self.task.cancel()
 
 
-def _check_decision(decision: RetryDecision) -> None:
-    """A decision the database will accept, or a ConfigurationError naming what is wrong."""
+def _check_decision(decision: RetryDecision) -> float | None:
+    """A decision the database will accept, or a ConfigurationError naming what is wrong;
+    its wait in seconds (None with retry_at)."""
     if decision.queue is not None:
         check_queue_name(decision.queue)
     if decision.priority is not None:
         validation.check_priority(decision.priority, where="RetryDecision")
     validation.check_optional_name("lock", decision.lock, where="RetryDecision")
+    if decision.retry_at is not None and (
+        not isinstance(decision.retry_at, datetime.datetime) or decision.retry_at.tzinfo is None
+    ):
+        raise exceptions.ConfigurationError(
+            f"RetryDecision: retry_at={decision.retry_at!r} must be an aware datetime "
+            "(for example datetime.now(timezone.utc) + timedelta(minutes=5)), or use retry_in"
+        )
+    return decision.retry_in_seconds()
 
 
 _END_LEVELS = {
@@ -275,15 +285,27 @@ class JobRunner:
             return self._outcome(running, Status.FAILED, error=error_record(error))
         return self._outcome(running, Status.SUCCEEDED, result=result, result_bytes=len(text or ""))
 
+    def unrecordable(self, running: RunningJob, exc: BaseException) -> JobOutcome:
+        """The last resort when computing an outcome raised (a bug on that path): the job
+        ends failed with that error, built without calling any task or strategy code, so
+        that no job stays `doing` under a live worker and no slot is lost."""
+        error = {
+            "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+            "message": f"the worker could not compute this job's outcome: {exc!r}"[:2000],
+            "traceback": "",
+        }
+        return self._outcome(running, Status.FAILED, error=error)
+
     def failed(self, running: RunningJob, exc: BaseException) -> JobOutcome:
         job = running.job
         task = self.app.tasks.get(job.task_name)
         decision = None
+        retry_in = None
         if task is not None:
             try:
                 decision = task.get_retry_decision(exc, job)
                 if decision is not None:
-                    _check_decision(decision)
+                    retry_in = _check_decision(decision)
             except Exception as strategy_exc:
                 logger.exception(
                     "Retry strategy of %s raised; the job is not retried",
@@ -298,7 +320,7 @@ class JobRunner:
             running,
             Status.TODO,
             retry_at=decision.retry_at,
-            retry_in=decision.retry_in_seconds(),
+            retry_in=retry_in,
             priority=decision.priority,
             queue=decision.queue,
             lock=decision.lock,

@@ -15,7 +15,7 @@ import dataclasses
 import datetime
 from collections.abc import Iterable
 
-from procrastinate_core import exceptions
+from procrastinate_core import exceptions, validation
 from procrastinate_core.jobs import Job
 
 
@@ -42,10 +42,12 @@ class RetryDecision:
 
     def retry_in_seconds(self) -> float | None:
         """The wait in seconds (None with retry_at): the database adds it to its own
-        now() when it records the retry, so a worker's clock that is off changes nothing."""
+        now() when it records the retry, so a worker's clock that is off changes nothing.
+        A wait that is not finite or reaches past validation.MAX_DELAY_SECONDS raises
+        ConfigurationError (the job then fails instead of being retried)."""
         if self.retry_at is not None:
             return None
-        return datetime.timedelta(**(self.retry_in or {})).total_seconds()
+        return validation.check_delay("retry_in", self.retry_in or {}, where="RetryDecision")
 
 
 class BaseRetryStrategy:

@@ -55,14 +55,7 @@ def _scheduled_at(
             "configure() takes schedule_at or schedule_in, not both"
         )
     if schedule_in is not None:
-        try:
-            delta = datetime.timedelta(**schedule_in)
-        except TypeError as exc:
-            raise exceptions.ConfigurationError(
-                f"schedule_in={schedule_in!r}: {exc}; use timedelta keywords such as "
-                '{"seconds": 30} or {"hours": 1}'
-            ) from None
-        return None, delta.total_seconds()
+        return None, validation.check_delay("schedule_in", schedule_in)
     if schedule_at is not None:
         if not isinstance(schedule_at, datetime.datetime):
             raise exceptions.ConfigurationError(f"schedule_at={schedule_at!r}: expected a datetime")

@@ -20,6 +20,7 @@ the periodic-ticks primary key: 1024 + 256 bytes).
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -215,6 +216,32 @@ def check_seconds(field: str, value: Any, *, where: str = "", allow_zero: bool =
             f"{prefix}{field}={value!r}: expected a number of seconds {low}, e.g. {field}=600"
         )
     return float(value)
+
+
+#: How far a delay may reach, either way (schedule_in, a retry's wait): far beyond any
+#: real schedule, and well inside what PostgreSQL's timestamps hold (4713 BC to 294276 AD),
+#: so that the database's now() + delay never overflows in a caller's transaction.
+MAX_DELAY_YEARS = 1000
+MAX_DELAY_SECONDS = MAX_DELAY_YEARS * 365.25 * 86400
+
+
+def check_delay(field: str, spec: Any, *, where: str = "") -> float:
+    """A delay given as timedelta keywords ({"hours": 1}), in seconds; finite and bounded."""
+    prefix = f"{where}: " if where else ""
+    try:
+        seconds = datetime.timedelta(**spec).total_seconds()
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise exceptions.ConfigurationError(
+            f"{prefix}{field}={spec!r}: {exc}; use timedelta keywords such as "
+            '{"seconds": 30} or {"hours": 1}'
+        ) from None
+    if not math.isfinite(seconds) or abs(seconds) > MAX_DELAY_SECONDS:
+        raise exceptions.ConfigurationError(
+            f"{prefix}{field}={spec!r} is {seconds:g} seconds: a delay must be within "
+            f"{MAX_DELAY_YEARS:,} years either way ({MAX_DELAY_SECONDS:,.0f} s); for a job that "
+            "should not run on its own, defer it to a paused queue or cancel it instead"
+        )
+    return seconds
 
 
 # -- app options -------------------------------------------------------------------

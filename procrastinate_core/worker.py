@@ -447,12 +447,20 @@ class Worker:
     def _job_done(self, running: RunningJob, task: asyncio.Task[Any]) -> None:
         """Hand the outcome to the recorder and free the slot, whatever happened."""
         assert self.runner is not None and self.recorder is not None
-        if task.cancelled():  # cancelled before it started: give the job back
-            outcome = self.runner.interrupted(running, asyncio.CancelledError())
-        elif task.exception() is not None:
-            outcome = self.runner.failed(running, task.exception())  # type: ignore[arg-type]
-        else:
-            outcome = task.result()
+        try:
+            if task.cancelled():  # cancelled before it started: give the job back
+                outcome = self.runner.interrupted(running, asyncio.CancelledError())
+            elif task.exception() is not None:
+                outcome = self.runner.failed(running, task.exception())  # type: ignore[arg-type]
+            else:
+                outcome = task.result()
+        except Exception as exc:  # a bug on this path must not keep the job and its slot
+            logger.exception(
+                "Could not compute the outcome of job %s; recording it as failed",
+                running.job.id,
+                extra={"action": "outcome_unrecordable", "job_id": running.job.id},
+            )
+            outcome = self.runner.unrecordable(running, exc)
         if not running.released:
             self.recorder.add(outcome)
         self.running.pop(running.job.id or 0, None)

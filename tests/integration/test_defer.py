@@ -175,6 +175,31 @@ def test_serialization_error_leaves_the_callers_transaction_usable(app, db_dsn):
             assert conn.execute("SELECT 2").fetchone() == (2,)
 
 
+def test_a_delay_at_the_bound_is_stored_and_one_past_it_refused_in_the_callers_transaction(
+    app, db_dsn, db_conn
+):
+    """1,000 years either way fits PostgreSQL's timestamps (now() + interval, on its clock);
+    beyond, the defer is refused before SQL: the caller's transaction goes on."""
+
+    @app.task(name="t")
+    def t():
+        pass
+
+    years = 1000 * 365.25
+    with psycopg.connect(db_dsn) as conn:
+        with conn.transaction():
+            for days in (years, -years):
+                t.configure(schedule_in={"days": days}, connection=conn).defer()
+            with pytest.raises(exceptions.ConfigurationError, match="within 1,000 years"):
+                t.configure(schedule_in={"days": years + 1}, connection=conn).defer()
+            assert conn.execute("SELECT 2").fetchone() == (2,)
+    spans = db_conn.execute(
+        "SELECT round(extract(epoch FROM scheduled_at - created_at) / 86400) FROM pcq_jobs"
+        " ORDER BY id"
+    ).fetchall()
+    assert spans == [(round(years),), (-round(years),)]
+
+
 def test_custom_json_hooks_round_trip(db_dsn):
     def dumps(value):
         import json

@@ -6,6 +6,8 @@ import asyncio
 import datetime
 import threading
 
+import pytest
+
 from procrastinate_core import exceptions
 from procrastinate_core.jobs import Status
 from procrastinate_core.retry import BaseRetryStrategy, RetryDecision, RetryStrategy
@@ -268,6 +270,73 @@ async def test_invalid_retry_decision_fails_the_job_naming_the_problem(async_app
     job = await get_job(async_app, job_id)
     assert (job.status, job.attempts) == ("failed", 0)
     assert "limited to 50 bytes" in job.error["message"]
+
+
+@pytest.mark.parametrize(
+    "decision, message",
+    [
+        (RetryDecision(retry_in={"seconds": float("inf")}), "infinity"),
+        (RetryDecision(retry_in={"seconds": float("nan")}), "NaN"),
+        (RetryDecision(retry_in={"days": 999_999_999}), "within 1,000 years"),
+        (RetryDecision(retry_at=datetime.datetime(2030, 1, 1)), "must be an aware datetime"),
+    ],
+)
+async def test_a_retry_wait_the_database_cannot_store_fails_the_job(async_app, decision, message):
+    """A strategy's wait that is not finite or that overflows now() + interval: the job ends
+    failed with the reason, its slot freed (before, an infinite wait raised in the worker's
+    done callback: the job stayed `doing` under a live worker, its slot lost)."""
+
+    class Unbounded(BaseRetryStrategy):
+        def get_retry_decision(self, *, exception, job):
+            return decision
+
+    @async_app.task(retry=Unbounded())
+    async def doomed():
+        raise ValueError("first")
+
+    @async_app.task
+    async def after():
+        pass
+
+    job_id = await doomed.defer_async()
+    after_id = await after.defer_async()
+    # Before the fix this one-shot worker never ended: bounded, so that it fails instead.
+    await asyncio.wait_for(async_app.run_worker_async(**{**RUN, "concurrency": 1}), 30)
+    job = await get_job(async_app, job_id)
+    assert (job.status, job.attempts) == ("failed", 0)
+    assert message in job.error["message"]
+    assert (await get_job(async_app, after_id)).status == "succeeded"
+
+
+async def test_a_bug_computing_an_outcome_still_ends_the_job_and_frees_its_slot(
+    async_app, monkeypatch, caplog
+):
+    """Whatever raises while a finished job's outcome is computed (here the runner's own
+    failure path, broken on purpose), the job ends failed saying so and the worker goes on."""
+    from procrastinate_core import job_runner
+
+    def broken(self, running, exc):
+        raise RuntimeError("bug while computing the outcome")
+
+    monkeypatch.setattr(job_runner.JobRunner, "failed", broken)
+
+    @async_app.task
+    async def doomed():
+        raise ValueError("first")
+
+    @async_app.task
+    async def after():
+        pass
+
+    job_id = await doomed.defer_async()
+    after_id = await after.defer_async()
+    await asyncio.wait_for(async_app.run_worker_async(**{**RUN, "concurrency": 1}), 30)
+    job = await get_job(async_app, job_id)
+    assert job.status == "failed"
+    assert "could not compute this job's outcome" in job.error["message"]
+    assert "bug while computing the outcome" in job.error["message"]
+    assert (await get_job(async_app, after_id)).status == "succeeded"
+    assert any(r.action == "outcome_unrecordable" for r in caplog.records if hasattr(r, "action"))
 
 
 async def test_abort_notification_reaches_the_worker_without_polling(async_app):

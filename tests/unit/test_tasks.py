@@ -72,6 +72,16 @@ def test_bad_task_options_fail_at_declaration(app, options, message):
     assert message in str(info.value)
 
 
+def test_schedule_in_up_to_the_bound_is_kept():
+    from procrastinate_core import validation
+
+    year = 365.25 * 86400
+    for days in (1000 * 365.25, -1000 * 365.25):  # 1,000 years either way, exactly
+        job = make_job("t", schedule_in={"days": days})
+        assert job.schedule_in_seconds == days * 86400
+    assert validation.MAX_DELAY_SECONDS == 1000 * year
+
+
 def test_schedule_in_and_at(app):
     # A delay is sent as is: the database adds it to its own now() (one clock).
     job = make_job("t", schedule_in={"hours": 1, "seconds": 0.5})
@@ -86,6 +96,13 @@ def test_schedule_in_and_at(app):
         ({"schedule_at": datetime.datetime(2030, 1, 1)}, "has no time zone"),
         ({"schedule_at": "2030-01-01"}, "expected a datetime"),
         ({"schedule_in": {"fortnights": 1}}, "use timedelta keywords"),
+        # Not finite, or past what now() + interval can hold: refused before SQL, where
+        # PostgreSQL's "timestamp out of range" would abort a caller's transaction.
+        ({"schedule_in": {"seconds": float("nan")}}, "NaN"),
+        ({"schedule_in": {"seconds": float("inf")}}, "infinity"),
+        ({"schedule_in": {"days": 10**9}}, "use timedelta keywords"),
+        ({"schedule_in": {"days": 999_999_999}}, "within 1,000 years either way"),
+        ({"schedule_in": {"days": -366_000}}, "within 1,000 years either way"),
         (
             {
                 "schedule_in": {"seconds": 1},
