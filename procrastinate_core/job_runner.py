@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import datetime
 import importlib
 import logging
 import time
@@ -74,13 +73,8 @@ def _check_decision(decision: RetryDecision) -> float | None:
     if decision.priority is not None:
         validation.check_priority(decision.priority, where="RetryDecision")
     validation.check_optional_name("lock", decision.lock, where="RetryDecision")
-    if decision.retry_at is not None and (
-        not isinstance(decision.retry_at, datetime.datetime) or decision.retry_at.tzinfo is None
-    ):
-        raise exceptions.ConfigurationError(
-            f"RetryDecision: retry_at={decision.retry_at!r} must be an aware datetime "
-            "(for example datetime.now(timezone.utc) + timedelta(minutes=5)), or use retry_in"
-        )
+    if decision.retry_at is not None:
+        validation.check_aware("retry_at", decision.retry_at, where="RetryDecision")
     return decision.retry_in_seconds()
 
 

@@ -304,7 +304,7 @@ class JobManager(FlowOperations, WorkerOperations, JobReads, HasConnector):
         params = {
             "job_id": job_id,
             "statuses": None if statuses is None else [Status(s).value for s in statuses],
-            "retry_at": retry_at,
+            "retry_at": None if retry_at is None else validation.check_aware("retry_at", retry_at),
             "priority": None if priority is None else validation.check_priority(priority),
             "queue_name": None if queue is None else validation.check_name("queue", queue),
             "lock": validation.check_optional_name("lock", lock),
@@ -338,7 +338,7 @@ class JobManager(FlowOperations, WorkerOperations, JobReads, HasConnector):
         statuses += ["cancelled"] if include_cancelled else []
         statuses += ["aborted"] if include_aborted else []
         params = {
-            "nb_hours": float(nb_hours),
+            "nb_hours": validation.check_age_hours("nb_hours", nb_hours),
             "queue": validation.check_filter("queue", queue),
             "statuses": statuses,
             "batch_size": batch_size,
@@ -375,11 +375,8 @@ class JobManager(FlowOperations, WorkerOperations, JobReads, HasConnector):
                 f"retry_job({job!r}): expected a running job read from the database, "
                 "e.g. from get_stalled_jobs() or list_jobs(status='doing')"
             )
-        if retry_at is not None and retry_at.tzinfo is None:
-            raise exceptions.ConfigurationError(
-                f"retry_at={retry_at!r} has no time zone; pass an aware datetime "
-                "(for example datetime.now(timezone.utc) + timedelta(minutes=5))"
-            )
+        if retry_at is not None:
+            validation.check_aware("retry_at", retry_at)
         outcome = JobOutcome(
             job_id=job.id,
             worker_id=job.worker_id,

@@ -244,6 +244,37 @@ def check_delay(field: str, spec: Any, *, where: str = "") -> float:
     return seconds
 
 
+def check_aware(field: str, value: Any, *, where: str = "") -> datetime.datetime:
+    """An aware datetime: a naive one would be read in the database session's time zone."""
+    prefix = f"{where}: " if where else ""
+    example = "(for example datetime.now(timezone.utc) + timedelta(minutes=5))"
+    if not isinstance(value, datetime.datetime):
+        raise exceptions.ConfigurationError(
+            f"{prefix}{field}={value!r}: expected an aware datetime {example}"
+        )
+    if value.tzinfo is None:
+        raise exceptions.ConfigurationError(
+            f"{prefix}{field}={value!r} has no time zone; pass an aware datetime {example}"
+        )
+    return value
+
+
+def check_age_hours(field: str, value: Any, *, where: str = "") -> float:
+    """An age in hours (delete_old_jobs): finite, >= 0 and within MAX_DELAY_YEARS."""
+    prefix = f"{where}: " if where else ""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not 0 <= value * 3600 <= MAX_DELAY_SECONDS
+    ):
+        raise exceptions.ConfigurationError(
+            f"{prefix}{field}={value!r}: expected a number of hours from 0 to "
+            f"{MAX_DELAY_SECONDS / 3600:,.0f} ({MAX_DELAY_YEARS:,} years), e.g. {field}=72"
+        )
+    return float(value)
+
+
 # -- app options -------------------------------------------------------------------
 #: PostgreSQL's jsonb cannot hold a value over 255 MiB (268,435,455 bytes).
 JSONB_MAX_BYTES = 268_435_455

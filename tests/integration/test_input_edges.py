@@ -10,6 +10,7 @@ caller's transaction (Django `atomic()`, `connection=`) stays usable.
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import os
 from typing import Any
@@ -133,6 +134,38 @@ def test_lookup_filters_are_checked_too(harness) -> None:
         with pytest.raises(exceptions.ConfigurationError, match="queue="):
             app.job_manager.delete_old_jobs(1, queue=NUL)
         assert [job.lock for job in app.job_manager.list_jobs(lock="L")] == ["L"]
+
+
+# -- times -----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "schedule_in",
+    [{"seconds": float("nan")}, {"seconds": float("inf")}, {"days": 400_000}, {"days": -400_000}],
+    ids=["nan", "inf", "far-future", "far-past"],
+)
+def test_delays_the_database_cannot_add_are_refused_before_sql(harness, schedule_in) -> None:
+    """now() + a delay past PostgreSQL's timestamps would fail in the database (aborting a
+    caller's transaction); the bound (validation.MAX_DELAY_SECONDS) is checked first."""
+    with harness.app().open() as app:
+        with pytest.raises(exceptions.ConfigurationError, match="schedule_in="):
+            app.configure_task("t", schedule_in=schedule_in).defer()
+        with pytest.raises(exceptions.ConfigurationError, match="schedule_in="):
+            app.configure_task("t", schedule_in=schedule_in).batch_defer({"a": 1}, {"a": 2})
+    assert harness.jobs() == []
+
+
+def test_ages_and_instants_are_checked_too(harness) -> None:
+    with harness.app().open() as app:
+        job_id = app.configure_task("t").defer()
+        for bad in (float("nan"), float("inf"), -1, 10**9, "72", True):
+            with pytest.raises(exceptions.ConfigurationError, match="nb_hours="):
+                app.job_manager.delete_old_jobs(bad)
+        with pytest.raises(exceptions.ConfigurationError, match="has no time zone"):
+            app.job_manager.retry_job_by_id(job_id, retry_at=datetime.datetime(2030, 1, 1))
+        with pytest.raises(exceptions.ConfigurationError, match="expected an aware datetime"):
+            app.job_manager.retry_job_by_id(job_id, retry_at="tomorrow")
+        # The bounds themselves are fine: 1,000 years back is still a timestamp.
+        assert app.job_manager.delete_old_jobs(validation.MAX_DELAY_SECONDS / 3600) == 0
+    assert harness.jobs() == [("t", {})]
 
 
 # -- arguments -------------------------------------------------------------------
