@@ -70,6 +70,7 @@ class WorkerOptions:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "queues", validation.check_queues(self.queues, where="worker"))
+        validation.check_optional_name("name", self.name, where="worker")
         if (
             isinstance(self.concurrency, bool)
             or not isinstance(self.concurrency, int)
@@ -85,8 +86,15 @@ class WorkerOptions:
             "stalled_worker_timeout",
         ):
             value = getattr(self, option)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise exceptions.ConfigurationError(f"{option}={value!r}: expected a number > 0")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not 0 < value <= validation.MAX_DELAY_SECONDS  # NaN fails this too
+            ):
+                raise exceptions.ConfigurationError(
+                    f"{option}={value!r}: expected a number of seconds > 0 (at most "
+                    f"{validation.MAX_DELAY_SECONDS:,.0f}: {validation.MAX_DELAY_YEARS:,} years)"
+                )
         if self.shutdown_graceful_timeout is not None and not self.shutdown_graceful_timeout >= 0:
             raise exceptions.ConfigurationError(
                 f"shutdown_graceful_timeout={self.shutdown_graceful_timeout!r}: expected "

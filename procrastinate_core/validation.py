@@ -72,6 +72,13 @@ LIMITS: dict[str, NameLimit] = {
             "(hashlib.sha256(key.encode()).hexdigest()), or None for no queueing lock",
         ),
         NameLimit(
+            "name",
+            1024,
+            False,
+            "a worker's name is shown in logs, the admin and the shell; use a shorter "
+            "name (or None: the worker is then known by its id)",
+        ),
+        NameLimit(
             "periodic_id",
             256,
             True,

@@ -106,7 +106,7 @@ def test_usage_errors(run, argv, message):
         (["-c", "0"], "Error: concurrency=0: expected an int >= 1"),
         (
             ["--fetch-job-polling-interval", "0"],
-            "Error: fetch_job_polling_interval=0.0: expected a number > 0",
+            "Error: fetch_job_polling_interval=0.0: expected a number of seconds > 0",
         ),
         (
             ["--update-heartbeat-interval", "30", "--stalled-worker-timeout", "10"],

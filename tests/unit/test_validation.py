@@ -57,6 +57,29 @@ def test_worker_queues_are_checked_at_construction() -> None:
     assert WorkerOptions(queues=[]).queues is None  # type: ignore[arg-type]  # lists are accepted
 
 
+def test_worker_name_and_intervals_are_checked_at_construction() -> None:
+    """A NUL in the name reached PostgreSQL at registration; a NaN interval passed
+    `value <= 0`; 1e308 seconds overflowed now() - interval in the stalled sweeper's SQL."""
+    with pytest.raises(exceptions.ConfigurationError, match="name='w\\\\x00' is refused"):
+        WorkerOptions(name="w\x00")
+    with pytest.raises(exceptions.ConfigurationError, match="name=.*limited to 1024 bytes"):
+        WorkerOptions(name="w" * 2000)
+    option_names = (
+        "fetch_job_polling_interval",
+        "abort_job_polling_interval",
+        "update_heartbeat_interval",
+        "stalled_worker_timeout",
+    )
+    for option in option_names:
+        for bad in (float("nan"), float("inf"), 1e308, 0, -1, "5", True):
+            with pytest.raises(exceptions.ConfigurationError, match=f"{option}="):
+                WorkerOptions(**{option: bad})
+    limit = validation.MAX_DELAY_SECONDS
+    options = WorkerOptions(stalled_worker_timeout=limit, fetch_job_polling_interval=limit)
+    assert (options.stalled_worker_timeout, options.name) == (limit, None)
+    assert WorkerOptions(name="w" * 1024).name == "w" * 1024
+
+
 async def test_worker_start_refuses_bad_queues_before_any_query() -> None:
     connector = InMemoryConnector()
     app = pc.App(connector=connector)
