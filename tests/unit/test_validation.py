@@ -71,9 +71,10 @@ def test_worker_name_and_intervals_are_checked_at_construction() -> None:
         "stalled_worker_timeout",
     )
     for option in option_names:
+        bad: Any
         for bad in (float("nan"), float("inf"), 1e308, 0, -1, "5", True):
             with pytest.raises(exceptions.ConfigurationError, match=f"{option}="):
-                WorkerOptions(**{option: bad})
+                WorkerOptions.build({option: bad})
     limit = validation.MAX_DELAY_SECONDS
     options = WorkerOptions(stalled_worker_timeout=limit, fetch_job_polling_interval=limit)
     assert (options.stalled_worker_timeout, options.name) == (limit, None)
