@@ -290,22 +290,29 @@ async def test_a_retry_wait_the_database_cannot_store_fails_the_job(async_app, d
         def get_retry_decision(self, *, exception, job):
             return decision
 
-    @async_app.task(retry=Unbounded())
+    job = await _fail_once_then_run_another(async_app, Unbounded())
+    assert (job.status, job.attempts) == ("failed", 0)
+    assert message in job.error["message"]
+
+
+async def _fail_once_then_run_another(app, retry=None):
+    """A failing job, then another, on a one-shot worker of one slot: the first job as it
+    ended; the second must have run (the first one's slot was freed)."""
+
+    @app.task(retry=retry)
     async def doomed():
         raise ValueError("first")
 
-    @async_app.task
+    @app.task
     async def after():
         pass
 
     job_id = await doomed.defer_async()
     after_id = await after.defer_async()
-    # Before the fix this one-shot worker never ended: bounded, so that it fails instead.
-    await asyncio.wait_for(async_app.run_worker_async(**{**RUN, "concurrency": 1}), 30)
-    job = await get_job(async_app, job_id)
-    assert (job.status, job.attempts) == ("failed", 0)
-    assert message in job.error["message"]
-    assert (await get_job(async_app, after_id)).status == "succeeded"
+    # Before the fixes this one-shot worker never ended: bounded, so that it fails instead.
+    await asyncio.wait_for(app.run_worker_async(**{**RUN, "concurrency": 1}), 30)
+    assert (await get_job(app, after_id)).status == "succeeded"
+    return await get_job(app, job_id)
 
 
 async def test_a_bug_computing_an_outcome_still_ends_the_job_and_frees_its_slot(
@@ -319,23 +326,10 @@ async def test_a_bug_computing_an_outcome_still_ends_the_job_and_frees_its_slot(
         raise RuntimeError("bug while computing the outcome")
 
     monkeypatch.setattr(job_runner.JobRunner, "failed", broken)
-
-    @async_app.task
-    async def doomed():
-        raise ValueError("first")
-
-    @async_app.task
-    async def after():
-        pass
-
-    job_id = await doomed.defer_async()
-    after_id = await after.defer_async()
-    await asyncio.wait_for(async_app.run_worker_async(**{**RUN, "concurrency": 1}), 30)
-    job = await get_job(async_app, job_id)
+    job = await _fail_once_then_run_another(async_app)
     assert job.status == "failed"
     assert "could not compute this job's outcome" in job.error["message"]
     assert "bug while computing the outcome" in job.error["message"]
-    assert (await get_job(async_app, after_id)).status == "succeeded"
     assert any(r.action == "outcome_unrecordable" for r in caplog.records if hasattr(r, "action"))
 
 
