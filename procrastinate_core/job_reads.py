@@ -91,13 +91,13 @@ class JobReads(HasConnector):
     ) -> Op[list[Job]]:
         """Jobs matching every given filter, oldest first."""
         params = {
-            "id": id,
+            "id": validation.check_optional_id("id", id),
             "queue": validation.check_filter("queue", queue),
             "task": validation.check_filter("task", task),
             "status": Status(status).value if status is not None else None,
             "lock": validation.check_filter("lock", lock),
             "queueing_lock": validation.check_filter("queueing_lock", queueing_lock),
-            "worker_id": worker_id,
+            "worker_id": validation.check_optional_id("worker_id", worker_id),
             "limit": limit,
         }
         # Unfinished jobs are the newest rows: job_list would walk every finished one
@@ -231,11 +231,13 @@ class JobReads(HasConnector):
         """Running jobs whose worker has not beaten for `seconds_since_heartbeat` s (or is
         gone): what the worker's own sweeper would requeue, for a custom retry rule."""
         if isinstance(seconds_since_heartbeat, bool) or not (
-            isinstance(seconds_since_heartbeat, int | float) and seconds_since_heartbeat > 0
+            isinstance(seconds_since_heartbeat, int | float)
+            and 0 < seconds_since_heartbeat <= validation.MAX_DELAY_SECONDS
         ):
             raise exceptions.ConfigurationError(
                 f"seconds_since_heartbeat={seconds_since_heartbeat!r}: expected a number of "
-                "seconds > 0 (larger than the workers' update_heartbeat_interval)"
+                "seconds > 0 (larger than the workers' update_heartbeat_interval, at most "
+                f"{validation.MAX_DELAY_SECONDS:,.0f})"
             )
         params = {
             "stalled_seconds": float(seconds_since_heartbeat),

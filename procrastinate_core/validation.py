@@ -208,6 +208,23 @@ def check_priority(value: Any, *, where: str = "") -> int:
     return value
 
 
+BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
+
+
+def check_optional_id(field: str, value: Any, *, where: str = "") -> int | None:
+    """A row id filter (job, worker): None, or an int PostgreSQL's bigint can hold."""
+    if value is None:
+        return None
+    prefix = f"{where}: " if where else ""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise exceptions.ConfigurationError(f"{prefix}{field}={value!r}: expected an int id")
+    if not BIGINT_MIN <= value <= BIGINT_MAX:
+        raise exceptions.ConfigurationError(
+            f"{prefix}{field}={value}: ids are 64-bit integers ({BIGINT_MIN} to {BIGINT_MAX})"
+        )
+    return value
+
+
 def check_seconds(field: str, value: Any, *, where: str = "", allow_zero: bool = True) -> float:
     """A finite number of seconds, >= 0 (or > 0); strings such as "soon" are refused."""
     prefix = f"{where}: " if where else ""

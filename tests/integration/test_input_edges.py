@@ -163,8 +163,18 @@ def test_ages_and_instants_are_checked_too(harness) -> None:
             app.job_manager.retry_job_by_id(job_id, retry_at=datetime.datetime(2030, 1, 1))
         with pytest.raises(exceptions.ConfigurationError, match="expected an aware datetime"):
             app.job_manager.retry_job_by_id(job_id, retry_at="tomorrow")
+        for bad_seconds in (float("inf"), 1e300):
+            with pytest.raises(exceptions.ConfigurationError, match="seconds_since_heartbeat="):
+                app.job_manager.get_stalled_jobs(seconds_since_heartbeat=bad_seconds)
+        # An id filter must fit a bigint (PostgreSQL refused 2**70 with "bigint out of range").
+        for field in ("id", "worker_id"):
+            for bad_id in (2**63, -(2**63) - 1, "5", True):
+                with pytest.raises(exceptions.ConfigurationError, match=f"{field}="):
+                    app.job_manager.list_jobs(**{field: bad_id})
+        assert app.job_manager.list_jobs(id=2**63 - 1) == []
         # The bounds themselves are fine: 1,000 years back is still a timestamp.
         assert app.job_manager.delete_old_jobs(validation.MAX_DELAY_SECONDS / 3600) == 0
+        assert app.job_manager.get_stalled_jobs(validation.MAX_DELAY_SECONDS) == []
     assert harness.jobs() == [("t", {})]
 
 
