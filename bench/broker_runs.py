@@ -25,7 +25,7 @@ from bench.server import proc_cpu_seconds
 from bench.systems import System
 
 NOT_FOR_BROKERS = {"defer_async_c50", "drain_batched", "memory"}
-KILL_GRACE = 3.0
+KILL_GRACE = 1.0
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
