@@ -74,7 +74,7 @@ LIMITS: dict[str, NameLimit] = {
         NameLimit(
             "name",
             1024,
-            False,
+            True,
             "a worker's name is shown in logs, the admin and the shell; use a shorter "
             "name (or None: the worker is then known by its id)",
         ),
@@ -252,18 +252,23 @@ MAX_DELAY_SECONDS = MAX_DELAY_YEARS * 365.25 * 86400
 def check_delay(field: str, spec: Any, *, where: str = "") -> float:
     """A delay given as timedelta keywords ({"hours": 1}), in seconds; finite and bounded."""
     prefix = f"{where}: " if where else ""
+    bound = (
+        f"a delay must be finite and within {MAX_DELAY_YEARS:,} years either way "
+        f"({MAX_DELAY_SECONDS:,.0f} s); for a job that should not run on its own, defer it "
+        "to a paused queue or cancel it instead"
+    )
     try:
         seconds = datetime.timedelta(**spec).total_seconds()
-    except (TypeError, ValueError, OverflowError) as exc:
+    except TypeError as exc:
         raise exceptions.ConfigurationError(
             f"{prefix}{field}={spec!r}: {exc}; use timedelta keywords such as "
             '{"seconds": 30} or {"hours": 1}'
         ) from None
+    except (ValueError, OverflowError) as exc:  # NaN, infinity, past timedelta's range
+        raise exceptions.ConfigurationError(f"{prefix}{field}={spec!r} ({exc}): {bound}") from None
     if not math.isfinite(seconds) or abs(seconds) > MAX_DELAY_SECONDS:
         raise exceptions.ConfigurationError(
-            f"{prefix}{field}={spec!r} is {seconds:g} seconds: a delay must be within "
-            f"{MAX_DELAY_YEARS:,} years either way ({MAX_DELAY_SECONDS:,.0f} s); for a job that "
-            "should not run on its own, defer it to a paused queue or cancel it instead"
+            f"{prefix}{field}={spec!r} is {seconds:g} seconds: {bound}"
         )
     return seconds
 

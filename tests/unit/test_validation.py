@@ -79,6 +79,7 @@ def test_worker_name_and_intervals_are_checked_at_construction() -> None:
     options = WorkerOptions(stalled_worker_timeout=limit, fetch_job_polling_interval=limit)
     assert (options.stalled_worker_timeout, options.name) == (limit, None)
     assert WorkerOptions(name="w" * 1024).name == "w" * 1024
+    assert WorkerOptions(name="").name == ""  # as before: an empty name (--name=) is kept
 
 
 async def test_worker_start_refuses_bad_queues_before_any_query() -> None:
