@@ -8,7 +8,7 @@ JobManager's (manager.py: defer_from_template, flow_manager.py: defer_flow).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from procrastinate_core import exceptions, flow, manager, serialization
@@ -70,6 +70,12 @@ class JobDeferrer:
         return self.job.evolve(task_kwargs=kwargs)
 
     def _merged(self, task_kwargs: dict[str, Any]) -> dict[str, Any]:
+        if type(task_kwargs) is not dict and not isinstance(task_kwargs, Mapping):
+            # batch_defer(5): each job of a batch is one dict of keyword arguments
+            raise exceptions.TaskArgumentsError(
+                f"cannot defer task {self.job.task_name!r}: {task_kwargs!r} is not a dict of "
+                'keyword arguments; batch_defer takes one dict per job, e.g. {"user_id": 12}'
+            )
         kwargs = {**self.job.task_kwargs, **task_kwargs} if self.job.task_kwargs else task_kwargs
         if self.check is not None:
             self.check(kwargs)

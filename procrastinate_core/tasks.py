@@ -6,7 +6,7 @@ import datetime
 import functools
 import inspect
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, TypeVar
 
 from procrastinate_core import exceptions, flow, middleware, validation
@@ -141,10 +141,21 @@ def make_job(
         priority=validation.check_priority(priority),
         lock=validation.check_optional_name("lock", lock),
         queueing_lock=validation.check_optional_name("queueing_lock", queueing_lock),
-        task_kwargs=dict(task_kwargs or {}),
+        task_kwargs=_check_kwargs("task_kwargs", task_kwargs or {}),
         scheduled_at=scheduled_at,
         schedule_in_seconds=schedule_in_seconds,
     )
+
+
+def _check_kwargs(what: str, kwargs: Any) -> dict[str, Any]:
+    """Keyword arguments of one job: a mapping of str names (a list, or a dict with int
+    keys, failed later with a bare TypeError, or was stored with its keys turned into text)."""
+    if not isinstance(kwargs, Mapping) or not all(isinstance(key, str) for key in kwargs):
+        raise exceptions.ConfigurationError(
+            f"{what}={kwargs!r}: expected a dict of keyword arguments by name, "
+            'e.g. {"user_id": 12}'
+        )
+    return dict(kwargs)
 
 
 def _default_name(func: Callable[..., Any]) -> str:

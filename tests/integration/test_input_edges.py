@@ -287,6 +287,13 @@ def test_defer_checks_keyword_arguments_against_the_signature(harness) -> None:
             send.configure(task_kwargs={"bcc": 1}).defer(to="a")
         with pytest.raises(exceptions.TaskArgumentsError, match="missing"):
             ctx.defer()
+        # Not dicts of keyword arguments (an AttributeError / TypeError before):
+        with pytest.raises(exceptions.TaskArgumentsError, match="5 is not a dict"):
+            send.batch_defer({"to": "a"}, 5)  # type: ignore[arg-type]
+        with pytest.raises(exceptions.ConfigurationError, match=r"task_kwargs=\[1\]"):
+            send.configure(task_kwargs=[1])  # type: ignore[arg-type]
+        with pytest.raises(exceptions.ConfigurationError, match="task_kwargs="):
+            app.configure_task("send", task_kwargs={1: "a"})  # type: ignore[dict-item]
         send.defer(to="a", cc=["b"])
         ctx.defer(n=1)
         loose.defer(anything=1)  # opted out
