@@ -111,9 +111,29 @@ class PeriodicDeferrer(Service):
         """Defer every due tick; how many jobs this worker deferred (others may win ties)."""
         now = await read_clock(self.clock)
         deferred = 0
+        failures: list[Exception] = []
         for periodic_task in self.periodic_tasks:
-            for tick in self.due_ticks(periodic_task, now):
-                deferred += await self._defer_tick(periodic_task, tick)
+            try:
+                for tick in self.due_ticks(periodic_task, now):
+                    deferred += await self._defer_tick(periodic_task, tick)
+            except exceptions.DatabaseConnectionError:
+                raise  # the database is away: every task would fail the same way
+            except Exception as exc:
+                # One task's failing ticks (arguments that cannot be stored, a refusal of
+                # its own) must not hold back the tasks after it; its ticks stay due.
+                if failures:  # the first one is raised below, logged by the service
+                    logger.error(
+                        "Deferring periodic task %s failed: %s",
+                        periodic_task.task.name,
+                        exc,
+                        exc_info=exc,
+                        extra={
+                            "action": "periodic_task_failed",
+                            "task_name": periodic_task.task.name,
+                        },
+                    )
+                failures.append(exc)
+                continue
             # Only now: a failure above leaves the ticks due for the next try.
             self.checked[periodic_task.key] = now
         if now - self._last_prune > PRUNE_MARGIN:
@@ -121,6 +141,8 @@ class PeriodicDeferrer(Service):
                 int(now - self.max_delay - PRUNE_MARGIN)
             )
             self._last_prune = now
+        if failures:
+            raise failures[0]
         return deferred
 
     async def _defer_tick(self, periodic_task: PeriodicTask, tick: int) -> int:

@@ -100,3 +100,37 @@ async def test_failing_deferrer_never_kills_the_worker(connector, caplog):
                     what="deferrer retried",
                 )
     assert "argument 'payload' of type set" in caplog.text
+
+
+async def test_a_periodic_task_that_always_fails_does_not_hold_back_the_others(connector, db_conn):
+    """Each tick of `bad` fails (arguments that cannot be stored as JSON). It is declared
+    first: before, its failure ended the deferrer's pass, and `good`, after it, was never
+    deferred at all. Now `good` ticks every time, and `bad`'s failure is still raised
+    (logged by the service, retried: its ticks stay due)."""
+    app = pc.App(connector=connector)
+
+    @app.periodic(cron="* * * * * *", task_kwargs={"payload": {1, 2}})
+    @app.task(name="bad")
+    async def bad(timestamp, payload):
+        pass
+
+    @app.periodic(cron="* * * * * *")
+    @app.task(name="good")
+    async def good(timestamp):
+        pass
+
+    async with app.open_async():
+        clock = [T0]
+        deferrer = PeriodicDeferrer.from_app(app, clock=lambda: clock[0])
+        for second in range(3):
+            clock[0] = T0 + second
+            try:
+                await deferrer.defer_due()
+            except pc.exceptions.ArgumentSerializationError as exc:
+                assert "argument 'payload' of type set" in str(exc)
+            else:
+                raise AssertionError("bad's failure was swallowed")
+    rows = db_conn.execute(
+        "SELECT task_name, (args->>'timestamp')::bigint FROM pcq_jobs ORDER BY 2"
+    ).fetchall()
+    assert rows == [("good", int(T0) + second) for second in range(3)]
