@@ -230,17 +230,14 @@ class JobReads(HasConnector):
     ) -> Op[list[Job]]:
         """Running jobs whose worker has not beaten for `seconds_since_heartbeat` s (or is
         gone): what the worker's own sweeper would requeue, for a custom retry rule."""
-        if isinstance(seconds_since_heartbeat, bool) or not (
-            isinstance(seconds_since_heartbeat, int | float)
-            and 0 < seconds_since_heartbeat <= validation.MAX_DELAY_SECONDS
-        ):
-            raise exceptions.ConfigurationError(
-                f"seconds_since_heartbeat={seconds_since_heartbeat!r}: expected a number of "
-                "seconds > 0 (larger than the workers' update_heartbeat_interval, at most "
-                f"{validation.MAX_DELAY_SECONDS:,.0f})"
-            )
+        stalled_seconds = validation.check_seconds(
+            "seconds_since_heartbeat",
+            seconds_since_heartbeat,
+            allow_zero=False,
+            why="larger than the workers' update_heartbeat_interval",
+        )
         params = {
-            "stalled_seconds": float(seconds_since_heartbeat),
+            "stalled_seconds": stalled_seconds,
             "queue": queue,
             "task_name": task_name,
         }

@@ -85,16 +85,7 @@ class WorkerOptions:
             "update_heartbeat_interval",
             "stalled_worker_timeout",
         ):
-            value = getattr(self, option)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not 0 < value <= validation.MAX_DELAY_SECONDS  # NaN fails this too
-            ):
-                raise exceptions.ConfigurationError(
-                    f"{option}={value!r}: expected a number of seconds > 0 (at most "
-                    f"{validation.MAX_DELAY_SECONDS:,.0f}: {validation.MAX_DELAY_YEARS:,} years)"
-                )
+            validation.check_seconds(option, getattr(self, option), allow_zero=False)
         if self.shutdown_graceful_timeout is not None and not self.shutdown_graceful_timeout >= 0:
             raise exceptions.ConfigurationError(
                 f"shutdown_graceful_timeout={self.shutdown_graceful_timeout!r}: expected "

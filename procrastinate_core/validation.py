@@ -225,28 +225,36 @@ def check_optional_id(field: str, value: Any, *, where: str = "") -> int | None:
     return value
 
 
-def check_seconds(field: str, value: Any, *, where: str = "", allow_zero: bool = True) -> float:
-    """A finite number of seconds, >= 0 (or > 0); strings such as "soon" are refused."""
-    prefix = f"{where}: " if where else ""
-    low = ">= 0" if allow_zero else "> 0"
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value < 0
-        or (value == 0 and not allow_zero)
-    ):
-        raise exceptions.ConfigurationError(
-            f"{prefix}{field}={value!r}: expected a number of seconds {low}, e.g. {field}=600"
-        )
-    return float(value)
-
-
 #: How far a delay may reach, either way (schedule_in, a retry's wait): far beyond any
 #: real schedule, and well inside what PostgreSQL's timestamps hold (4713 BC to 294276 AD),
 #: so that the database's now() + delay never overflows in a caller's transaction.
 MAX_DELAY_YEARS = 1000
 MAX_DELAY_SECONDS = MAX_DELAY_YEARS * 365.25 * 86400
+
+
+def _finite_number(value: Any) -> bool:
+    """An int or float that is not a bool, NaN or infinite."""
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+
+
+def check_seconds(
+    field: str, value: Any, *, where: str = "", allow_zero: bool = True, why: str = ""
+) -> float:
+    """A finite number of seconds, >= 0 (or > 0), at most MAX_DELAY_SECONDS (a larger one
+    overflows now() +/- interval in SQL); strings such as "soon" are refused."""
+    prefix = f"{where}: " if where else ""
+    low = ">= 0" if allow_zero else "> 0"
+    if (
+        not _finite_number(value)
+        or not 0 <= value <= MAX_DELAY_SECONDS
+        or (value == 0 and not allow_zero)
+    ):
+        raise exceptions.ConfigurationError(
+            f"{prefix}{field}={value!r}: expected a number of seconds {low}"
+            f"{f' ({why})' if why else ''}, at most {MAX_DELAY_SECONDS:,.0f} "
+            f"({MAX_DELAY_YEARS:,} years), e.g. {field}=600"
+        )
+    return float(value)
 
 
 def check_delay(field: str, spec: Any, *, where: str = "") -> float:
@@ -291,12 +299,7 @@ def check_aware(field: str, value: Any, *, where: str = "") -> datetime.datetime
 def check_age_hours(field: str, value: Any, *, where: str = "") -> float:
     """An age in hours (delete_old_jobs): finite, >= 0 and within MAX_DELAY_YEARS."""
     prefix = f"{where}: " if where else ""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or not 0 <= value * 3600 <= MAX_DELAY_SECONDS
-    ):
+    if not _finite_number(value) or not 0 <= value * 3600 <= MAX_DELAY_SECONDS:
         raise exceptions.ConfigurationError(
             f"{prefix}{field}={value!r}: expected a number of hours from 0 to "
             f"{MAX_DELAY_SECONDS / 3600:,.0f} ({MAX_DELAY_YEARS:,} years), e.g. {field}=72"
